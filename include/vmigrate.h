@@ -1,0 +1,201 @@
+/*
+ * vmigrate: live migration of QEMU virtual machines, without libvirt.
+ *
+ * Why: a small library an appliance can embed to start a VM, move it to another QEMU (live
+ * pre-copy or paused) and know, with figures, what happened.  The source VM keeps running
+ * unless the destination has taken over: a failed or cancelled migration puts it back.
+ *
+ * Threads: vmigrate starts none.  Call everything from the thread that created the engine;
+ * nothing blocks except the calls documented as waiting, and every wait has a deadline.
+ * vmig_engine_cancel() is the exception: it may be called from a signal handler or another
+ * thread while a migration runs.
+ *
+ * Errors: every fallible call takes `vmig_error **errp` last (may be NULL) and signals failure
+ * by its return value (false, NULL or negative).  On success *errp is untouched; on failure it
+ * receives a new error the caller frees with vmig_error_free().  The library never prints and
+ * never exits.
+ *
+ * Ownership: the _new and _load calls return objects the caller owns and frees with the
+ * matching _free call, which accepts NULL.  Pointer arguments are borrowed for the duration
+ * of the call.
+ */
+#ifndef VMIGRATE_H
+#define VMIGRATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define VMIG_EXPORT __attribute__((visibility("default")))
+#else
+#define VMIG_EXPORT
+#endif
+
+#define VMIG_VERSION_STRING "0.1.0"
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+typedef struct vmig_error vmig_error;
+
+typedef enum vmig_errc {
+    VMIG_E_INVAL = 1, /* bad argument or input: names what is wrong */
+    VMIG_E_IO,        /* a system call failed */
+    VMIG_E_PROTO,     /* the peer broke the QMP protocol, or is not QMP at all */
+    VMIG_E_QEMU,      /* QEMU answered with an error (its class and description follow) */
+    VMIG_E_TIMEOUT,   /* a deadline passed */
+    VMIG_E_CANCELLED, /* vmig_engine_cancel() was called */
+    VMIG_E_STATE,     /* the object is not in a state that allows this */
+    VMIG_E_CPU,       /* CPU incompatibility */
+    VMIG_E_NOTFOUND,  /* no such VM, file or socket */
+    VMIG_E_VERIFY,    /* the guest memory check failed */
+} vmig_errc;
+
+VMIG_EXPORT vmig_errc vmig_error_code(const vmig_error *e);
+VMIG_EXPORT const char *vmig_error_message(const vmig_error *e);
+VMIG_EXPORT void vmig_error_free(vmig_error *e);
+
+/* ---- VM specs ---------------------------------------------------------------------------- */
+
+/*
+ * A VM spec is a JSON object (docs/spec.md): name, memory_mib, vcpus, machine, cpu, kernel,
+ * initrd, append, disks[], extra_args[].  vmigrate turns it into a QEMU command line, and
+ * starts the same VM on a destination from it.
+ */
+typedef struct vmig_spec vmig_spec;
+
+/* NULL on failure; the error names the file, the field and what is wrong with it. */
+VMIG_EXPORT vmig_spec *vmig_spec_load(const char *path, vmig_error **errp);
+VMIG_EXPORT vmig_spec *vmig_spec_parse(const char *json, vmig_error **errp);
+VMIG_EXPORT void vmig_spec_free(vmig_spec *s);
+VMIG_EXPORT const char *vmig_spec_name(const vmig_spec *s);
+/* The spec as JSON; the string is owned by the caller (free()). */
+VMIG_EXPORT char *vmig_spec_to_json(const vmig_spec *s);
+
+/* ---- the engine ------------------------------------------------------------------------- */
+
+typedef struct vmig_engine vmig_engine;
+
+typedef enum vmig_log_level {
+    VMIG_LOG_ERROR,
+    VMIG_LOG_WARN,
+    VMIG_LOG_INFO,
+    VMIG_LOG_DEBUG,
+} vmig_log_level;
+
+typedef void (*vmig_log_fn)(void *opaque, vmig_log_level level, const char *msg);
+
+/* @state_dir holds one directory per VM (QMP socket, pid file, logs); it is created when
+ * missing.  NULL picks $VMIG_STATE_DIR, else $XDG_RUNTIME_DIR/vmigrate, else
+ * /tmp/vmigrate-$UID. */
+VMIG_EXPORT vmig_engine *vmig_engine_new(const char *state_dir, vmig_error **errp);
+VMIG_EXPORT void vmig_engine_free(vmig_engine *e);
+VMIG_EXPORT const char *vmig_engine_state_dir(const vmig_engine *e);
+/* Debug output goes here, nowhere else.  @fn may be NULL to silence it. */
+VMIG_EXPORT void vmig_engine_set_log(vmig_engine *e, vmig_log_fn fn, void *opaque);
+/* The QEMU binary to run; default $VMIG_QEMU, else "qemu-system-x86_64" from $PATH. */
+VMIG_EXPORT void vmig_engine_set_qemu(vmig_engine *e, const char *qemu_binary);
+/* Ask a running migration to stop and roll back.  Async-signal-safe. */
+VMIG_EXPORT void vmig_engine_cancel(vmig_engine *e);
+
+/* ---- VMs ---------------------------------------------------------------------------------- */
+
+typedef enum vmig_accel {
+    VMIG_ACCEL_TCG, /* software emulation: the default, works everywhere */
+    VMIG_ACCEL_KVM,
+} vmig_accel;
+
+/* Starts QEMU for @spec, detached, with its QMP socket under the state directory.  Waits
+ * (up to 30 s) until QEMU is up.  Fails when a VM of that name runs already. */
+VMIG_EXPORT bool vmig_vm_start(vmig_engine *e, const vmig_spec *spec, vmig_accel accel,
+                               vmig_error **errp);
+/* Stops the VM (QMP quit, then SIGKILL after @timeout_ms) and removes its directory. */
+VMIG_EXPORT bool vmig_vm_stop(vmig_engine *e, const char *name, int timeout_ms, vmig_error **errp);
+
+typedef struct vmig_vm_info {
+    char name[128];
+    int pid;          /* 0 when the QEMU process is gone */
+    char status[32];  /* QMP run state ("running", "paused", "inmigrate", ...) or "dead" */
+    char qmp_path[4096];
+} vmig_vm_info;
+
+/* Fills up to @max entries, returns how many VMs there are (may exceed @max), or -1. */
+VMIG_EXPORT int vmig_vm_list(vmig_engine *e, vmig_vm_info *out, int max, vmig_error **errp);
+
+/* ---- migration ---------------------------------------------------------------------------- */
+
+/*
+ * Options are a plain struct rather than an opaque handle: appliance code fills it in one
+ * place, and new fields are only ever appended, initialised by vmig_migrate_opts_init().
+ */
+typedef struct vmig_migrate_opts {
+    bool live;               /* pre-copy while the VM runs; false pauses the VM first */
+    int max_downtime_ms;     /* 0: QEMU's default (300 ms) */
+    int bandwidth_mib_s;     /* 0: unlimited (QEMU 7.2 would cap at 128 MiB/s) */
+    int timeout_s;           /* 0: none; else cancel and roll back after this long */
+    const char *dest;        /* "local" or "local:STATE_DIR" (another state directory) */
+} vmig_migrate_opts;
+
+VMIG_EXPORT void vmig_migrate_opts_init(vmig_migrate_opts *o);
+
+typedef struct vmig_migration_stats {
+    char status[24];            /* QEMU's MigrationStatus name */
+    uint64_t total_ms;          /* our wall clock, from the first QMP command to resumed */
+    uint64_t setup_ms;          /* preparing the destination up to `migrate` */
+    uint64_t downtime_ms;       /* STOP on the source to RESUME on the destination */
+    uint64_t qemu_downtime_ms;  /* QEMU's own figure */
+    uint64_t qemu_total_ms;     /* QEMU's total-time */
+    uint64_t transferred_bytes;
+    uint64_t remaining_bytes;
+    uint64_t total_bytes;       /* guest RAM */
+    uint64_t dirty_pages_rate;  /* pages/s, as QEMU last reported */
+    uint64_t passes;            /* dirty-sync-count */
+    double mbps;                /* QEMU's last throughput figure, megabits/s */
+    double progress;            /* 0..1: 1 - remaining / total while running */
+} vmig_migration_stats;
+
+typedef void (*vmig_progress_fn)(void *opaque, const vmig_migration_stats *st);
+
+/*
+ * Migrates VM @name to @o->dest and waits until it is done: the destination runs and the
+ * source is gone, or the migration failed and the source runs as before (or stays paused if
+ * it was paused).  @progress (may be NULL) is called about four times a second.  @ret_stats
+ * (may be NULL) receives the final figures, on failure too.
+ */
+VMIG_EXPORT bool vmig_migrate(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
+                              vmig_progress_fn progress, void *opaque,
+                              vmig_migration_stats *ret_stats, vmig_error **errp);
+
+/* ---- the built-in test guest --------------------------------------------------------------- */
+
+/* Path of the built-in test guest kernel, or NULL when it cannot be found ($VMIG_GUEST, then
+ * next to the program, then the install prefix). */
+VMIG_EXPORT const char *vmig_guest_kernel(void);
+
+/* Waits up to @timeout_ms for the test guest in VM @name to have filled its memory. */
+VMIG_EXPORT bool vmig_guest_wait_ready(vmig_engine *e, const char *name, int timeout_ms,
+                                       vmig_error **errp);
+
+/* Pauses VM @name if running, checks every page the test guest wrote, and resumes it if it
+ * was running.  @ret_pages receives the number of pages checked. */
+VMIG_EXPORT bool vmig_guest_verify(vmig_engine *e, const char *name, uint64_t *ret_pages,
+                                   vmig_error **errp);
+
+/* ---- cleanup helper ------------------------------------------------------------------------ */
+
+#define VMIG_DEFINE_CLEANUP(type, fn)                                                           \
+    static inline void type##_cleanupp(type **p)                                               \
+    {                                                                                          \
+        fn(*p);                                                                                \
+    }
+#define VMIG_CLEANUP(type) __attribute__((cleanup(type##_cleanupp))) type *
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
