@@ -1,0 +1,58 @@
+/* The vmigrate command line: the only part of vmigrate that talks to people. */
+#ifndef VMIG_CLI_H
+#define VMIG_CLI_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+
+#include "vmigrate.h"
+
+enum {
+    CLI_OK = 0,
+    CLI_FAILED = 1, /* the operation failed (the message says why) */
+    CLI_USAGE = 2,  /* the command line was wrong */
+};
+
+typedef struct cli_global {
+    const char *state_dir;
+    const char *qemu;
+    bool debug;
+} cli_global;
+
+/* Every command: argv[0] is the command name; returns an exit code. */
+int cmd_vm(const cli_global *g, int argc, char **argv);
+int cmd_migrate(const cli_global *g, int argc, char **argv);
+int cmd_demo(const cli_global *g, int argc, char **argv);
+int cmd_qmp(const cli_global *g, int argc, char **argv);
+
+/* output.c */
+void cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cli_fail(vmig_error *err); /* prints and frees @err, returns CLI_FAILED */
+vmig_engine *cli_engine(const cli_global *g, vmig_error **errp);
+void cli_install_sigint(vmig_engine *e);
+bool cli_parse_int(const char *opt, const char *val, int lo, int hi, int *ret);
+void cli_print_json(json_object *o);
+json_object *cli_stats_json(const vmig_migration_stats *st);
+
+typedef struct cli_progress {
+    bool enabled;
+    bool tty;
+    long long last_line_ms;
+} cli_progress;
+void cli_progress_init(cli_progress *p, bool verbose);
+void cli_progress_cb(void *opaque, const vmig_migration_stats *st);
+void cli_progress_done(cli_progress *p);
+
+/* Migration options shared by migrate and demo. */
+typedef struct cli_migrate_args {
+    vmig_migrate_opts opts;
+    bool verbose;
+    bool json;
+} cli_migrate_args;
+/* Handles one migrate option; returns 1 if taken, 0 if not a migrate option, -1 if bad. */
+int cli_migrate_opt(cli_migrate_args *a, int opt, const char *optarg_);
+
+extern const char cli_migrate_opts_help[];
+
+#endif

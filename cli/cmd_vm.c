@@ -1,0 +1,169 @@
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+#define LIST_MAX 1024
+
+static bool parse_accel(const char *v, vmig_accel *ret)
+{
+    if (strcmp(v, "tcg") == 0) {
+        *ret = VMIG_ACCEL_TCG;
+    } else if (strcmp(v, "kvm") == 0) {
+        *ret = VMIG_ACCEL_KVM;
+    } else {
+        cli_err("--accel: '%s' is not an accelerator: use tcg or kvm", v);
+        return false;
+    }
+    return true;
+}
+
+static int vm_start(const cli_global *g, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"accel", required_argument, NULL, 'a'},
+        {0},
+    };
+    vmig_accel accel = VMIG_ACCEL_TCG;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
+        if (c != 'a') {
+            return cli_usage_error("vm", c == ':' ? "option '%s' needs a value"
+                                                  : "unknown option '%s' for 'vm start'",
+                                   argv[optind - 1]);
+        }
+        if (!parse_accel(optarg, &accel)) {
+            return CLI_USAGE;
+        }
+    }
+    if (argc - optind != 1) {
+        return cli_usage_error("vm", "'vm start' takes one SPEC file");
+    }
+    vmig_error *err = NULL;
+    vmig_spec *spec = vmig_spec_load(argv[optind], &err);
+    if (!spec) {
+        return cli_fail(err);
+    }
+    vmig_engine *e = cli_engine(g, &err);
+    bool ok = e && vmig_vm_start(e, spec, accel, &err);
+    if (ok) {
+        printf("started VM '%s' (%s, state in %s)\n", vmig_spec_name(spec),
+               accel == VMIG_ACCEL_KVM ? "kvm" : "tcg", vmig_engine_state_dir(e));
+    }
+    vmig_spec_free(spec);
+    vmig_engine_free(e);
+    return ok ? CLI_OK : cli_fail(err);
+}
+
+static int vm_list(const cli_global *g, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'},
+        {0},
+    };
+    bool json = false;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
+        if (c != 'j') {
+            return cli_usage_error("vm", c == ':' ? "option '%s' needs a value"
+                                                  : "unknown option '%s' for 'vm list'",
+                                   argv[optind - 1]);
+        }
+        json = true;
+    }
+    if (optind != argc) {
+        return cli_usage_error("vm", "'vm list' takes no arguments");
+    }
+    vmig_error *err = NULL;
+    vmig_engine *e = cli_engine(g, &err);
+    if (!e) {
+        return cli_fail(err);
+    }
+    vmig_vm_info *infos = calloc(LIST_MAX, sizeof(*infos));
+    int n = infos ? vmig_vm_list(e, infos, LIST_MAX, &err) : -1;
+    if (n < 0) {
+        free(infos);
+        vmig_engine_free(e);
+        return err ? cli_fail(err) : CLI_FAILED;
+    }
+    json_object *arr = json_object_new_array();
+    if (!json && n > 0) {
+        printf("%-24s %8s  %-12s %s\n", "NAME", "PID", "STATE", "QMP");
+    }
+    for (int i = 0; i < n && i < LIST_MAX; i++) {
+        const vmig_vm_info *v = &infos[i];
+        if (json) {
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "name", json_object_new_string(v->name));
+            json_object_object_add(o, "pid", json_object_new_int(v->pid));
+            json_object_object_add(o, "state", json_object_new_string(v->status));
+            json_object_object_add(o, "qmp", json_object_new_string(v->qmp_path));
+            json_object_array_add(arr, o);
+        } else {
+            printf("%-24s %8d  %-12s %s\n", v->name, v->pid, v->status, v->qmp_path);
+        }
+    }
+    if (json) {
+        cli_print_json(arr);
+    }
+    json_object_put(arr);
+    free(infos);
+    vmig_engine_free(e);
+    return CLI_OK;
+}
+
+static int vm_stop(const cli_global *g, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"timeout", required_argument, NULL, 't'},
+        {0},
+    };
+    int timeout_s = 10;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
+        if (c != 't') {
+            return cli_usage_error("vm", c == ':' ? "option '%s' needs a value"
+                                                  : "unknown option '%s' for 'vm stop'",
+                                   argv[optind - 1]);
+        }
+        if (!cli_parse_int("--timeout", optarg, 0, 3600, &timeout_s)) {
+            return CLI_USAGE;
+        }
+    }
+    if (argc - optind != 1) {
+        return cli_usage_error("vm", "'vm stop' takes one VM NAME");
+    }
+    vmig_error *err = NULL;
+    vmig_engine *e = cli_engine(g, &err);
+    bool ok = e && vmig_vm_stop(e, argv[optind], timeout_s * 1000, &err);
+    vmig_engine_free(e);
+    if (ok) {
+        printf("stopped VM '%s'\n", argv[optind]);
+    }
+    return ok ? CLI_OK : cli_fail(err);
+}
+
+int cmd_vm(const cli_global *g, int argc, char **argv)
+{
+    if (argc < 2) {
+        return cli_usage_error("vm", "'vm' needs a subcommand: start, list or stop");
+    }
+    const char *sub = argv[1];
+    argc--;
+    argv++;
+    if (strcmp(sub, "start") == 0) {
+        return vm_start(g, argc, argv);
+    }
+    if (strcmp(sub, "list") == 0) {
+        return vm_list(g, argc, argv);
+    }
+    if (strcmp(sub, "stop") == 0) {
+        return vm_stop(g, argc, argv);
+    }
+    return cli_usage_error("vm", "unknown subcommand '%s': use start, list or stop", sub);
+}

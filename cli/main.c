@@ -1,0 +1,155 @@
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char main_help[] =
+    "Usage: vmigrate [GLOBAL OPTIONS] COMMAND [ARGS]\n"
+    "\n"
+    "Live migration of QEMU virtual machines, without libvirt.\n"
+    "\n"
+    "Commands:\n"
+    "  vm start [--accel tcg|kvm] SPEC    start a VM from a JSON spec\n"
+    "  vm list [--json]                   list VMs in the state directory\n"
+    "  vm stop [--timeout S] NAME         stop a VM and remove its state\n"
+    "  migrate [OPTIONS] NAME DEST        migrate VM NAME to DEST (local, local:STATE_DIR)\n"
+    "  demo [OPTIONS]                     start the built-in test guest, migrate it live on\n"
+    "                                     this host, check every page of its memory\n"
+    "  qmp SOCKET COMMAND [ARGS-JSON]     run one QMP command and print the reply\n"
+    "  version                            print the version\n"
+    "  help [COMMAND]                     show help for a command\n"
+    "\n"
+    "Global options:\n"
+    "  --state-dir DIR   where VMs keep their sockets and logs (default $VMIG_STATE_DIR,\n"
+    "                    else $XDG_RUNTIME_DIR/vmigrate, else /tmp/vmigrate-$UID)\n"
+    "  --qemu BINARY     QEMU to run (default $VMIG_QEMU, else qemu-system-x86_64)\n"
+    "  --debug           log every step to stderr\n"
+    "\n"
+    "Exit status: 0 success, 1 the operation failed, 2 the command line was wrong.\n";
+
+static const char vm_help[] =
+    "Usage: vmigrate vm start [--accel tcg|kvm] SPEC\n"
+    "       vmigrate vm list [--json]\n"
+    "       vmigrate vm stop [--timeout S] NAME\n"
+    "\n"
+    "start  starts QEMU for the VM spec in file SPEC (docs/spec.md), detached, with its QMP\n"
+    "       socket under the state directory.  --accel picks the accelerator: tcg (the\n"
+    "       default, software emulation) or kvm (real hosts).\n"
+    "list   one line per VM: name, pid, QEMU run state, QMP socket.\n"
+    "stop   asks QEMU to quit, kills it after S seconds (default 10), removes its state.\n";
+
+static const char migrate_help[] =
+    "Usage: vmigrate migrate [OPTIONS] NAME DEST\n"
+    "\n"
+    "Migrates the running VM NAME to DEST and waits until it is done.  DEST is 'local'\n"
+    "(a second QEMU on this host, same state directory) or 'local:STATE_DIR' (a second QEMU\n"
+    "on this host whose state lives in STATE_DIR, which must exist).  On failure, Ctrl-C or\n"
+    "--timeout the migration is rolled back and the VM keeps running on the source.\n"
+    "\n"
+    "Options:\n";
+
+static const char demo_help[] =
+    "Usage: vmigrate demo [OPTIONS]\n"
+    "\n"
+    "Starts the built-in test guest as a source VM, which fills its RAM with a known\n"
+    "pattern and keeps rewriting it at --dirty-mib-s; starts a destination QEMU on this\n"
+    "host; migrates the VM live; checks every page of the destination's memory; tears\n"
+    "everything down; prints a summary.  Exit status 0 only when the migration completed\n"
+    "and the check passed.\n"
+    "\n"
+    "Options:\n"
+    "  --mem-mib N          guest RAM in MiB (default 1024, at least 16)\n"
+    "  --dirty-mib-s R      how fast the guest rewrites memory, MiB/s (default 0: idle)\n"
+    "  --accel tcg|kvm      accelerator (default tcg)\n"
+    "  --keep               leave the migrated VM running instead of stopping it\n";
+
+static const char qmp_help[] =
+    "Usage: vmigrate qmp SOCKET COMMAND [ARGS-JSON]\n"
+    "\n"
+    "Connects to the QMP monitor at unix socket SOCKET, negotiates capabilities, runs\n"
+    "COMMAND with the JSON object ARGS-JSON as its arguments, and prints the reply.\n"
+    "Example: vmigrate qmp /tmp/vm/qmp.sock query-status\n";
+
+static int help(const char *topic)
+{
+    if (!topic) {
+        fputs(main_help, stdout);
+    } else if (strcmp(topic, "vm") == 0) {
+        fputs(vm_help, stdout);
+    } else if (strcmp(topic, "migrate") == 0) {
+        fputs(migrate_help, stdout);
+        fputs(cli_migrate_opts_help, stdout);
+    } else if (strcmp(topic, "demo") == 0) {
+        fputs(demo_help, stdout);
+        fputs("\nand every migrate option:\n", stdout);
+        fputs(cli_migrate_opts_help, stdout);
+    } else if (strcmp(topic, "qmp") == 0) {
+        fputs(qmp_help, stdout);
+    } else {
+        return cli_usage_error(NULL, "no help for unknown command '%s'", topic);
+    }
+    return CLI_OK;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"state-dir", required_argument, NULL, 's'},
+        {"qemu", required_argument, NULL, 'q'},
+        {"debug", no_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {0},
+    };
+    cli_global g = {0};
+    int c;
+    /* '+': stop at the command, its options are its own */
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            g.state_dir = optarg;
+            break;
+        case 'q':
+            g.qemu = optarg;
+            break;
+        case 'd':
+            g.debug = true;
+            break;
+        case 'h':
+            return help(NULL);
+        case 'V':
+            puts("vmigrate " VMIG_VERSION_STRING);
+            return CLI_OK;
+        default:
+            return cli_usage_error(NULL, "unknown global option");
+        }
+    }
+    if (optind >= argc) {
+        return cli_usage_error(NULL, "no command given");
+    }
+    char **cargv = argv + optind;
+    int cargc = argc - optind;
+    const char *cmd = cargv[0];
+    optind = 1; /* each command parses its own options from its own argv */
+    if (strcmp(cmd, "help") == 0) {
+        return help(cargc > 1 ? cargv[1] : NULL);
+    }
+    if (strcmp(cmd, "version") == 0) {
+        puts("vmigrate " VMIG_VERSION_STRING);
+        return CLI_OK;
+    }
+    if (strcmp(cmd, "vm") == 0) {
+        return cmd_vm(&g, cargc, cargv);
+    }
+    if (strcmp(cmd, "migrate") == 0) {
+        return cmd_migrate(&g, cargc, cargv);
+    }
+    if (strcmp(cmd, "demo") == 0) {
+        return cmd_demo(&g, cargc, cargv);
+    }
+    if (strcmp(cmd, "qmp") == 0) {
+        return cmd_qmp(&g, cargc, cargv);
+    }
+    return cli_usage_error(NULL, "unknown command '%s'", cmd);
+}

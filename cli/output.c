@@ -1,0 +1,216 @@
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+void cli_err(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("vmigrate: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "vmigrate%s%s: ", cmd ? " " : "", cmd ? cmd : "");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nTry 'vmigrate help%s%s'.\n", cmd ? " " : "", cmd ? cmd : "");
+    va_end(ap);
+    return CLI_USAGE;
+}
+
+int cli_fail(vmig_error *err)
+{
+    cli_err("%s", vmig_error_message(err));
+    vmig_error_free(err);
+    return CLI_FAILED;
+}
+
+static void log_to_stderr(void *opaque, vmig_log_level level, const char *msg)
+{
+    static const char *const names[] = {"error", "warning", "info", "debug"};
+    (void)opaque;
+    fprintf(stderr, "vmigrate: %s: %s\n", names[level], msg);
+}
+
+static void log_warnings(void *opaque, vmig_log_level level, const char *msg)
+{
+    if (level <= VMIG_LOG_WARN) {
+        log_to_stderr(opaque, level, msg);
+    }
+}
+
+vmig_engine *cli_engine(const cli_global *g, vmig_error **errp)
+{
+    vmig_engine *e = vmig_engine_new(g->state_dir, errp);
+    if (!e) {
+        return NULL;
+    }
+    vmig_engine_set_log(e, g->debug ? log_to_stderr : log_warnings, NULL);
+    if (g->qemu) {
+        vmig_engine_set_qemu(e, g->qemu);
+    }
+    return e;
+}
+
+static vmig_engine *sig_engine;
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    if (sig_engine) {
+        vmig_engine_cancel(sig_engine);
+    }
+}
+
+void cli_install_sigint(vmig_engine *e)
+{
+    sig_engine = e;
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+bool cli_parse_int(const char *opt, const char *val, int lo, int hi, int *ret)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (errno || end == val || *end || v < lo || v > hi) {
+        cli_err("%s: '%s' is not a whole number from %d to %d", opt, val, lo, hi);
+        return false;
+    }
+    *ret = (int)v;
+    return true;
+}
+
+void cli_print_json(json_object *o)
+{
+    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+    fflush(stdout);
+}
+
+json_object *cli_stats_json(const vmig_migration_stats *st)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "status", json_object_new_string(st->status));
+    json_object_object_add(o, "total_ms", json_object_new_int64((int64_t)st->total_ms));
+    json_object_object_add(o, "downtime_ms", json_object_new_int64((int64_t)st->downtime_ms));
+    json_object_object_add(o, "setup_ms", json_object_new_int64((int64_t)st->setup_ms));
+    json_object_object_add(o, "transferred_bytes",
+                           json_object_new_int64((int64_t)st->transferred_bytes));
+    json_object_object_add(o, "passes", json_object_new_int64((int64_t)st->passes));
+    json_object_object_add(o, "mbps", json_object_new_double(st->mbps));
+    json_object_object_add(o, "qemu_downtime_ms",
+                           json_object_new_int64((int64_t)st->qemu_downtime_ms));
+    json_object_object_add(o, "qemu_total_ms", json_object_new_int64((int64_t)st->qemu_total_ms));
+    json_object_object_add(o, "total_bytes", json_object_new_int64((int64_t)st->total_bytes));
+    json_object_object_add(o, "remaining_bytes",
+                           json_object_new_int64((int64_t)st->remaining_bytes));
+    return o;
+}
+
+/* ---- progress ------------------------------------------------------------------------------ */
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void cli_progress_init(cli_progress *p, bool verbose)
+{
+    memset(p, 0, sizeof(*p));
+    p->enabled = verbose;
+    p->tty = isatty(STDERR_FILENO);
+}
+
+void cli_progress_cb(void *opaque, const vmig_migration_stats *st)
+{
+    cli_progress *p = opaque;
+    if (!p->enabled) {
+        return;
+    }
+    double pct = st->progress * 100.0;
+    double mib_s = st->mbps * 1e6 / 8.0 / (1024.0 * 1024.0);
+    double rem_mib = (double)st->remaining_bytes / (1024.0 * 1024.0);
+    /* dirty-pages-rate is pages/s of 4 KiB target pages */
+    double dirty_mib_s = (double)st->dirty_pages_rate * 4096.0 / (1024.0 * 1024.0);
+    if (p->tty) {
+        char bar[31];
+        int fill = (int)(st->progress * 30.0);
+        for (int i = 0; i < 30; i++) {
+            bar[i] = i < fill ? '#' : '.';
+        }
+        bar[30] = '\0';
+        fprintf(stderr, "\r[%s] %5.1f%%  %7.1f MiB/s  remaining %8.1f MiB  dirty %6.1f MiB/s"
+                        "  pass %llu ",
+                bar, pct, mib_s, rem_mib, dirty_mib_s, (unsigned long long)st->passes);
+    } else {
+        long long t = now_ms();
+        if (t - p->last_line_ms < 1000) {
+            return;
+        }
+        p->last_line_ms = t;
+        fprintf(stderr, "progress %5.1f%% %.1f MiB/s remaining %.1f MiB dirty %.1f MiB/s pass %llu\n",
+                pct, mib_s, rem_mib, dirty_mib_s, (unsigned long long)st->passes);
+    }
+    fflush(stderr);
+}
+
+void cli_progress_done(cli_progress *p)
+{
+    if (p->enabled && p->tty) {
+        fputc('\n', stderr);
+    }
+}
+
+/* ---- migrate options --------------------------------------------------------------------- */
+
+const char cli_migrate_opts_help[] =
+    "  --live               migrate while the VM runs (pre-copy); without it the VM is\n"
+    "                       paused first and resumed on the destination\n"
+    "  --max-downtime MS    the longest pause QEMU may take to switch over (default 300)\n"
+    "  --bandwidth MIB_S    cap the migration stream (default: unlimited; QEMU alone\n"
+    "                       would cap it at 128 MiB/s)\n"
+    "  --timeout S          give up after S seconds, roll back, source keeps running\n"
+    "  --verbose            progress: percent, MiB/s, remaining, dirty rate, pass\n"
+    "  --json               print one JSON object with the result on stdout\n";
+
+int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
+{
+    switch (opt) {
+    case 'l':
+        a->opts.live = true;
+        return 1;
+    case 'D':
+        return cli_parse_int("--max-downtime", val, 1, 2000000, &a->opts.max_downtime_ms) ? 1
+                                                                                          : -1;
+    case 'B':
+        return cli_parse_int("--bandwidth", val, 1, 1000000, &a->opts.bandwidth_mib_s) ? 1 : -1;
+    case 'T':
+        return cli_parse_int("--timeout", val, 1, 86400 * 7, &a->opts.timeout_s) ? 1 : -1;
+    case 'v':
+        a->verbose = true;
+        return 1;
+    case 'j':
+        a->json = true;
+        return 1;
+    default:
+        return 0;
+    }
+}

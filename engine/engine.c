@@ -1,0 +1,156 @@
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+void eng_log(vmig_engine *e, vmig_log_level level, const char *fmt, ...)
+{
+    if (!e->log_fn) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    e->log_fn(e->log_opaque, level, msg);
+}
+
+static char *default_state_dir(void)
+{
+    const char *env = g_getenv("VMIG_STATE_DIR");
+    if (env && *env) {
+        return g_strdup(env);
+    }
+    const char *rt = g_getenv("XDG_RUNTIME_DIR");
+    if (rt && *rt && g_file_test(rt, G_FILE_TEST_IS_DIR)) {
+        return g_build_filename(rt, "vmigrate", NULL);
+    }
+    return g_strdup_printf("/tmp/vmigrate-%u", (unsigned)getuid());
+}
+
+static void cancel_readable(void *opaque, int fd, int revents)
+{
+    vmig_engine *e = opaque;
+    uint64_t v;
+    (void)revents;
+    if (read(fd, &v, sizeof(v)) == (ssize_t)sizeof(v)) {
+        e->cancel_requested = 1;
+    }
+}
+
+vmig_engine *vmig_engine_new(const char *state_dir, vmig_error **errp)
+{
+    g_autofree char *dir = state_dir ? g_strdup(state_dir) : default_state_dir();
+    if (g_mkdir_with_parents(dir, 0700) < 0) {
+        vmig_set_error_errno(errp, errno, "state directory %s", dir);
+        return NULL;
+    }
+    vmig_engine *e = g_new0(vmig_engine, 1);
+    e->state_dir = g_canonicalize_filename(dir, NULL);
+    const char *q = g_getenv("VMIG_QEMU");
+    e->qemu = g_strdup(q && *q ? q : "qemu-system-x86_64");
+    e->cancel_fd = -1;
+    e->loop = eng_loop_new(errp);
+    if (!e->loop) {
+        vmig_engine_free(e);
+        return NULL;
+    }
+    e->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (e->cancel_fd < 0) {
+        vmig_set_error_errno(errp, errno, "eventfd");
+        vmig_engine_free(e);
+        return NULL;
+    }
+    e->cancel_watch = eng_loop_watch(e->loop, e->cancel_fd, POLLIN, cancel_readable, e);
+    return e;
+}
+
+void vmig_engine_free(vmig_engine *e)
+{
+    if (!e) {
+        return;
+    }
+    eng_loop_free(e->loop);
+    if (e->cancel_fd >= 0) {
+        close(e->cancel_fd);
+    }
+    g_free(e->qemu);
+    g_free(e->state_dir);
+    g_free(e);
+}
+
+const char *vmig_engine_state_dir(const vmig_engine *e)
+{
+    return e->state_dir;
+}
+
+void vmig_engine_set_log(vmig_engine *e, vmig_log_fn fn, void *opaque)
+{
+    e->log_fn = fn;
+    e->log_opaque = opaque;
+}
+
+void vmig_engine_set_qemu(vmig_engine *e, const char *qemu_binary)
+{
+    g_free(e->qemu);
+    e->qemu = g_strdup(qemu_binary);
+}
+
+void vmig_engine_cancel(vmig_engine *e)
+{
+    /* Only async-signal-safe calls here. */
+    e->cancel_requested = 1;
+    uint64_t one = 1;
+    ssize_t w = write(e->cancel_fd, &one, sizeof(one));
+    (void)w;
+}
+
+void vmig_migrate_opts_init(vmig_migrate_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->live = true;
+    o->dest = "local";
+}
+
+const char *vmig_guest_kernel(void)
+{
+    static char found[4096];
+    const char *env = g_getenv("VMIG_GUEST");
+    if (env && *env) {
+        g_strlcpy(found, env, sizeof(found));
+        return g_file_test(found, G_FILE_TEST_IS_REGULAR) ? found : NULL;
+    }
+    g_autofree char *exe = g_file_read_link("/proc/self/exe", NULL);
+    g_autofree char *exedir = exe ? g_path_get_dirname(exe) : NULL;
+    const char *candidates[] = {
+        exedir ? exedir : ".", /* build tree: build/vmigrate, build/guest/vmig-guest.elf */
+        exedir ? exedir : ".",
+        VMIG_DATADIR,
+    };
+    const char *subpaths[] = {"guest/vmig-guest.elf", "../guest/vmig-guest.elf",
+                              "vmig-guest.elf"};
+    for (size_t i = 0; i < G_N_ELEMENTS(candidates); i++) {
+        g_autofree char *p = g_build_filename(candidates[i], subpaths[i], NULL);
+        if (g_file_test(p, G_FILE_TEST_IS_REGULAR)) {
+            g_autofree char *canon = g_canonicalize_filename(p, NULL);
+            g_strlcpy(found, canon, sizeof(found));
+            return found;
+        }
+    }
+    /* installed: <prefix>/bin/vmigrate and <prefix>/share/vmigrate/vmig-guest.elf */
+    if (exedir) {
+        g_autofree char *p = g_build_filename(exedir, "..", "share", "vmigrate",
+                                              "vmig-guest.elf", NULL);
+        if (g_file_test(p, G_FILE_TEST_IS_REGULAR)) {
+            g_autofree char *canon = g_canonicalize_filename(p, NULL);
+            g_strlcpy(found, canon, sizeof(found));
+            return found;
+        }
+    }
+    return NULL;
+}
