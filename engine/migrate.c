@@ -267,6 +267,12 @@ static bool prepare(mig_job *j, const char *name, vmig_error **errp)
     if (g_file_get_contents(accel_path, &accel, NULL, NULL)) {
         eng_accel_parse(g_strstrip(accel), &j->accel);
     }
+    if (j->o->live && j->accel == VMIG_ACCEL_TCG && qmp_conn_version(j->src->qmp) < 90000) {
+        eng_log(j->e, VMIG_LOG_WARN,
+                "QEMU %d.%d under TCG can lose guest writes in a live migration (fixed in "
+                "QEMU 9.0, commit 03bfc2188f); guests that reload their TLBs are rarely hit",
+                qmp_conn_version(j->src->qmp) / 10000, qmp_conn_version(j->src->qmp) / 100 % 100);
+    }
     if (j->e->cancel_requested) {
         vmig_set_error(errp, VMIG_E_CANCELLED, "cancelled");
         return false;

@@ -8,7 +8,8 @@
  * host's check of a memory snapshot.
  *
  * Kernel command line (-append): vmig.fill_mib=N (default: all RAM above 2 MiB, less 1 MiB
- * at the top) and vmig.dirty_mib_s=R (default 0: fill, then halt).
+ * at the top), vmig.dirty_mib_s=R (default 0: fill, then halt) and vmig.tlb_refresh=0|1
+ * (default 1, see tlb_drop()).
  */
 #include <stdint.h>
 
@@ -45,6 +46,22 @@ static inline uint32_t inl(uint16_t port)
     uint32_t v;
     __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
     return v;
+}
+
+/*
+ * QEMU before 9.0 under TCG clears migration dirty bits without dropping the vCPU's fast-path
+ * TLB entries, so stores through an entry that stays hot are never marked dirty again and are
+ * lost in a live migration (fixed upstream by commit 03bfc2188f).  Flushing the entry after
+ * writing a page makes the next store to it trap and mark it dirty.  vmig.tlb_refresh=0
+ * turns this off to reproduce the QEMU bug.
+ */
+static uint32_t tlb_refresh = 1;
+
+static inline void tlb_drop(const volatile void *addr)
+{
+    if (tlb_refresh) {
+        __asm__ volatile("invlpg (%0)" : : "r"(addr) : "memory");
+    }
 }
 
 static void serial_puts(const char *s)
@@ -120,6 +137,7 @@ static void page_write(uint32_t p, uint32_t g)
     w[2] = g;
     w[1] = p;
     w[0] = VMIG_PAGE_MAGIC;
+    tlb_drop(w);
 }
 
 static void count_write(void)
@@ -149,6 +167,7 @@ static void step(void)
         status->gen = g + 1;
     }
     status->cursor = p;
+    tlb_drop(status);
 }
 
 static uint32_t pm_now(void)
@@ -209,6 +228,7 @@ void guest_main(uint32_t magic, const struct mb_info *mbi)
                          : 0;
     uint32_t fill_mib = cmdline_u32(cmd, "vmig.fill_mib", 0);
     uint32_t rate_mib = cmdline_u32(cmd, "vmig.dirty_mib_s", 0);
+    tlb_refresh = cmdline_u32(cmd, "vmig.tlb_refresh", 1);
     uint32_t npages = avail;
     if (fill_mib && fill_mib * (1024u * 1024u / VMIG_GUEST_PAGE_SIZE) < avail) {
         npages = fill_mib * (1024u * 1024u / VMIG_GUEST_PAGE_SIZE);
