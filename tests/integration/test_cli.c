@@ -1,0 +1,218 @@
+/* The vmigrate command line, run as a user would: bad input gets a clear error and the right
+ * exit status; the verbs work end to end on real QEMU. */
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "tests/support/t_util.h"
+
+#define RUN(...)                                                                               \
+    ({                                                                                         \
+        const char *const args_[] = {__VA_ARGS__ __VA_OPT__(,) NULL};                                    \
+        t_cli(args_);                                                                          \
+    })
+
+static void expect_fail(t_run_result r, int status, const char *needle)
+{
+    cr_expect(eq(int, r.status, status), "exit %d, stderr: %s", r.status, r.err);
+    cr_expect_not_null(strstr(r.err, needle), "stderr lacks '%s': %s", needle, r.err);
+    t_run_result_clear(&r);
+}
+
+Test(cli, usage_errors_exit_2_and_name_the_problem, .timeout = 60)
+{
+    expect_fail(RUN("frobnicate"), 2, "unknown command 'frobnicate'");
+    expect_fail(RUN("--bogus", "vm", "list"), 2, "--bogus");
+    expect_fail(RUN(), 2, "no command given");
+    expect_fail(RUN("migrate"), 2, "expected NAME and DEST, got 0 argument(s)");
+    expect_fail(RUN("migrate", "--speed", "3", "a", "local"), 2, "unknown option '--speed'");
+    expect_fail(RUN("migrate", "--max-downtime", "abc", "a", "local"), 2,
+                "--max-downtime: 'abc' is not a whole number");
+    expect_fail(RUN("migrate", "--bandwidth"), 2, "option '--bandwidth' needs a value");
+    expect_fail(RUN("vm"), 2, "needs a subcommand");
+    expect_fail(RUN("vm", "reboot", "x"), 2, "unknown subcommand 'reboot'");
+    expect_fail(RUN("vm", "start", "--accel", "xen", "x.json"), 2,
+                "'xen' is not an accelerator");
+    expect_fail(RUN("demo", "--mem-mib", "4"), 2, "--mem-mib: '4' is not a whole number from 16");
+    expect_fail(RUN("qmp", "/x.sock"), 2, "expected SOCKET COMMAND");
+    expect_fail(RUN("qmp", "/x.sock", "query-status", "[1]"), 2, "must be a JSON object");
+}
+
+Test(cli, help_is_there)
+{
+    const char *topics[] = {"vm", "migrate", "demo", "qmp"};
+    for (size_t i = 0; i < G_N_ELEMENTS(topics); i++) {
+        t_run_result r = RUN("help", topics[i]);
+        cr_expect(eq(int, r.status, 0));
+        cr_expect_not_null(strstr(r.out, "Usage: vmigrate"));
+        t_run_result_clear(&r);
+    }
+    t_run_result r = RUN("help", "migrate");
+    cr_expect_not_null(strstr(r.out, "--max-downtime MS"));
+    t_run_result_clear(&r);
+}
+
+Test(cli, bad_files_and_paths, .timeout = 60)
+{
+    g_autofree char *dir = t_state_dir_new();
+    g_autofree char *spec = g_build_filename(dir, "vm.json", NULL);
+    expect_fail(RUN("--state-dir", dir, "vm", "start", "/nonexistent/vm.json"), 1,
+                "/nonexistent/vm.json: No such file or directory");
+    g_file_set_contents(spec, "{\"name\": \"x\", \"memory_mib\": 64,", -1, NULL);
+    expect_fail(RUN("--state-dir", dir, "vm", "start", spec), 1, "not valid JSON");
+    g_file_set_contents(spec, "{\"name\": \"x\", \"memory_mib\": 64, \"kernel\": \"nope.elf\"}",
+                        -1, NULL);
+    expect_fail(RUN("--state-dir", dir, "vm", "start", spec), 1, "nope.elf: No such file");
+    g_file_set_contents(spec, "{\"name\": \"x\", \"memory_mb\": 64}", -1, NULL);
+    expect_fail(RUN("--state-dir", dir, "vm", "start", spec), 1,
+                "field 'memory_mb': unknown field");
+    unlink(spec);
+    expect_fail(RUN("--state-dir", dir, "migrate", "ghost", "local"), 1, "no VM named 'ghost'");
+    expect_fail(RUN("--state-dir", dir, "vm", "stop", "ghost"), 1, "no VM named 'ghost'");
+    expect_fail(RUN("qmp", "/nonexistent/qmp.sock", "query-status"), 1,
+                "/nonexistent/qmp.sock: No such file or directory");
+    expect_fail(RUN("qmp", "/etc/hostname", "query-status"), 1, "not a socket");
+    /* a QEMU that cannot be run */
+    g_file_set_contents(spec, "{\"name\": \"x\", \"memory_mib\": 64, \"kernel\": \"/etc/hostname\"}",
+                        -1, NULL);
+    expect_fail(RUN("--state-dir", dir, "--qemu", "/nonexistent/qemu", "vm", "start", spec), 1,
+                "cannot run /nonexistent/qemu");
+    /* QEMU refuses the spec: its own words come through */
+    g_file_set_contents(spec, "{\"name\": \"x\", \"memory_mib\": 64, \"kernel\": \"/etc/hostname\","
+                              " \"machine\": \"no-such-machine\"}", -1, NULL);
+    expect_fail(RUN("--state-dir", dir, "vm", "start", spec), 1, "unsupported machine type");
+    unlink(spec);
+    t_state_dir_check_clean(dir);
+}
+
+/* A unix socket that speaks something other than QMP. */
+typedef struct impostor {
+    int lfd;
+    pthread_t thread;
+} impostor;
+
+static void *serve(void *opaque)
+{
+    impostor *im = opaque;
+    int fd = accept(im->lfd, NULL, NULL);
+    if (fd >= 0) {
+        const char msg[] = "220 smtp.example ESMTP ready\r\n";
+        ssize_t w = write(fd, msg, sizeof(msg) - 1);
+        (void)w;
+        char buf[64];
+        while (read(fd, buf, sizeof(buf)) > 0) {
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+Test(cli, socket_that_is_not_qemu, .timeout = 60)
+{
+    g_autofree char *dir = t_state_dir_new();
+    g_autofree char *path = g_build_filename(dir, "imp.sock", NULL);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
+    impostor im = {.lfd = socket(AF_UNIX, SOCK_STREAM, 0)};
+    cr_assert(eq(int, bind(im.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0));
+    cr_assert(eq(int, listen(im.lfd, 1), 0));
+    pthread_create(&im.thread, NULL, serve, &im);
+    expect_fail(RUN("qmp", path, "query-status"), 1, "not a QMP server");
+    pthread_join(im.thread, NULL);
+    close(im.lfd);
+    unlink(path);
+    t_state_dir_check_clean(dir);
+}
+
+static json_object *parse_json(const char *out)
+{
+    json_object *o = json_tokener_parse(out);
+    cr_assert_not_null(o, "not JSON: %s", out);
+    return o;
+}
+
+static const char *jstr(json_object *o, const char *key)
+{
+    json_object *v = NULL;
+    cr_assert(json_object_object_get_ex(o, key, &v), "no '%s' in %s", key,
+              json_object_to_json_string(o));
+    return json_object_get_string(v);
+}
+
+Test(cli, start_list_migrate_stop, .timeout = 240)
+{
+    g_autofree char *dir = t_state_dir_new();
+    g_autofree char *spec = g_build_filename(dir, "guest.json", NULL);
+    g_autofree char *json = g_strdup_printf(
+        "{\"name\": \"cli-vm\", \"memory_mib\": 128, \"kernel\": \"%s\", "
+        "\"append\": \"vmig.dirty_mib_s=10\"}", vmig_guest_kernel());
+    g_file_set_contents(spec, json, -1, NULL);
+
+    t_run_result r = RUN("--state-dir", dir, "vm", "start", spec);
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    t_run_result_clear(&r);
+    expect_fail(RUN("--state-dir", dir, "vm", "start", spec), 1, "already running");
+
+    r = RUN("--state-dir", dir, "vm", "list", "--json");
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    json_object *list = parse_json(r.out);
+    cr_assert(eq(sz, json_object_array_length(list), 1));
+    cr_assert(eq(str, (char *)jstr(json_object_array_get_idx(list, 0), "state"), "running"));
+    json_object_put(list);
+    t_run_result_clear(&r);
+
+    r = RUN("--state-dir", dir, "migrate", "--live", "--max-downtime", "200", "--bandwidth",
+            "500", "--json", "cli-vm", "local");
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    json_object *res = parse_json(r.out);
+    cr_assert(eq(str, (char *)jstr(res, "status"), "completed"));
+    const char *keys[] = {"total_ms", "downtime_ms", "setup_ms", "transferred_bytes", "passes",
+                          "mbps"};
+    for (size_t i = 0; i < G_N_ELEMENTS(keys); i++) {
+        jstr(res, keys[i]);
+    }
+    json_object_put(res);
+    t_run_result_clear(&r);
+
+    r = RUN("--state-dir", dir, "vm", "list");
+    cr_assert_not_null(strstr(r.out, "cli-vm"));
+    cr_assert_not_null(strstr(r.out, "running"));
+    t_run_result_clear(&r);
+
+    r = RUN("--state-dir", dir, "migrate", "--json", "cli-vm", "local:/nonexistent");
+    cr_assert(eq(int, r.status, 1));
+    res = parse_json(r.out);
+    cr_assert(eq(str, (char *)jstr(res, "status"), "failed"));
+    cr_assert_not_null(strstr(jstr(res, "error"), "/nonexistent does not exist"));
+    json_object_put(res);
+    t_run_result_clear(&r);
+
+    r = RUN("--state-dir", dir, "vm", "stop", "cli-vm");
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    t_run_result_clear(&r);
+    unlink(spec);
+    t_state_dir_check_clean(dir);
+}
+
+Test(cli, demo_json, .timeout = 240)
+{
+    g_autofree char *dir = t_state_dir_new();
+    t_run_result r = RUN("--state-dir", dir, "demo", "--json", "--mem-mib", "128",
+                         "--dirty-mib-s", "20");
+    cr_assert(eq(int, r.status, 0), "%s%s", r.out, r.err);
+    json_object *res = parse_json(r.out);
+    cr_assert(eq(str, (char *)jstr(res, "status"), "completed"));
+    json_object *v = NULL;
+    cr_assert(json_object_object_get_ex(res, "verified", &v) && json_object_get_boolean(v));
+    cr_assert(json_object_object_get_ex(res, "pages_checked", &v) &&
+              json_object_get_int64(v) > 30000);
+    json_object_put(res);
+    t_run_result_clear(&r);
+    t_state_dir_check_clean(dir);
+}

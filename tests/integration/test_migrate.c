@@ -1,0 +1,357 @@
+/*
+ * Live migration between two real QEMU processes (TCG unless VMIG_TEST_ACCEL=kvm), through
+ * the library.  Every test ends by checking that no QEMU and no file is left behind.
+ */
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "tests/support/t_util.h"
+
+#define READY_MS 120000
+
+static char *state;
+static vmig_engine *eng;
+
+static void setup(void)
+{
+    state = t_state_dir_new();
+    eng = t_engine(state);
+}
+
+static void teardown(void)
+{
+    vmig_vm_info infos[8];
+    int n = vmig_vm_list(eng, infos, 8, NULL);
+    for (int i = 0; i < n && i < 8; i++) {
+        vmig_vm_stop(eng, infos[i].name, 5000, NULL);
+    }
+    vmig_engine_free(eng);
+    t_state_dir_check_clean(state);
+    g_free(state);
+}
+
+TestSuite(migrate, .init = setup, .fini = teardown, .timeout = 240);
+
+static void start_guest(const char *name, int mem, int rate)
+{
+    g_autoptr(vmig_spec) s = t_guest_spec(name, mem, rate);
+    vmig_error *err = NULL;
+    cr_assert(vmig_vm_start(eng, s, t_accel(), &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_guest_wait_ready(eng, name, READY_MS, &err), "%s", vmig_error_message(err));
+}
+
+static const char *run_state(const char *name, char *buf, size_t len)
+{
+    vmig_vm_info infos[8];
+    int n = vmig_vm_list(eng, infos, 8, NULL);
+    for (int i = 0; i < n && i < 8; i++) {
+        if (strcmp(infos[i].name, name) == 0) {
+            g_strlcpy(buf, infos[i].status, len);
+            return buf;
+        }
+    }
+    return "absent";
+}
+
+static void expect_only(const char *name, const char *status)
+{
+    vmig_vm_info infos[8];
+    int n = vmig_vm_list(eng, infos, 8, NULL);
+    cr_assert(eq(int, n, 1), "one VM after the migration, found %d", n);
+    cr_assert(eq(str, infos[0].name, (char *)name));
+    cr_assert(eq(str, infos[0].status, (char *)status));
+}
+
+Test(migrate, idle_guest)
+{
+    start_guest("idle", 256, 0);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    vmig_migration_stats st;
+    vmig_error *err = NULL;
+    cr_assert(vmig_migrate(eng, "idle", &o, NULL, NULL, &st, &err), "%s",
+              vmig_error_message(err));
+    cr_assert(eq(str, st.status, "completed"));
+    cr_assert(gt(u64, st.downtime_ms, 0));
+    cr_assert(ge(u64, st.transferred_bytes, st.total_bytes / 2),
+              "the pattern pages are not zero: most of RAM must cross");
+    cr_assert(ge(u64, st.total_ms, st.setup_ms));
+    expect_only("idle", "running");
+    uint64_t pages = 0;
+    cr_assert(vmig_guest_verify(eng, "idle", &pages, &err), "%s", vmig_error_message(err));
+    cr_assert(gt(u64, pages, 60000), "a 256 MiB guest has ~64k pattern pages, checked %lu",
+              (unsigned long)pages);
+}
+
+typedef struct progress_log {
+    int calls;
+    uint64_t max_passes;
+} progress_log;
+
+static void count_progress(void *opaque, const vmig_migration_stats *st)
+{
+    progress_log *l = opaque;
+    l->calls++;
+    if (st->passes > l->max_passes) {
+        l->max_passes = st->passes;
+    }
+}
+
+Test(migrate, guest_dirtying_memory)
+{
+    start_guest("busy", 256, 40);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.max_downtime_ms = 100;
+    o.bandwidth_mib_s = 200; /* several passes: the guest dirties while we copy */
+    vmig_migration_stats st;
+    progress_log pl = {0};
+    vmig_error *err = NULL;
+    cr_assert(vmig_migrate(eng, "busy", &o, count_progress, &pl, &st, &err), "%s",
+              vmig_error_message(err));
+    cr_assert(eq(str, st.status, "completed"));
+    cr_assert(gt(u64, st.transferred_bytes, st.total_bytes),
+              "dirtied pages were sent again: %lu of %lu", (unsigned long)st.transferred_bytes,
+              (unsigned long)st.total_bytes);
+    cr_assert(ge(u64, st.passes, 2));
+    cr_assert(gt(int, pl.calls, 0), "progress was reported");
+    expect_only("busy", "running");
+    uint64_t pages = 0;
+    cr_assert(vmig_guest_verify(eng, "busy", &pages, &err), "%s", vmig_error_message(err));
+}
+
+typedef struct killer {
+    const char *stage;
+    int killed_pid;
+} killer;
+
+static void kill_destination(void *opaque, const vmig_migration_stats *st)
+{
+    killer *k = opaque;
+    if (k->killed_pid || st->transferred_bytes == 0) {
+        return;
+    }
+    k->killed_pid = t_instance_pid(k->stage);
+    if (k->killed_pid > 0) {
+        kill(k->killed_pid, SIGKILL);
+    }
+}
+
+Test(migrate, destination_killed_midway)
+{
+    start_guest("victim", 512, 10);
+    g_autofree char *stage = g_build_filename(state, "victim.incoming", NULL);
+    killer k = {.stage = stage};
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.bandwidth_mib_s = 32; /* ~16 s: plenty of time to kill it in the middle */
+    vmig_migration_stats st;
+    vmig_error *err = NULL;
+    int64_t t0 = vmig_now_ms();
+    cr_assert(not(vmig_migrate(eng, "victim", &o, kill_destination, &k, &st, &err)));
+    cr_assert(gt(int, k.killed_pid, 0), "the destination was killed");
+    cr_assert(lt(i64, vmig_now_ms() - t0, 12000), "the failure is noticed without waiting "
+                                                  "for the stream to time out");
+    const char *msg = vmig_error_message(err);
+    cr_assert_not_null(strstr(msg, "destination"), "%s", msg);
+    cr_assert_not_null(strstr(msg, "VM 'victim' is running on the source"), "%s", msg);
+    cr_assert(eq(str, st.status, "failed"));
+    vmig_error_free(err);
+    err = NULL;
+    char buf[32];
+    cr_assert(eq(str, (char *)run_state("victim", buf, sizeof(buf)), "running"));
+    cr_assert(not(g_file_test(stage, G_FILE_TEST_EXISTS)), "the destination is torn down");
+    cr_assert(eq(int, t_qemu_count("victim.incoming"), 0));
+    uint64_t pages = 0;
+    cr_assert(vmig_guest_verify(eng, "victim", &pages, &err), "the source lost nothing: %s",
+              vmig_error_message(err));
+}
+
+Test(migrate, refused_up_front)
+{
+    start_guest("stay", 64, 0);
+    int qemus = t_qemu_count(state);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.dest = "local:/nonexistent/vmig-dest";
+    vmig_migration_stats st;
+    vmig_error *err = NULL;
+    cr_assert(not(vmig_migrate(eng, "stay", &o, NULL, NULL, &st, &err)));
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_NOTFOUND));
+    cr_assert(eq(str, (char *)vmig_error_message(err),
+                 "destination state directory /nonexistent/vmig-dest does not exist"));
+    vmig_error_free(err);
+    cr_assert(eq(int, t_qemu_count(state), qemus), "no destination QEMU was started");
+    expect_only("stay", "running");
+
+    err = NULL;
+    cr_assert(not(vmig_migrate(eng, "nosuch", &o, NULL, NULL, &st, &err)));
+    vmig_error_free(err);
+    err = NULL;
+    o.dest = "tcp://elsewhere:4444";
+    cr_assert(not(vmig_migrate(eng, "stay", &o, NULL, NULL, &st, &err)));
+    cr_assert_not_null(strstr(vmig_error_message(err), "unknown destination"));
+    vmig_error_free(err);
+}
+
+Test(migrate, to_another_state_directory)
+{
+    start_guest("mover", 64, 5);
+    g_autofree char *other = t_state_dir_new();
+    g_autofree char *dest = g_strdup_printf("local:%s", other);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.dest = dest;
+    vmig_error *err = NULL;
+    cr_assert(vmig_migrate(eng, "mover", &o, NULL, NULL, NULL, &err), "%s",
+              vmig_error_message(err));
+    vmig_vm_info infos[4];
+    cr_assert(eq(int, vmig_vm_list(eng, infos, 4, NULL), 0), "gone from the source");
+    vmig_engine *other_eng = t_engine(other);
+    cr_assert(eq(int, vmig_vm_list(other_eng, infos, 4, NULL), 1));
+    cr_assert(eq(str, infos[0].status, "running"));
+    cr_assert(vmig_guest_verify(other_eng, "mover", NULL, &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_vm_stop(other_eng, "mover", 5000, NULL));
+    vmig_engine_free(other_eng);
+    t_state_dir_check_clean(other);
+}
+
+static void cancel_midway(void *opaque, const vmig_migration_stats *st)
+{
+    if (st->transferred_bytes > 0) {
+        vmig_engine_cancel(opaque);
+    }
+}
+
+Test(migrate, cancel_rolls_back)
+{
+    start_guest("cancelme", 256, 10);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.bandwidth_mib_s = 16;
+    vmig_migration_stats st;
+    vmig_error *err = NULL;
+    cr_assert(not(vmig_migrate(eng, "cancelme", &o, cancel_midway, eng, &st, &err)));
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_CANCELLED), "%s", vmig_error_message(err));
+    cr_assert(eq(str, st.status, "cancelled"));
+    vmig_error_free(err);
+    err = NULL;
+    expect_only("cancelme", "running");
+    cr_assert(vmig_guest_verify(eng, "cancelme", NULL, &err), "%s", vmig_error_message(err));
+}
+
+Test(migrate, timeout_rolls_back)
+{
+    start_guest("slow", 256, 0);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.bandwidth_mib_s = 8;
+    o.timeout_s = 2;
+    vmig_migration_stats st;
+    vmig_error *err = NULL;
+    cr_assert(not(vmig_migrate(eng, "slow", &o, NULL, NULL, &st, &err)));
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_TIMEOUT), "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "did not finish within 2 s"));
+    vmig_error_free(err);
+    expect_only("slow", "running");
+}
+
+Test(migrate, paused_migration_keeps_the_vm_paused_state)
+{
+    start_guest("cold", 64, 5);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.live = false;
+    vmig_migration_stats st;
+    vmig_error *err = NULL;
+    cr_assert(vmig_migrate(eng, "cold", &o, NULL, NULL, &st, &err), "%s",
+              vmig_error_message(err));
+    expect_only("cold", "running");
+    cr_assert(ge(u64, st.downtime_ms, st.qemu_total_ms / 2),
+              "a non-live migration is all downtime");
+    cr_assert(vmig_guest_verify(eng, "cold", NULL, &err), "%s", vmig_error_message(err));
+}
+
+/* ---- the memory check catches damage in the stream ------------------------------------------ */
+
+static bool incoming_done(eng_vm *dst)
+{
+    g_autoptr(json_object) info = qmp_conn_call(dst->qmp, "query-migrate", NULL, 0, 5000, NULL);
+    json_object *v = NULL;
+    return info && json_object_object_get_ex(info, "status", &v) &&
+           strcmp(json_object_get_string(v), "completed") == 0;
+}
+
+/* Migrates "relayed" through the test proxy by hand (QMP only), returns the destination. */
+static eng_vm *migrate_through_proxy(int64_t page, int *ret_hits)
+{
+    start_guest("relayed", 64, 0);
+    vmig_error *err = NULL;
+    g_autofree char *src_dir = g_build_filename(state, "relayed", NULL);
+    g_autofree char *stage = g_build_filename(state, "relayed.incoming", NULL);
+    g_autoptr(eng_vm) src = eng_vm_find(eng, src_dir, &err);
+    cr_assert_not_null(src, "%s", vmig_error_message(err));
+    cr_assert(eng_vm_connect(src, NULL, NULL, &err), "%s", vmig_error_message(err));
+    eng_vm *dst = eng_vm_launch(eng, src->spec, stage, t_accel(), true, &err);
+    cr_assert_not_null(dst, "%s", vmig_error_message(err));
+    cr_assert(eng_vm_connect(dst, NULL, NULL, &err), "%s", vmig_error_message(err));
+
+    g_autofree char *in_sock = g_build_filename(stage, "migrate.sock", NULL);
+    g_autofree char *proxy_sock = g_build_filename(state, "proxy.sock", NULL);
+    g_autofree char *in_uri = g_strconcat("unix:", in_sock, NULL);
+    g_autofree char *proxy_uri = g_strconcat("unix:", proxy_sock, NULL);
+    json_object *a = json_object_new_object();
+    json_object_object_add(a, "uri", json_object_new_string(in_uri));
+    cr_assert(qmp_conn_call_void(dst->qmp, "migrate-incoming", a, 5000, &err), "%s",
+              vmig_error_message(err));
+    t_proxy *proxy = t_proxy_start(proxy_sock, in_sock, page);
+    a = json_object_new_object();
+    json_object_object_add(a, "uri", json_object_new_string(proxy_uri));
+    cr_assert(qmp_conn_call_void(src->qmp, "migrate", a, 5000, &err), "%s",
+              vmig_error_message(err));
+    for (int i = 0; i < 600 && !incoming_done(dst); i++) {
+        g_usleep(100000);
+    }
+    cr_assert(incoming_done(dst), "the relayed migration completed");
+    uint64_t bytes = 0;
+    t_proxy_stop(proxy, &bytes, ret_hits);
+    unlink(proxy_sock);
+    cr_assert(gt(u64, bytes, 32u << 20), "the stream went through the relay");
+    cr_assert(eng_vm_kill(src, 5000, NULL));
+    eng_vm_remove_dir(src_dir);
+    return dst;
+}
+
+Test(migrate, check_passes_after_a_clean_relay)
+{
+    int hits = -1;
+    g_autoptr(eng_vm) dst = migrate_through_proxy(-1, &hits);
+    cr_assert(eq(int, hits, 0));
+    vmig_error *err = NULL;
+    uint64_t pages = 0;
+    cr_assert(eng_guest_verify(dst, &pages, &err), "%s", vmig_error_message(err));
+    cr_assert(gt(u64, pages, 15000));
+    cr_assert(eng_vm_kill(dst, 5000, NULL));
+    eng_vm_remove_dir(dst->dir);
+}
+
+Test(migrate, check_catches_a_page_corrupted_in_the_stream)
+{
+    int hits = 0;
+    g_autoptr(eng_vm) dst = migrate_through_proxy(1234, &hits);
+    cr_assert(ge(int, hits, 1), "the relay found page 1234 in the stream");
+    vmig_error *err = NULL;
+    cr_assert(not(eng_guest_verify(dst, NULL, &err)));
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_VERIFY));
+    cr_assert_not_null(strstr(vmig_error_message(err), "1 of "), "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "page 1234"), "%s",
+                       vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "corrupted contents"));
+    vmig_error_free(err);
+    cr_assert(eng_vm_kill(dst, 5000, NULL));
+    eng_vm_remove_dir(dst->dir);
+}

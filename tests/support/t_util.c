@@ -1,0 +1,154 @@
+#include "t_util.h"
+
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+char *t_state_dir_new(void)
+{
+    char tmpl[] = "/tmp/vmig-test-XXXXXX";
+    cr_assert_not_null(mkdtemp(tmpl));
+    return g_strdup(tmpl);
+}
+
+int t_qemu_count(const char *needle)
+{
+    int n = 0;
+    DIR *d = opendir("/proc");
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (!g_ascii_isdigit(de->d_name[0])) {
+            continue;
+        }
+        g_autofree char *path = g_strdup_printf("/proc/%s/cmdline", de->d_name);
+        g_autofree char *cmd = NULL;
+        gsize len = 0;
+        if (!g_file_get_contents(path, &cmd, &len, NULL) || len == 0) {
+            continue; /* gone, or a zombie: nothing left to leak */
+        }
+        for (gsize i = 0; i + 1 < len; i++) {
+            if (cmd[i] == '\0') {
+                cmd[i] = ' ';
+            }
+        }
+        if (strstr(cmd, "qemu") && strstr(cmd, needle)) {
+            n++;
+        }
+    }
+    if (d) {
+        closedir(d);
+    }
+    return n;
+}
+
+static int count_entries(const char *dir, GString *names)
+{
+    int n = 0;
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            g_string_append_printf(names, " %s", de->d_name);
+            n++;
+        }
+    }
+    if (d) {
+        closedir(d);
+    }
+    return n;
+}
+
+void t_state_dir_check_clean(const char *dir)
+{
+    /* QEMU may take a moment to exit after a kill */
+    for (int i = 0; i < 100 && t_qemu_count(dir) > 0; i++) {
+        g_usleep(50000);
+    }
+    cr_expect(eq(int, t_qemu_count(dir), 0), "QEMU processes left running in %s", dir);
+    g_autoptr(GString) names = g_string_new(NULL);
+    int left = count_entries(dir, names);
+    cr_expect(eq(int, left, 0), "left in %s:%s", dir, names->str);
+    rmdir(dir);
+}
+
+int t_instance_pid(const char *instance_dir)
+{
+    g_autofree char *path = g_build_filename(instance_dir, "qemu.pid", NULL);
+    g_autofree char *text = NULL;
+    if (!g_file_get_contents(path, &text, NULL, NULL)) {
+        return 0;
+    }
+    return atoi(text);
+}
+
+vmig_spec *t_guest_spec(const char *name, int mem_mib, int dirty_mib_s)
+{
+    const char *kernel = vmig_guest_kernel();
+    cr_assert_not_null(kernel, "the test guest was not found (VMIG_GUEST=%s)",
+                       getenv("VMIG_GUEST") ? getenv("VMIG_GUEST") : "unset");
+    g_autofree char *json = g_strdup_printf(
+        "{\"name\": \"%s\", \"memory_mib\": %d, \"kernel\": \"%s\", "
+        "\"append\": \"vmig.dirty_mib_s=%d\"}",
+        name, mem_mib, kernel, dirty_mib_s);
+    vmig_error *err = NULL;
+    vmig_spec *s = vmig_spec_parse(json, &err);
+    cr_assert_not_null(s, "%s", vmig_error_message(err));
+    return s;
+}
+
+vmig_accel t_accel(void)
+{
+    const char *a = getenv("VMIG_TEST_ACCEL");
+    return a && strcmp(a, "kvm") == 0 ? VMIG_ACCEL_KVM : VMIG_ACCEL_TCG;
+}
+
+static void log_stderr(void *opaque, vmig_log_level level, const char *msg)
+{
+    (void)opaque;
+    fprintf(stderr, "[vmig %d] %s\n", (int)level, msg);
+}
+
+vmig_engine *t_engine(const char *state_dir)
+{
+    vmig_error *err = NULL;
+    vmig_engine *e = vmig_engine_new(state_dir, &err);
+    cr_assert_not_null(e, "%s", vmig_error_message(err));
+    if (getenv("VMIG_TEST_DEBUG")) {
+        vmig_engine_set_log(e, log_stderr, NULL);
+    }
+    return e;
+}
+
+t_run_result t_cli(const char *const *args)
+{
+    const char *cli = getenv("VMIG_CLI");
+    cr_assert_not_null(cli, "VMIG_CLI is not set");
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    g_ptr_array_add(argv, g_strdup(cli));
+    for (const char *const *a = args; *a; a++) {
+        g_ptr_array_add(argv, g_strdup(*a));
+    }
+    g_ptr_array_add(argv, NULL);
+    t_run_result r = {0};
+    int wait_status = 0;
+    g_autoptr(GError) gerr = NULL;
+    gboolean ok = g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_DEFAULT, NULL, NULL,
+                               &r.out, &r.err, &wait_status, &gerr);
+    cr_assert(ok, "spawning %s: %s", cli, gerr ? gerr->message : "?");
+    r.status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 128 + WTERMSIG(wait_status);
+    return r;
+}
+
+void t_run_result_clear(t_run_result *r)
+{
+    g_free(r->out);
+    g_free(r->err);
+}
