@@ -492,12 +492,13 @@ bool vmig_migrate(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
     vmig_error *err = NULL;
     bool ok = prepare(&j, name, &err) && perform(&j, progress, opaque, &err) &&
               finish(&j, &err);
+    /* total: up to the destination running (or the failure), not the clean-up after it */
+    j.st.total_ms = (uint64_t)(vmig_now_ms() - j.t0);
     if (ok) {
         confirm(&j);
     } else if (!j.dest_took_over) {
         rollback(&j, &err);
     }
-    j.st.total_ms = (uint64_t)(vmig_now_ms() - j.t0);
     const char *status = ok                                                 ? "completed"
                          : vmig_error_code(err) == VMIG_E_CANCELLED         ? "cancelled"
                                                                             : "failed";

@@ -144,7 +144,7 @@ VMIG_EXPORT void vmig_migrate_opts_init(vmig_migrate_opts *o);
 
 typedef struct vmig_migration_stats {
     char status[24];            /* QEMU's MigrationStatus name */
-    uint64_t total_ms;          /* our wall clock, from the first QMP command to resumed */
+    uint64_t total_ms;          /* our clock: from the call to the destination running */
     uint64_t setup_ms;          /* preparing the destination up to `migrate` */
     uint64_t downtime_ms;       /* STOP on the source to RESUME on the destination */
     uint64_t qemu_downtime_ms;  /* QEMU's own figure */
