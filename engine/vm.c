@@ -24,7 +24,7 @@
 
 #include "engine.h"
 
-#define POLL_STEP_US 20000
+#define POLL_STEP_US 5000 /* QEMU opens its monitor ~30 ms after exec */
 
 const char *eng_accel_name(vmig_accel a)
 {
