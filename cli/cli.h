@@ -28,7 +28,9 @@ int cmd_qmp(const cli_global *g, int argc, char **argv);
 /* output.c */
 void cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int cli_fail(vmig_error *err); /* prints and frees @err, returns CLI_FAILED */
+int cli_fail(vmig_error *err);
+/* getopt_long returned '?' or ':' (optstring starts with "+:"): report it, return CLI_USAGE. */
+int cli_bad_option(const char *cmd, int c, char **argv); /* prints and frees @err, returns CLI_FAILED */
 vmig_engine *cli_engine(const cli_global *g, vmig_error **errp);
 void cli_install_sigint(vmig_engine *e);
 bool cli_parse_int(const char *opt, const char *val, int lo, int hi, int *ret);

@@ -44,9 +44,7 @@ int cmd_migrate(const cli_global *g, int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
         if (c == '?' || c == ':') {
-            return cli_usage_error("migrate", c == ':' ? "option '%s' needs a value"
-                                                       : "unknown option '%s'",
-                                   argv[optind - 1]);
+            return cli_bad_option("migrate", c, argv);
         }
         if (cli_migrate_opt(&a, c, optarg) < 0) {
             return CLI_USAGE;
@@ -110,9 +108,7 @@ static int demo_parse(demo_args *d, int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
         if (c == '?' || c == ':') {
-            return cli_usage_error("demo", c == ':' ? "option '%s' needs a value"
-                                                    : "unknown option '%s'",
-                                   argv[optind - 1]);
+            return cli_bad_option("demo", c, argv);
         }
         int r = cli_migrate_opt(&d->m, c, optarg);
         if (r < 0) {

@@ -31,9 +31,7 @@ static int vm_start(const cli_global *g, int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
         if (c != 'a') {
-            return cli_usage_error("vm", c == ':' ? "option '%s' needs a value"
-                                                  : "unknown option '%s' for 'vm start'",
-                                   argv[optind - 1]);
+            return cli_bad_option("vm", c, argv);
         }
         if (!parse_accel(optarg, &accel)) {
             return CLI_USAGE;
@@ -69,9 +67,7 @@ static int vm_list(const cli_global *g, int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
         if (c != 'j') {
-            return cli_usage_error("vm", c == ':' ? "option '%s' needs a value"
-                                                  : "unknown option '%s' for 'vm list'",
-                                   argv[optind - 1]);
+            return cli_bad_option("vm", c, argv);
         }
         json = true;
     }
@@ -127,9 +123,7 @@ static int vm_stop(const cli_global *g, int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
         if (c != 't') {
-            return cli_usage_error("vm", c == ':' ? "option '%s' needs a value"
-                                                  : "unknown option '%s' for 'vm stop'",
-                                   argv[optind - 1]);
+            return cli_bad_option("vm", c, argv);
         }
         if (!cli_parse_int("--timeout", optarg, 0, 3600, &timeout_s)) {
             return CLI_USAGE;

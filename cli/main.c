@@ -104,8 +104,9 @@ int main(int argc, char **argv)
     };
     cli_global g = {0};
     int c;
+    opterr = 0;
     /* '+': stop at the command, its options are its own */
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+:h", opts, NULL)) != -1) {
         switch (c) {
         case 's':
             g.state_dir = optarg;
@@ -122,7 +123,7 @@ int main(int argc, char **argv)
             puts("vmigrate " VMIG_VERSION_STRING);
             return CLI_OK;
         default:
-            return cli_usage_error(NULL, "unknown global option");
+            return cli_bad_option(NULL, c, argv);
         }
     }
     if (optind >= argc) {

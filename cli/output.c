@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,6 +36,12 @@ int cli_fail(vmig_error *err)
     cli_err("%s", vmig_error_message(err));
     vmig_error_free(err);
     return CLI_FAILED;
+}
+
+int cli_bad_option(const char *cmd, int c, char **argv)
+{
+    return cli_usage_error(cmd, c == ':' ? "option '%s' needs a value" : "unknown option '%s'",
+                           argv[optind - 1]);
 }
 
 static void log_to_stderr(void *opaque, vmig_log_level level, const char *msg)

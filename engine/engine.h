@@ -99,6 +99,8 @@ bool eng_vm_connect(eng_vm *vm, qmp_event_fn ev, void *opaque, vmig_error **errp
 void eng_vm_disconnect(eng_vm *vm);
 /* quit, then SIGKILL after @timeout_ms; waits for the process to be gone. */
 bool eng_vm_kill(eng_vm *vm, int timeout_ms, vmig_error **errp);
+/* QEMU's run state ("running", "paused", ...) into @buf, via query-status. */
+const char *eng_vm_run_state(eng_vm *vm, char *buf, size_t len, vmig_error **errp);
 /* Removes an instance directory and the files in it. */
 void eng_vm_remove_dir(const char *dir);
 /* Whether the VM's QEMU process still exists. */

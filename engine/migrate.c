@@ -191,24 +191,11 @@ static bool resolve_dest(mig_job *j, vmig_error **errp)
     return true;
 }
 
-static const char *status_of(eng_vm *vm, char *buf, size_t len, vmig_error **errp)
-{
-    g_autoptr(json_object) st = qmp_conn_call(vm->qmp, "query-status", NULL, 0,
-                                              ENG_QMP_TIMEOUT_MS, errp);
-    json_object *v = NULL;
-    if (!st || !json_object_object_get_ex(st, "status", &v)) {
-        vmig_set_error(errp, VMIG_E_PROTO, "query-status: no status in the reply");
-        return NULL;
-    }
-    g_strlcpy(buf, json_object_get_string(v), len);
-    return buf;
-}
-
 /* The source may move: running or paused, not migrating, nothing blocking it. */
 static bool preflight_source(mig_job *j, vmig_error **errp)
 {
     char state[32];
-    if (!status_of(j->src, state, sizeof(state), errp)) {
+    if (!eng_vm_run_state(j->src, state, sizeof(state), errp)) {
         return false;
     }
     if (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0) {
@@ -461,11 +448,11 @@ static void rollback(mig_job *j, vmig_error **errp)
         }
     }
     char state[32];
-    if (j->was_running && status_of(j->src, state, sizeof(state), &err) &&
+    if (j->was_running && eng_vm_run_state(j->src, state, sizeof(state), &err) &&
         strcmp(state, "running") != 0) {
         qmp_conn_call_void(j->src->qmp, "cont", NULL, ENG_QMP_TIMEOUT_MS, &err);
     }
-    if (status_of(j->src, state, sizeof(state), &err)) {
+    if (eng_vm_run_state(j->src, state, sizeof(state), &err)) {
         vmig_append_error(errp, "; VM '%s' is %s on the source", j->src->name, state);
     }
     if (err) {

@@ -164,23 +164,10 @@ static bool judge(const eng_vm *vm, const struct vmig_guest_status *st,
     return false;
 }
 
-static const char *run_state(eng_vm *vm, vmig_error **errp, char *buf, size_t len)
-{
-    g_autoptr(json_object) st = qmp_conn_call(vm->qmp, "query-status", NULL, 0,
-                                              ENG_QMP_TIMEOUT_MS, errp);
-    json_object *v = NULL;
-    if (!st || !json_object_object_get_ex(st, "status", &v)) {
-        vmig_set_error(errp, VMIG_E_PROTO, "query-status: no status in the reply");
-        return NULL;
-    }
-    g_strlcpy(buf, json_object_get_string(v), len);
-    return buf;
-}
-
 bool eng_guest_verify(eng_vm *vm, uint64_t *ret_pages, vmig_error **errp)
 {
     char state[32];
-    if (!run_state(vm, errp, state, sizeof(state))) {
+    if (!eng_vm_run_state(vm, state, sizeof(state), errp)) {
         return false;
     }
     bool was_running = strcmp(state, "running") == 0;

@@ -444,6 +444,19 @@ bool eng_vm_kill(eng_vm *vm, int timeout_ms, vmig_error **errp)
     return true;
 }
 
+const char *eng_vm_run_state(eng_vm *vm, char *buf, size_t len, vmig_error **errp)
+{
+    g_autoptr(json_object) st = qmp_conn_call(vm->qmp, "query-status", NULL, 0,
+                                              ENG_QMP_TIMEOUT_MS, errp);
+    json_object *v = NULL;
+    if (!st || !json_object_object_get_ex(st, "status", &v)) {
+        vmig_set_error(errp, VMIG_E_PROTO, "query-status: no status in the reply");
+        return NULL;
+    }
+    g_strlcpy(buf, json_object_get_string(v), len);
+    return buf;
+}
+
 bool eng_wait_until(vmig_engine *e, bool (*pred)(void *), void *opaque, int timeout_ms)
 {
     int64_t deadline = vmig_now_ms() + timeout_ms;
