@@ -368,7 +368,6 @@ static bool dst_resumed(void *opaque)
 
 static bool finish(mig_job *j, vmig_error **errp)
 {
-    json_object_put(poll_source(j, NULL)); /* final figures: downtime, total-time */
     if (!eng_wait_until(j->e, dst_loaded, j, DEST_LOAD_TIMEOUT_MS)) {
         vmig_set_error(errp, VMIG_E_TIMEOUT, "the destination did not finish loading within "
                                              "%d ms", DEST_LOAD_TIMEOUT_MS);
@@ -382,6 +381,9 @@ static bool finish(mig_job *j, vmig_error **errp)
                                           "stream");
         return false;
     }
+    /* Final figures.  QEMU 7.2 announces completed a moment before it computes downtime,
+     * so they are read once the destination has loaded, not at the source's event. */
+    json_object_put(poll_source(j, NULL));
     if (!j->was_running) {
         j->dest_took_over = true; /* stays paused, as the source was */
         return true;

@@ -77,6 +77,8 @@ Test(migrate, idle_guest)
               vmig_error_message(err));
     cr_assert(eq(str, st.status, "completed"));
     cr_assert(gt(u64, st.downtime_ms, 0));
+    cr_assert(gt(u64, st.qemu_downtime_ms, 0), "QEMU's own downtime figure is read after it "
+                                                "is computed");
     cr_assert(ge(u64, st.transferred_bytes, st.total_bytes / 2),
               "the pattern pages are not zero: most of RAM must cross");
     cr_assert(ge(u64, st.total_ms, st.setup_ms));
