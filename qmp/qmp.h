@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/json.h"
 #include "vmigrate.h"
 
 #define QMP_MSG_MAX (10u * 1024u * 1024u) /* libvirt's bound too */
@@ -95,7 +96,6 @@ bool qmp_conn_call_void(qmp_conn *c, const char *cmd, json_object *args, int tim
                         vmig_error **errp);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(qmp_conn, qmp_conn_free)
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(json_object, json_object_put)
 
 /* Monotonic milliseconds, the clock every deadline in vmigrate uses. */
 int64_t vmig_now_ms(void);
