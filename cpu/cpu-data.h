@@ -35,7 +35,7 @@ typedef struct cpu_model_def {
 extern const char cpu_data_qemu_version[];
 extern const cpu_feature_def cpu_features[];
 extern const size_t cpu_features_count;
-extern const cpu_model_def cpu_models[];
-extern const size_t cpu_models_count;
+extern const cpu_model_def cpu_model_defs[];
+extern const size_t cpu_model_defs_count;
 
 #endif

@@ -5,7 +5,11 @@ and its named CPU models with their feature sets.
 How the facts are obtained, all from QEMU itself:
   * models: query-cpu-definitions, then query-cpu-model-expansion type=static of each model,
     whose boolean props that are true are the model's features (vendor, family, model, stepping
-    come from the same expansion);
+    come from the same expansion).  Every accelerator applies its defaults to the expansion:
+    measured on QEMU 7.2 over all 129 models, TCG only turns vme off (125 models define it),
+    while KVM turns x2apic on and monitor, svm, npt, nrip-save, acpi, svme-addr-chk off and
+    adds its paravirt leaf.  So a model's definition is its TCG expansion plus vme where the
+    KVM expansion has it; without KVM the script says so and leaves vme out;
   * CPUID bits: for each feature F, QEMU is started with `-cpu base,+F -S` and the CPU's
     feature-words and filtered-features QOM properties read back: the bit set is F's;
   * MSR features (IA32_ARCH_CAPABILITIES 0x10a, CORE_CAPABILITY 0xcf, PERF_CAPABILITIES 0x345)
@@ -65,9 +69,9 @@ class QMP:
                 raise RuntimeError("%s: %s" % (name, m["error"]["desc"]))
 
 
-def qemu(binary, args, work, tag):
+def qemu(binary, args, work, tag, accel="tcg"):
     sock = os.path.join(work, tag + ".sock")
-    p = subprocess.Popen([binary, "-nodefaults", "-display", "none", "-accel", "tcg",
+    p = subprocess.Popen([binary, "-nodefaults", "-display", "none", "-accel", accel,
                           "-qmp", "unix:%s,server=on,wait=off" % sock] + args,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return p, QMP(sock)
@@ -94,6 +98,21 @@ def feature_bits(binary, work, feat):
     return feat, sorted(bits)
 
 
+def kvm_vme_models(binary, work, names):
+    """Models whose definition has vme, read under KVM (TCG forces vme off); None without KVM."""
+    try:
+        p, q = qemu(binary, ["-machine", "none"], work, "kvm", accel="kvm")
+    except RuntimeError:
+        return None
+    try:
+        return {n for n in names
+                if q.cmd("query-cpu-model-expansion", type="static",
+                         model={"name": n})["model"]["props"].get("vme") is True}
+    finally:
+        p.kill()
+        p.wait()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--qemu", default="qemu-system-x86_64")
@@ -118,6 +137,13 @@ def main():
                        "vendor": props.get("vendor", ""), "family": props.get("family", 0),
                        "model": props.get("model", 0), "stepping": props.get("stepping", 0),
                        "features": feats})
+    vme_models = kvm_vme_models(a.qemu, work, [m["name"] for m in models])
+    for m in models:
+        if vme_models is None or m["name"] in vme_models:
+            if vme_models is not None:
+                m["features"] = sorted(set(m["features"]) | {"vme"})
+    if vme_models is None:
+        print("warning: KVM unavailable: vme is left as TCG reports it (off)")
     # "max" tells which names this QEMU knows that no named model uses
     exp = q.cmd("query-cpu-model-expansion", type="static", model={"name": "max"})
     names.update(k for k, v in exp["model"]["props"].items()
@@ -144,12 +170,12 @@ def main():
         for feat, kind, leaf, sub, reg, bit in sorted(table, key=lambda t: (t[1], t[2], t[3], t[4], t[5])):
             f.write('    {"%s", %s, 0x%x, %d, %d, %d},\n' % (feat, kind, leaf, sub, reg, bit))
         f.write("};\nconst size_t cpu_features_count = sizeof(cpu_features) / sizeof(cpu_features[0]);\n\n")
-        f.write("const cpu_model_def cpu_models[] = {\n")
+        f.write("const cpu_model_def cpu_model_defs[] = {\n")
         for m in models:
             f.write('    {"%s", %s, "%s", %d, %d, %d,\n     "%s"},\n' % (
                 m["name"], '"%s"' % m["alias_of"] if m["alias_of"] else "NULL", m["vendor"],
                 m["family"], m["model"], m["stepping"], " ".join(m["features"])))
-        f.write("};\nconst size_t cpu_models_count = sizeof(cpu_models) / sizeof(cpu_models[0]);\n")
+        f.write("};\nconst size_t cpu_model_defs_count = sizeof(cpu_model_defs) / sizeof(cpu_model_defs[0]);\n")
     print("wrote %s: %d features, %d models (QEMU %s)" % (a.out, len(table), len(models), version))
 
 

@@ -98,14 +98,14 @@ Test(cpu_table, libvirt_spellings)
 
 Test(cpu_table, models_name_known_features)
 {
-    cr_assert(gt(sz, cpu_models_count, 50));
-    for (size_t m = 0; m < cpu_models_count; m++) {
+    cr_assert(gt(sz, cpu_model_defs_count, 50));
+    for (size_t m = 0; m < cpu_model_defs_count; m++) {
         char buf[4096];
-        g_strlcpy(buf, cpu_models[m].features, sizeof(buf));
+        g_strlcpy(buf, cpu_model_defs[m].features, sizeof(buf));
         char *save = NULL;
         for (char *t = strtok_r(buf, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
             cr_expect(ge(int, cpu_feature_index(t), 0), "%s lists unknown %s",
-                      cpu_models[m].name, t);
+                      cpu_model_defs[m].name, t);
         }
     }
 }
