@@ -24,6 +24,7 @@ int cmd_vm(const cli_global *g, int argc, char **argv);
 int cmd_migrate(const cli_global *g, int argc, char **argv);
 int cmd_demo(const cli_global *g, int argc, char **argv);
 int cmd_qmp(const cli_global *g, int argc, char **argv);
+int cmd_cpu(const cli_global *g, int argc, char **argv);
 
 /* output.c */
 void cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

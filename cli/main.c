@@ -17,6 +17,8 @@ static const char main_help[] =
     "  demo [OPTIONS]                     start the built-in test guest, migrate it live on\n"
     "                                     this host, check every page of its memory\n"
     "  qmp SOCKET COMMAND [ARGS-JSON]     run one QMP command and print the reply\n"
+    "  cpu host|decode|baseline|compare|models\n"
+    "                                     CPU models, baselines and compatibility\n"
     "  version                            print the version\n"
     "  help [COMMAND]                     show help for a command\n"
     "\n"
@@ -71,6 +73,30 @@ static const char qmp_help[] =
     "COMMAND with the JSON object ARGS-JSON as its arguments, and prints the reply.\n"
     "Example: vmigrate qmp /tmp/vm/qmp.sock query-status\n";
 
+static const char cpu_help[] =
+    "Usage: vmigrate cpu host [--export xml|json] [OUTPUT]\n"
+    "       vmigrate cpu decode [OUTPUT] FILE\n"
+    "       vmigrate cpu baseline [--features] [--migratable] [OUTPUT] FILE...\n"
+    "       vmigrate cpu compare [--json] HOST_CPU VM_CPU\n"
+    "       vmigrate cpu models [--json]\n"
+    "\n"
+    "FILE, HOST_CPU, VM_CPU: libvirt <cpu> XML (one or several blocks, as virsh\n"
+    "hypervisor-cpu-baseline takes), or a raw CPUID dump: libvirt cpudata XML,\n"
+    "InstLatx64/AIDA64 text, a libcpuid test file, or 'cpu host --export' output.\n"
+    "Models and feature names are QEMU's (built-in table from QEMU 7.2).\n"
+    "\n"
+    "host      this host's CPUID, decoded; --export writes the raw data to compute elsewhere\n"
+    "decode    the model, required and disabled features that describe each CPU in FILE\n"
+    "baseline  the largest CPU all the given CPUs can run; mixed vendors are refused\n"
+    "          --features    list every feature, not only the difference from the model\n"
+    "          --migratable  drop features that block migration (invtsc)\n"
+    "compare   whether VM_CPU runs on HOST_CPU: exit 0 identical, 3 superset (runs, host\n"
+    "          has more), 4 incompatible (the missing features are named)\n"
+    "models    QEMU's named models\n"
+    "\n"
+    "OUTPUT: default libvirt <cpu mode='custom' match='exact'>; --json {model, vendor,\n"
+    "require, disable}; --qemu a -cpu argument (Model,+feat,-feat).\n";
+
 static int help(const char *topic)
 {
     if (!topic) {
@@ -86,6 +112,8 @@ static int help(const char *topic)
         fputs(cli_migrate_opts_help, stdout);
     } else if (strcmp(topic, "qmp") == 0) {
         fputs(qmp_help, stdout);
+    } else if (strcmp(topic, "cpu") == 0) {
+        fputs(cpu_help, stdout);
     } else {
         return cli_usage_error(NULL, "no help for unknown command '%s'", topic);
     }
@@ -151,6 +179,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "qmp") == 0) {
         return cmd_qmp(&g, cargc, cargv);
+    }
+    if (strcmp(cmd, "cpu") == 0) {
+        return cmd_cpu(&g, cargc, cargv);
     }
     return cli_usage_error(NULL, "unknown command '%s'", cmd);
 }

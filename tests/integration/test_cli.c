@@ -216,3 +216,100 @@ Test(cli, demo_json, .timeout = 240)
     t_run_result_clear(&r);
     t_state_dir_check_clean(dir);
 }
+
+static char *cpudata(const char *name)
+{
+    const char *dir = getenv("VMIG_CPUDATA");
+    cr_assert_not_null(dir);
+    return g_build_filename(dir, "libvirt", name, NULL);
+}
+
+Test(cli, cpu_baseline_decode_compare, .timeout = 60)
+{
+    g_autofree char *i5 = cpudata("x86_64-cpuid-Core-i5-6600-json.xml");
+    g_autofree char *gold = cpudata("x86_64-cpuid-Xeon-Gold-6148-json.xml");
+    g_autofree char *ivb = cpudata("x86_64-cpuid-Core-i7-3770.xml");
+    g_autofree char *kbl = cpudata("x86_64-cpuid-Core-i7-8550U.xml");
+    g_autofree char *epyc = cpudata("x86_64-cpuid-EPYC-7502-32-Core.xml");
+
+    t_run_result r = RUN("cpu", "baseline", i5, gold);
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    cr_assert(eq(str, r.out,
+                 "<cpu mode='custom' match='exact'>\n"
+                 "  <model fallback='allow'>Skylake-Client</model>\n"
+                 "  <vendor>Intel</vendor>\n"
+                 "  <feature policy='require' name='hypervisor'/>\n"
+                 "  <feature policy='require' name='ss'/>\n"
+                 "  <feature policy='require' name='tsc_adjust'/>\n"
+                 "  <feature policy='require' name='clflushopt'/>\n"
+                 "  <feature policy='require' name='pdpe1gb'/>\n"
+                 "</cpu>\n"));
+    t_run_result_clear(&r);
+
+    r = RUN("cpu", "baseline", "--qemu", i5, gold);
+    cr_assert(eq(str, r.out, "Skylake-Client,+hypervisor,+ss,+tsc-adjust,+clflushopt,+pdpe1gb\n"));
+    t_run_result_clear(&r);
+
+    r = RUN("cpu", "baseline", "--json", "--migratable", ivb, kbl);
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    json_object *o = json_tokener_parse(r.out);
+    cr_assert_not_null(o, "%s", r.out);
+    cr_assert(eq(str, (char *)json_object_get_string(json_object_object_get(o, "model")),
+                 "IvyBridge"));
+    cr_assert_null(strstr(r.out, "invtsc"), "--migratable drops invtsc");
+    json_object_put(o);
+    t_run_result_clear(&r);
+
+    r = RUN("cpu", "baseline", "--features", i5, gold);
+    cr_assert_not_null(strstr(r.out, "name='avx2'"), "--features lists the model's too");
+    t_run_result_clear(&r);
+
+    expect_fail(RUN("cpu", "baseline", ivb, epyc), 1,
+                "CPU vendors do not match: CPU 1 is GenuineIntel, CPU 2 is AuthenticAMD");
+    expect_fail(RUN("cpu", "baseline", "/nonexistent.xml"), 1, "/nonexistent.xml");
+    expect_fail(RUN("cpu", "frob"), 2, "unknown subcommand 'frob'");
+
+    g_autofree char *dir = t_state_dir_new();
+    g_autofree char *guest = g_build_filename(dir, "guest.xml", NULL);
+    cr_assert(g_file_set_contents(guest, "<cpu><model>IvyBridge</model></cpu>", -1, NULL));
+    r = RUN("cpu", "compare", kbl, guest);
+    cr_assert(eq(int, r.status, 3), "an i7-8550U host runs an IvyBridge guest, with more: %s",
+              r.out);
+    t_run_result_clear(&r);
+    r = RUN("cpu", "compare", kbl, ivb);
+    cr_assert(eq(int, r.status, 4), "the i7-3770 has smx, the i7-8550U does not");
+    cr_assert_not_null(strstr(r.out, "lacks: smx"), "%s", r.out);
+    t_run_result_clear(&r);
+    unlink(guest);
+    t_state_dir_check_clean(dir);
+    r = RUN("cpu", "compare", ivb, kbl);
+    cr_assert(eq(int, r.status, 4));
+    cr_assert_not_null(strstr(r.out, "incompatible: the host CPU lacks: "), "%s", r.out);
+    cr_assert_not_null(strstr(r.out, "avx2"));
+    t_run_result_clear(&r);
+    r = RUN("cpu", "compare", ivb, ivb);
+    cr_assert(eq(int, r.status, 0), "%s", r.out);
+    t_run_result_clear(&r);
+
+    r = RUN("cpu", "decode", "--qemu", epyc);
+    cr_assert(g_str_has_prefix(r.out, "EPYC-Rome-v2,"), "%s", r.out);
+    t_run_result_clear(&r);
+}
+
+Test(cli, cpu_host_export_round_trip, .timeout = 60)
+{
+    g_autofree char *dir = t_state_dir_new();
+    g_autofree char *path = g_build_filename(dir, "host.json", NULL);
+    t_run_result r = RUN("cpu", "host", "--export", "json");
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    cr_assert(g_file_set_contents(path, r.out, -1, NULL));
+    t_run_result_clear(&r);
+    t_run_result a = RUN("cpu", "host", "--qemu");
+    t_run_result b = RUN("cpu", "decode", "--qemu", path);
+    cr_assert(eq(int, a.status, 0), "%s", a.err);
+    cr_assert(eq(str, a.out, b.out), "decoding the export elsewhere gives the same CPU");
+    t_run_result_clear(&a);
+    t_run_result_clear(&b);
+    unlink(path);
+    t_state_dir_check_clean(dir);
+}

@@ -1,0 +1,122 @@
+/* Reading CPU files of any kind, and writing results as libvirt XML, JSON or a -cpu string. */
+#include "cpu/format.h"
+
+#include <string.h>
+
+#include "common/error.h"
+#include "common/json.h"
+#include "cpu/raw.h"
+
+static const struct {
+    const char *cpuid;
+    const char *libvirt;
+} vendor_names[] = {
+    {"GenuineIntel", "Intel"},
+    {"AuthenticAMD", "AMD"},
+    {"HygonGenuine", "Hygon"},
+    {"CentaurHauls", "Zhaoxin"},
+};
+
+const char *cpu_vendor_libvirt(const char *cpuid_vendor)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(vendor_names); i++) {
+        if (strcmp(vendor_names[i].cpuid, cpuid_vendor) == 0) {
+            return vendor_names[i].libvirt;
+        }
+    }
+    return cpuid_vendor;
+}
+
+static void clear_def(gpointer p)
+{
+    cpu_def_clear(p);
+}
+
+GArray *cpu_defs_load(const char *path, vmig_error **errp)
+{
+    g_autofree char *text = NULL;
+    gsize len = 0;
+    g_autoptr(GError) gerr = NULL;
+    if (!g_file_get_contents(path, &text, &len, &gerr)) {
+        vmig_set_error(errp, gerr->code == G_FILE_ERROR_NOENT ? VMIG_E_NOTFOUND : VMIG_E_IO,
+                       "%s", gerr->message);
+        return NULL;
+    }
+    /* <cpu> blocks (host-model, custom CPUs, a baseline file) or a raw CPUID dump */
+    if (strstr(text, "<cpu") && !strstr(text, "<cpudata")) {
+        return cpu_defs_parse_xml(text, len, path, NULL, errp);
+    }
+    g_autoptr(cpu_raw) raw = cpu_raw_parse(text, len, path, errp);
+    if (!raw) {
+        return NULL;
+    }
+    GArray *defs = g_array_new(FALSE, TRUE, sizeof(cpu_def));
+    g_array_set_clear_func(defs, clear_def);
+    cpu_def d = {0};
+    cpu_raw_vendor(raw, d.vendor);
+    cpu_raw_signature(raw, &d.family, &d.model, &d.stepping);
+    cpu_raw_features(raw, &d.require);
+    g_array_append_val(defs, d);
+    return defs;
+}
+
+static void lines(GString *out, const cpu_featset *s, const char *policy)
+{
+    for (size_t i = 0; i < cpu_features_count; i++) {
+        if (cpu_featset_has(s, (int)i)) {
+            g_string_append_printf(out, "  <feature policy='%s' name='%s'/>\n", policy,
+                                   cpu_feature_libvirt_name((int)i));
+        }
+    }
+}
+
+char *cpu_format(const cpu_result *r, cpu_output fmt)
+{
+    cpu_featset require = r->dec.require;
+    if (r->all_features) {
+        /* --features: every feature, not only the difference from the model */
+        require = r->set;
+    }
+    if (fmt == CPU_OUT_JSON) {
+        g_autoptr(json_object) o = json_object_new_object();
+        json_object_object_add(o, "model", json_object_new_string(r->dec.model->name));
+        json_object_object_add(o, "vendor", json_object_new_string(r->vendor));
+        const cpu_featset *sets[2] = {&require, &r->dec.disable};
+        const char *keys[2] = {"require", "disable"};
+        for (int k = 0; k < 2; k++) {
+            json_object *arr = json_object_new_array();
+            for (size_t i = 0; i < cpu_features_count; i++) {
+                if (cpu_featset_has(sets[k], (int)i)) {
+                    json_object_array_add(arr, json_object_new_string(cpu_features[i].name));
+                }
+            }
+            json_object_object_add(o, keys[k], arr);
+        }
+        return g_strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                              JSON_C_TO_STRING_NOSLASHESCAPE));
+    }
+    if (fmt == CPU_OUT_QEMU) {
+        GString *out = g_string_new(r->dec.model->name);
+        for (size_t i = 0; i < cpu_features_count; i++) {
+            if (cpu_featset_has(&require, (int)i)) {
+                g_string_append_printf(out, ",+%s", cpu_features[i].name);
+            }
+        }
+        for (size_t i = 0; i < cpu_features_count; i++) {
+            if (cpu_featset_has(&r->dec.disable, (int)i)) {
+                g_string_append_printf(out, ",-%s", cpu_features[i].name);
+            }
+        }
+        return g_string_free(out, FALSE);
+    }
+    GString *out = g_string_new("<cpu mode='custom' match='exact'>\n");
+    g_string_append_printf(out, "  <model fallback='%s'>%s</model>\n",
+                           r->fallback_forbid ? "forbid" : "allow", r->dec.model->name);
+    if (r->vendor[0]) {
+        g_string_append_printf(out, "  <vendor>%s</vendor>\n", cpu_vendor_libvirt(r->vendor));
+    }
+    lines(out, &require, "require");
+    lines(out, &r->dec.disable, "disable");
+    g_string_append(out, "</cpu>\n");
+    return g_string_free(out, FALSE);
+}
