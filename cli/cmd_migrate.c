@@ -19,7 +19,8 @@ enum {
 #define MIGRATE_LONGOPTS                                                                       \
     {"live", no_argument, NULL, 'l'}, {"max-downtime", required_argument, NULL, 'D'},         \
         {"bandwidth", required_argument, NULL, 'B'}, {"timeout", required_argument, NULL, 'T'}, \
-        {"verbose", no_argument, NULL, 'v'}, {"json", no_argument, NULL, 'j'}
+        {"verbose", no_argument, NULL, 'v'}, {"json", no_argument, NULL, 'j'},                \
+        {"force", no_argument, NULL, 'F'}
 
 static void print_summary(const char *name, const char *dest, const vmig_migration_stats *st)
 {

@@ -127,6 +127,7 @@ json_object *cli_stats_json(const vmig_migration_stats *st)
     json_object_object_add(o, "total_bytes", json_object_new_int64((int64_t)st->total_bytes));
     json_object_object_add(o, "remaining_bytes",
                            json_object_new_int64((int64_t)st->remaining_bytes));
+    json_object_object_add(o, "cpu_check", json_object_new_string(st->cpu_check));
     return o;
 }
 
@@ -196,7 +197,9 @@ const char cli_migrate_opts_help[] =
     "                       would cap it at 128 MiB/s)\n"
     "  --timeout S          give up after S seconds, roll back, source keeps running\n"
     "  --verbose            progress: percent, MiB/s, remaining, dirty rate, pass\n"
-    "  --json               print one JSON object with the result on stdout\n";
+    "  --json               print one JSON object with the result on stdout\n"
+    "  --force              migrate even if the destination's CPU cannot run the VM's\n"
+    "                       (the check names the missing features; this overrides it)\n";
 
 int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
 {
@@ -216,6 +219,9 @@ int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
         return 1;
     case 'j':
         a->json = true;
+        return 1;
+    case 'F':
+        a->opts.force = true;
         return 1;
     default:
         return 0;

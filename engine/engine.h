@@ -107,6 +107,11 @@ void eng_vm_remove_dir(const char *dir);
 bool eng_vm_alive(const eng_vm *vm);
 /* Last lines of the VM's QEMU stderr, for error messages ("" when none). */
 char *eng_vm_log_tail(const eng_vm *vm);
+/* A throwaway QEMU (-machine none) to ask things of, such as its host CPU model; stop it with
+ * eng_qemu_probe_end() after freeing the connection. */
+qmp_conn *eng_qemu_probe(vmig_engine *e, vmig_accel accel, int *ret_pid, char **ret_dir,
+                         vmig_error **errp);
+void eng_qemu_probe_end(int pid, const char *dir);
 /* Runs the loop until @pred(@opaque) holds or @timeout_ms passed. */
 bool eng_wait_until(vmig_engine *e, bool (*pred)(void *), void *opaque, int timeout_ms);
 /* Frees @vm's accelerator field names: tcg or kvm, for the instance's accel file. */

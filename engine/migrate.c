@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cpu/format.h"
+#include "cpu/qemu.h"
 #include "engine.h"
 
 #define POLL_INTERVAL_MS 250
@@ -33,6 +35,7 @@ typedef struct mig_job {
     char *dest_state;
     char *final_dir; /* where the VM lives after success */
     char *uri;
+    char *dst_cpu; /* the VM's effective -cpu for the destination */
     vmig_accel accel;
     bool was_running;
     bool dest_took_over; /* past the point of no return */
@@ -229,6 +232,83 @@ static bool preflight_source(mig_job *j, vmig_error **errp)
     return true;
 }
 
+/* The destination's CPU: a host-cpu.xml in its state directory (what a destination agent will
+ * report for remote hosts), else what a QEMU on this host offers (host under KVM, max under
+ * TCG). */
+static bool dest_host_cpu(mig_job *j, cpu_def *ret, char **ret_source, vmig_error **errp)
+{
+    g_autofree char *file = g_build_filename(j->dest_state, "host-cpu.xml", NULL);
+    if (g_file_test(file, G_FILE_TEST_EXISTS)) {
+        g_autoptr(GArray) defs = cpu_defs_load(file, errp);
+        if (!defs) {
+            return false;
+        }
+        *ret = g_array_index(defs, cpu_def, 0);
+        g_array_index(defs, cpu_def, 0).model_name = NULL; /* moved into *ret */
+        *ret_source = g_steal_pointer(&file);
+        return true;
+    }
+    int pid = 0;
+    g_autofree char *dir = NULL;
+    const char *model = j->accel == VMIG_ACCEL_KVM ? "host" : "max";
+    qmp_conn *c = eng_qemu_probe(j->e, j->accel, &pid, &dir, errp);
+    bool ok = c && cpu_host_model_from_qemu(c, model, ret, errp);
+    qmp_conn_free(c);
+    if (dir) {
+        eng_qemu_probe_end(pid, dir);
+    }
+    *ret_source = g_strdup_printf("QEMU's %s model under %s", model, eng_accel_name(j->accel));
+    return ok;
+}
+
+/* Refuses, before anything moves, a migration whose destination cannot run the VM's CPU, and
+ * sets the destination's -cpu to the VM's effective CPU (with enforce added at launch). */
+static bool cpu_gate(mig_job *j, vmig_error **errp)
+{
+    cpu_def vm, host;
+    cpu_featset filtered, missing;
+    if (!cpu_vm_from_qemu(j->src->qmp, &vm, &filtered, errp)) {
+        return false;
+    }
+    /* QEMU sets hypervisor for every guest: no host CPU file needs to list it */
+    cpu_featset_del(&vm.require, cpu_feature_index("hypervisor"));
+    g_autofree char *source = NULL;
+    if (!dest_host_cpu(j, &host, &source, errp)) {
+        vmig_prefix_error(errp, "learning the destination's CPU: ");
+        return false;
+    }
+    cpu_models *db = cpu_models_builtin();
+    char *why = NULL;
+    int r = (int)cpu_compare(db, &host, &vm, &missing, &why, errp);
+    cpu_models_free(db);
+    cpu_def_clear(&host);
+    if (r < 0) {
+        return false;
+    }
+    if (r == CPU_CMP_INCOMPATIBLE && !j->o->force) {
+        vmig_set_error(errp, VMIG_E_CPU, "the destination cannot run the CPU of VM '%s' (%s): "
+                                         "%s; --force migrates anyway", j->src->name, source,
+                       why);
+        g_free(why);
+        return false;
+    }
+    if (r == CPU_CMP_INCOMPATIBLE) {
+        eng_log(j->e, VMIG_LOG_WARN, "--force: migrating VM '%s' although the destination "
+                                     "(%s) cannot run its CPU: %s", j->src->name, source, why);
+    }
+    g_strlcpy(j->st.cpu_check, r == CPU_CMP_INCOMPATIBLE ? "forced" : "passed",
+              sizeof(j->st.cpu_check));
+    g_free(why);
+    GString *cpu = g_string_new(j->src->spec->cpu);
+    for (size_t i = 0; i < cpu_features_count; i++) {
+        if (cpu_featset_has(&filtered, (int)i)) {
+            g_string_append_printf(cpu, ",-%s", cpu_features[i].name);
+        }
+    }
+    j->dst_cpu = g_string_free(cpu, FALSE);
+    return true;
+}
+
 static bool prepare(mig_job *j, const char *name, vmig_error **errp)
 {
     if (!check_opts(j->o, errp) || !resolve_dest(j, errp)) {
@@ -264,8 +344,14 @@ static bool prepare(mig_job *j, const char *name, vmig_error **errp)
         vmig_set_error(errp, VMIG_E_CANCELLED, "cancelled");
         return false;
     }
+    if (!cpu_gate(j, errp)) {
+        return false;
+    }
     g_autofree char *stage = g_strconcat(j->final_dir, ENG_INCOMING_SUFFIX, NULL);
-    j->dst = eng_vm_launch(j->e, j->src->spec, stage, j->accel, true, errp);
+    g_autoptr(vmig_spec) dspec = eng_spec_copy(j->src->spec);
+    g_free(dspec->cpu);
+    dspec->cpu = g_strdup(j->dst_cpu);
+    j->dst = eng_vm_launch(j->e, dspec, stage, j->accel, true, errp);
     if (!j->dst) {
         vmig_prefix_error(errp, "starting the destination QEMU: ");
         return false;
@@ -503,6 +589,7 @@ bool vmig_migrate(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
     g_free(j.dest_state);
     g_free(j.final_dir);
     g_free(j.uri);
+    g_free(j.dst_cpu);
     vmig_propagate_error(errp, err);
     return ok;
 }

@@ -431,7 +431,13 @@ GPtrArray *eng_spec_argv(const vmig_spec *s, const eng_launch *l)
     add(a, "-machine");
     addf(a, "%s,accel=%s", s->machine, eng_accel_name(l->accel));
     add(a, "-cpu");
-    add(a, s->cpu);
+    /* The destination refuses to start rather than run with a CPU that lacks a feature the
+     * source gave the guest: the last line of defence behind the CPU check. */
+    if (l->incoming && !strstr(s->cpu, "enforce")) {
+        addf(a, "%s,enforce", s->cpu);
+    } else {
+        add(a, s->cpu);
+    }
     add(a, "-m");
     addf(a, "%" G_GUINT64_FORMAT "M", s->memory_mib);
     add(a, "-smp");

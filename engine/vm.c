@@ -470,6 +470,50 @@ bool eng_wait_until(vmig_engine *e, bool (*pred)(void *), void *opaque, int time
     return true;
 }
 
+qmp_conn *eng_qemu_probe(vmig_engine *e, vmig_accel accel, int *ret_pid, char **ret_dir,
+                         vmig_error **errp)
+{
+    g_autofree char *dir = g_build_filename(e->state_dir, ".probe-XXXXXX", NULL);
+    if (!g_mkdtemp(dir)) {
+        vmig_set_error_errno(errp, errno, "creating %s", dir);
+        return NULL;
+    }
+    g_autofree char *sock = g_build_filename(dir, "qmp.sock", NULL);
+    g_autofree char *log = g_build_filename(dir, "qemu.log", NULL);
+    g_autofree char *chardev = g_strdup_printf("socket,id=m,path=%s,server=on,wait=off", sock);
+    const char *const words[] = {e->qemu, "-machine", "none", "-accel", eng_accel_name(accel),
+                                 "-nodefaults", "-display", "none", "-chardev", chardev,
+                                 "-mon", "chardev=m,mode=control"};
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    for (size_t i = 0; i < G_N_ELEMENTS(words); i++) {
+        g_ptr_array_add(argv, g_strdup(words[i]));
+    }
+    g_ptr_array_add(argv, NULL);
+    g_autofree char *pname = g_strdup("probe");
+    eng_vm probe = {.e = e, .name = pname, .dir = dir};
+    probe.pid = spawn_detached((char **)argv->pdata, log, errp);
+    qmp_conn *c = NULL;
+    if (probe.pid && wait_started(&probe, errp)) {
+        c = qmp_conn_open_unix(sock, ENG_CONNECT_TIMEOUT_MS, errp);
+    }
+    if (!c) {
+        eng_qemu_probe_end(probe.pid, dir);
+        return NULL;
+    }
+    *ret_pid = probe.pid;
+    *ret_dir = g_steal_pointer(&dir);
+    return c;
+}
+
+void eng_qemu_probe_end(int pid, const char *dir)
+{
+    if (pid > 0 && pid_alive(pid)) {
+        kill(pid, SIGKILL);
+        pid_wait_gone(pid, 5000);
+    }
+    eng_vm_remove_dir(dir);
+}
+
 /* ---- public -------------------------------------------------------------------------------- */
 
 bool vmig_vm_start(vmig_engine *e, const vmig_spec *spec, vmig_accel accel, vmig_error **errp)

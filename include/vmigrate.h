@@ -138,6 +138,7 @@ typedef struct vmig_migrate_opts {
     int bandwidth_mib_s;     /* 0: unlimited (QEMU 7.2 would cap at 128 MiB/s) */
     int timeout_s;           /* 0: none; else cancel and roll back after this long */
     const char *dest;        /* "local" or "local:STATE_DIR" (another state directory) */
+    bool force;              /* migrate even if the destination's CPU cannot run the VM's */
 } vmig_migrate_opts;
 
 VMIG_EXPORT void vmig_migrate_opts_init(vmig_migrate_opts *o);
@@ -156,6 +157,7 @@ typedef struct vmig_migration_stats {
     uint64_t passes;            /* dirty-sync-count */
     double mbps;                /* QEMU's last throughput figure, megabits/s */
     double progress;            /* 0..1: 1 - remaining / total while running */
+    char cpu_check[16];         /* "passed", "forced" (--force over a mismatch), or "" */
 } vmig_migration_stats;
 
 typedef void (*vmig_progress_fn)(void *opaque, const vmig_migration_stats *st);

@@ -79,6 +79,7 @@ Test(migrate, idle_guest)
     cr_assert(gt(u64, st.downtime_ms, 0));
     cr_assert(gt(u64, st.qemu_downtime_ms, 0), "QEMU's own downtime figure is read after it "
                                                 "is computed");
+    cr_assert(eq(str, st.cpu_check, "passed"), "the destination QEMU's max model runs qemu64");
     cr_assert(ge(u64, st.transferred_bytes, st.total_bytes / 2),
               "the pattern pages are not zero: most of RAM must cross");
     cr_assert(ge(u64, st.total_ms, st.setup_ms));
@@ -356,4 +357,87 @@ Test(migrate, check_catches_a_page_corrupted_in_the_stream)
     vmig_error_free(err);
     cr_assert(eng_vm_kill(dst, 5000, NULL));
     eng_vm_remove_dir(dst->dir);
+}
+
+/* ---- the CPU gate ------------------------------------------------------------------------------ */
+
+Test(migrate, cpu_gate_refuses_a_destination_lacking_features)
+{
+    start_guest("cpuvm", 64, 5); /* -cpu qemu64: AMD, 64-bit */
+    g_autofree char *other = t_state_dir_new();
+    g_autofree char *host_cpu = g_build_filename(other, "host-cpu.xml", NULL);
+    /* the destination host, as an agent would report it: a 32-bit CPU */
+    cr_assert(g_file_set_contents(host_cpu, "<cpu><vendor>AMD</vendor><model>qemu32</model>"
+                                            "</cpu>", -1, NULL));
+    g_autofree char *dest = g_strdup_printf("local:%s", other);
+    int qemus = t_qemu_count(state);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.dest = dest;
+    vmig_migration_stats st;
+    vmig_error *err = NULL;
+    cr_assert(not(vmig_migrate(eng, "cpuvm", &o, NULL, NULL, &st, &err)));
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_CPU), "%s", vmig_error_message(err));
+    const char *msg = vmig_error_message(err);
+    cr_assert_not_null(strstr(msg, "the destination cannot run the CPU of VM 'cpuvm'"), "%s", msg);
+    cr_assert_not_null(strstr(msg, "lacks: "), "%s", msg);
+    cr_assert_not_null(strstr(msg, " lm"), "the missing features are named: %s", msg);
+    cr_assert_not_null(strstr(msg, "VM 'cpuvm' is running on the source"), "%s", msg);
+    vmig_error_free(err);
+    err = NULL;
+    cr_assert(eq(int, t_qemu_count(state), qemus), "refused before a destination QEMU started");
+    cr_assert(eq(int, t_qemu_count(other), 0));
+    expect_only("cpuvm", "running");
+    cr_assert(vmig_guest_verify(eng, "cpuvm", NULL, &err), "%s", vmig_error_message(err));
+
+    /* --force overrides it (the destination here is really this host, so it works) */
+    o.force = true;
+    cr_assert(vmig_migrate(eng, "cpuvm", &o, NULL, NULL, &st, &err), "%s",
+              vmig_error_message(err));
+    cr_assert(eq(str, st.cpu_check, "forced"));
+    vmig_engine *other_eng = t_engine(other);
+    cr_assert(vmig_guest_verify(other_eng, "cpuvm", NULL, &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_vm_stop(other_eng, "cpuvm", 5000, NULL));
+    vmig_engine_free(other_eng);
+    unlink(host_cpu);
+    t_state_dir_check_clean(other);
+}
+
+typedef struct cmdline_probe {
+    const char *stage;
+    char cpu_arg[256];
+} cmdline_probe;
+
+/* While the migration runs, read the destination QEMU's -cpu argument from /proc. */
+static void read_dest_cpu(void *opaque, const vmig_migration_stats *st)
+{
+    cmdline_probe *p = opaque;
+    int pid = t_instance_pid(p->stage);
+    g_autofree char *path = g_strdup_printf("/proc/%d/cmdline", pid);
+    g_autofree char *cmd = NULL;
+    gsize len = 0;
+    if (p->cpu_arg[0] || pid <= 0 || !g_file_get_contents(path, &cmd, &len, NULL)) {
+        return;
+    }
+    for (gsize off = 0; off < len; off += strlen(cmd + off) + 1) {
+        if (strcmp(cmd + off, "-cpu") == 0 && off + 5 < len) {
+            g_strlcpy(p->cpu_arg, cmd + off + 5, sizeof(p->cpu_arg));
+        }
+    }
+    (void)st;
+}
+
+Test(migrate, destination_runs_with_enforce)
+{
+    start_guest("strict", 128, 0);
+    g_autofree char *stage = g_build_filename(state, "strict.incoming", NULL);
+    cmdline_probe p = {.stage = stage};
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.bandwidth_mib_s = 64; /* a couple of seconds: progress is reported meanwhile */
+    vmig_error *err = NULL;
+    cr_assert(vmig_migrate(eng, "strict", &o, read_dest_cpu, &p, NULL, &err), "%s",
+              vmig_error_message(err));
+    cr_assert(eq(str, p.cpu_arg, "qemu64,enforce"),
+              "the destination refuses to start without every CPU feature the source gave");
 }

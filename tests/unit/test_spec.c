@@ -151,6 +151,8 @@ Test(spec, argv_for_source_and_destination)
     l.accel = VMIG_ACCEL_KVM;
     g_autoptr(GPtrArray) dst = eng_spec_argv(s, &l);
     cr_assert(argv_has(dst, "-incoming", "defer"));
+    cr_assert(argv_has(dst, "-cpu", "qemu64,enforce"), "the destination enforces the CPU");
+    cr_assert(argv_has(src, "-cpu", "qemu64"));
     cr_assert(argv_has(dst, "-machine", "pc,accel=kvm"));
     cr_assert(eq(ptr, g_ptr_array_index(dst, dst->len - 1), NULL), "argv is NULL-terminated");
 }

@@ -1,0 +1,16 @@
+/* CPUs read from a live QEMU over QMP. */
+#ifndef VMIG_CPU_QEMU_H
+#define VMIG_CPU_QEMU_H
+
+#include "cpu/model.h"
+#include "qmp/qmp.h"
+
+/* The effective CPU of the VM behind @c (its first vCPU): the CPUID bits QEMU gives it, its
+ * vendor, and in @ret_filtered what its -cpu asked for but the accelerator could not give. */
+bool cpu_vm_from_qemu(qmp_conn *c, cpu_def *ret, cpu_featset *ret_filtered, vmig_error **errp);
+
+/* What QEMU on this host can give a guest: the full expansion of @model, "host" under KVM or
+ * "max" under TCG. */
+bool cpu_host_model_from_qemu(qmp_conn *c, const char *model, cpu_def *ret, vmig_error **errp);
+
+#endif
