@@ -5,7 +5,9 @@
 
 #include "cli.h"
 #include "cpu/format.h"
+#include "cpu/qemu.h"
 #include "cpu/raw.h"
+#include "engine/engine.h"
 
 enum {
     OPT_JSON = 0x200,
@@ -13,6 +15,9 @@ enum {
     OPT_FEATURES,
     OPT_MIGRATABLE,
     OPT_EXPORT,
+    OPT_FROM_QEMU,
+    OPT_QEMU_MODEL,
+    OPT_ACCEL,
 };
 
 /* Exit statuses of 'cpu compare' (0 identical; 1 and 2 are failure and usage as elsewhere). */
@@ -26,6 +31,10 @@ typedef struct cpu_args {
     bool features;
     bool migratable;
     const char *export_fmt;
+    bool from_qemu;  /* models from a live QEMU instead of the built-in table */
+    bool qemu_model; /* cpu host: what QEMU here can give a guest, not raw CPUID */
+    vmig_accel accel;
+    const cli_global *g;
 } cpu_args;
 
 static int parse(const char *cmd, int argc, char **argv, cpu_args *a)
@@ -36,6 +45,9 @@ static int parse(const char *cmd, int argc, char **argv, cpu_args *a)
         {"features", no_argument, NULL, OPT_FEATURES},
         {"migratable", no_argument, NULL, OPT_MIGRATABLE},
         {"export", required_argument, NULL, OPT_EXPORT},
+        {"from-qemu", no_argument, NULL, OPT_FROM_QEMU},
+        {"qemu-model", no_argument, NULL, OPT_QEMU_MODEL},
+        {"accel", required_argument, NULL, OPT_ACCEL},
         {0},
     };
     opterr = 0;
@@ -60,11 +72,70 @@ static int parse(const char *cmd, int argc, char **argv, cpu_args *a)
             }
             a->export_fmt = optarg;
             break;
+        case OPT_FROM_QEMU:
+            a->from_qemu = true;
+            break;
+        case OPT_QEMU_MODEL:
+            a->qemu_model = true;
+            break;
+        case OPT_ACCEL:
+            if (!eng_accel_parse(optarg, &a->accel)) {
+                return cli_usage_error(cmd, "--accel: '%s' is not an accelerator: use tcg or "
+                                            "kvm", optarg);
+            }
+            break;
         default:
             return cli_bad_option(cmd, c, argv);
         }
     }
     return CLI_OK;
+}
+
+/* A throwaway QEMU on this host: @fn asks it what it needs. */
+static bool with_probe(const cpu_args *a, bool (*fn)(qmp_conn *, void *, vmig_error **),
+                       void *opaque, vmig_error **errp)
+{
+    vmig_engine *e = cli_engine(a->g, errp);
+    if (!e) {
+        return false;
+    }
+    int pid = 0;
+    char *dir = NULL;
+    qmp_conn *c = eng_qemu_probe(e, a->accel, &pid, &dir, errp);
+    bool ok = c && fn(c, opaque, errp);
+    qmp_conn_free(c);
+    if (dir) {
+        eng_qemu_probe_end(pid, dir);
+    }
+    g_free(dir);
+    vmig_engine_free(e);
+    return ok;
+}
+
+static bool probe_models(qmp_conn *c, void *opaque, vmig_error **errp)
+{
+    *(cpu_models **)opaque = cpu_models_from_qemu(c, errp);
+    return *(cpu_models **)opaque != NULL;
+}
+
+static cpu_models *models(const cpu_args *a, vmig_error **errp)
+{
+    cpu_models *db = NULL;
+    if (!a->from_qemu) {
+        return cpu_models_builtin();
+    }
+    return with_probe(a, probe_models, &db, errp) ? db : NULL;
+}
+
+typedef struct host_probe {
+    const char *model;
+    cpu_def def;
+} host_probe;
+
+static bool probe_host(qmp_conn *c, void *opaque, vmig_error **errp)
+{
+    host_probe *h = opaque;
+    return cpu_host_model_from_qemu(c, h->model, &h->def, errp);
 }
 
 static int print_result(cpu_result *r, const cpu_args *a)
@@ -102,9 +173,9 @@ static int decode_one(cpu_models *db, const cpu_def *d, const cpu_args *a)
     return print_result(&r, a);
 }
 
-static int cpu_host(int argc, char **argv)
+static int cpu_host(const cli_global *g, int argc, char **argv)
 {
-    cpu_args a = {0};
+    cpu_args a = {.g = g};
     int rc = parse("cpu", argc, argv, &a);
     if (rc != CLI_OK) {
         return rc;
@@ -113,6 +184,16 @@ static int cpu_host(int argc, char **argv)
         return cli_usage_error("cpu", "'cpu host' takes no arguments");
     }
     vmig_error *err = NULL;
+    if (a.qemu_model) {
+        host_probe h = {.model = a.accel == VMIG_ACCEL_KVM ? "host" : "max"};
+        cpu_models *db = with_probe(&a, probe_host, &h, &err) ? models(&a, &err) : NULL;
+        if (!db) {
+            return cli_fail(err);
+        }
+        rc = decode_one(db, &h.def, &a);
+        cpu_models_free(db);
+        return rc;
+    }
     g_autoptr(cpu_raw) raw = cpu_raw_host(&err);
     if (!raw) {
         return cli_fail(err);
@@ -127,15 +208,18 @@ static int cpu_host(int argc, char **argv)
     cpu_raw_vendor(raw, d.vendor);
     cpu_raw_signature(raw, &d.family, &d.model, &d.stepping);
     cpu_raw_features(raw, &d.require);
-    cpu_models *db = cpu_models_builtin();
+    cpu_models *db = models(&a, &err);
+    if (!db) {
+        return cli_fail(err);
+    }
     rc = decode_one(db, &d, &a);
     cpu_models_free(db);
     return rc;
 }
 
-static int cpu_decode_cmd(int argc, char **argv)
+static int cpu_decode_cmd(const cli_global *g, int argc, char **argv)
 {
-    cpu_args a = {0};
+    cpu_args a = {.g = g};
     int rc = parse("cpu", argc, argv, &a);
     if (rc != CLI_OK) {
         return rc;
@@ -148,7 +232,10 @@ static int cpu_decode_cmd(int argc, char **argv)
     if (!defs) {
         return cli_fail(err);
     }
-    cpu_models *db = cpu_models_builtin();
+    cpu_models *db = models(&a, &err);
+    if (!db) {
+        return cli_fail(err);
+    }
     for (guint i = 0; i < defs->len && rc == CLI_OK; i++) {
         rc = decode_one(db, &g_array_index(defs, cpu_def, i), &a);
     }
@@ -161,9 +248,9 @@ static void clear_def(gpointer p)
     cpu_def_clear(p);
 }
 
-static int cpu_baseline_cmd(int argc, char **argv)
+static int cpu_baseline_cmd(const cli_global *g, int argc, char **argv)
 {
-    cpu_args a = {0};
+    cpu_args a = {.g = g};
     int rc = parse("cpu", argc, argv, &a);
     if (rc != CLI_OK) {
         return rc;
@@ -186,7 +273,10 @@ static int cpu_baseline_cmd(int argc, char **argv)
         }
         g_array_unref(defs);
     }
-    cpu_models *db = cpu_models_builtin();
+    cpu_models *db = models(&a, &err);
+    if (!db) {
+        return cli_fail(err);
+    }
     cpu_result r = {0};
     bool ok = cpu_baseline(db, (cpu_def *)(void *)all->data, all->len, a.migratable, &r.dec,
                            &r.set, r.vendor, &err);
@@ -200,9 +290,9 @@ static int cpu_baseline_cmd(int argc, char **argv)
     return ok ? rc : cli_fail(err);
 }
 
-static int cpu_compare_cmd(int argc, char **argv)
+static int cpu_compare_cmd(const cli_global *g, int argc, char **argv)
 {
-    cpu_args a = {0};
+    cpu_args a = {.g = g};
     int rc = parse("cpu", argc, argv, &a);
     if (rc != CLI_OK) {
         return rc;
@@ -216,7 +306,10 @@ static int cpu_compare_cmd(int argc, char **argv)
     if (!guest) {
         return cli_fail(err);
     }
-    cpu_models *db = cpu_models_builtin();
+    cpu_models *db = models(&a, &err);
+    if (!db) {
+        return cli_fail(err);
+    }
     cpu_featset missing;
     char *why = NULL;
     int r = (int)cpu_compare(db, &g_array_index(host, cpu_def, 0),
@@ -253,9 +346,9 @@ static int cpu_compare_cmd(int argc, char **argv)
                                    : CMP_EXIT_INCOMPATIBLE;
 }
 
-static int cpu_models_cmd(int argc, char **argv)
+static int cpu_models_cmd(const cli_global *g, int argc, char **argv)
 {
-    cpu_args a = {0};
+    cpu_args a = {.g = g};
     int rc = parse("cpu", argc, argv, &a);
     if (rc != CLI_OK) {
         return rc;
@@ -263,11 +356,19 @@ static int cpu_models_cmd(int argc, char **argv)
     if (optind != argc) {
         return cli_usage_error("cpu", "'cpu models' takes no arguments");
     }
-    cpu_models *db = cpu_models_builtin();
+    vmig_error *err = NULL;
+    cpu_models *db = models(&a, &err);
+    if (!db) {
+        return cli_fail(err);
+    }
     json_object *arr = json_object_new_array();
     if (a.fmt != CPU_OUT_JSON) {
-        printf("# QEMU %s models (built in)\n%-32s %-22s %-8s %s\n", cpu_data_qemu_version,
-               "NAME", "VERSIONED", "VENDOR", "FEATURES");
+        if (a.from_qemu) {
+            printf("# models of this host's QEMU (%s)\n", eng_accel_name(a.accel));
+        } else {
+            printf("# QEMU %s models (built in)\n", cpu_data_qemu_version);
+        }
+        printf("%-32s %-22s %-8s %s\n", "NAME", "VERSIONED", "VENDOR", "FEATURES");
     }
     for (size_t i = 0; i < cpu_models_count_get(db); i++) {
         const cpu_model *m = cpu_models_at(db, i);
@@ -294,7 +395,6 @@ static int cpu_models_cmd(int argc, char **argv)
 
 int cmd_cpu(const cli_global *g, int argc, char **argv)
 {
-    (void)g;
     if (argc < 2) {
         return cli_usage_error("cpu", "'cpu' needs a subcommand: host, decode, baseline, "
                                       "compare or models");
@@ -303,19 +403,19 @@ int cmd_cpu(const cli_global *g, int argc, char **argv)
     argc--;
     argv++;
     if (strcmp(sub, "host") == 0) {
-        return cpu_host(argc, argv);
+        return cpu_host(g, argc, argv);
     }
     if (strcmp(sub, "decode") == 0) {
-        return cpu_decode_cmd(argc, argv);
+        return cpu_decode_cmd(g, argc, argv);
     }
     if (strcmp(sub, "baseline") == 0) {
-        return cpu_baseline_cmd(argc, argv);
+        return cpu_baseline_cmd(g, argc, argv);
     }
     if (strcmp(sub, "compare") == 0) {
-        return cpu_compare_cmd(argc, argv);
+        return cpu_compare_cmd(g, argc, argv);
     }
     if (strcmp(sub, "models") == 0) {
-        return cpu_models_cmd(argc, argv);
+        return cpu_models_cmd(g, argc, argv);
     }
     return cli_usage_error("cpu", "unknown subcommand '%s': use host, decode, baseline, "
                                   "compare or models", sub);

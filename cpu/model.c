@@ -74,51 +74,81 @@ static gint by_size(gconstpointer a, gconstpointer b)
     return nx != ny ? ny - nx : strcmp(x->name, y->name);
 }
 
-cpu_models *cpu_models_builtin(void)
+static cpu_models *models_new(void)
 {
     cpu_models *db = g_new0(cpu_models, 1);
     db->list = g_ptr_array_new_with_free_func(model_free);
-    int hypervisor = cpu_feature_index("hypervisor");
+    return db;
+}
+
+void cpu_models_add(cpu_models *db, const char *name, const char *vendor, int family,
+                    int model, int stepping, const cpu_featset *features)
+{
+    cpu_model *m = g_new0(cpu_model, 1);
+    m->name = g_strdup(name);
+    m->versioned = g_strdup(name);
+    m->aliases = g_ptr_array_new_with_free_func(g_free);
+    g_strlcpy(m->vendor, vendor, sizeof(m->vendor));
+    m->family = family;
+    m->model = model;
+    m->stepping = stepping;
+    m->features = *features;
+    /* QEMU sets "hypervisor" for every guest: it says nothing about the model */
+    int hv = cpu_feature_index("hypervisor");
+    if (hv >= 0) {
+        cpu_featset_del(&m->features, hv);
+    }
+    g_ptr_array_add(db->list, m);
+}
+
+void cpu_models_alias(cpu_models *db, const char *alias, const char *of)
+{
+    cpu_model *m = find_mut(db, of);
+    if (!m) {
+        return;
+    }
+    g_ptr_array_add(m->aliases, g_strdup(alias));
+    if (strcmp(m->name, m->versioned) == 0) {
+        g_free(m->name);
+        m->name = g_strdup(alias); /* IvyBridge-IBRS reads better than IvyBridge-v2 */
+    }
+}
+
+void cpu_models_done(cpu_models *db)
+{
+    g_ptr_array_sort(db->list, by_size);
+}
+
+cpu_models *cpu_models_builtin(void)
+{
+    cpu_models *db = models_new();
     for (size_t i = 0; i < cpu_model_defs_count; i++) {
         const cpu_model_def *d = &cpu_model_defs[i];
         if (d->alias_of) {
             continue;
         }
-        cpu_model *m = g_new0(cpu_model, 1);
-        m->name = g_strdup(d->name);
-        m->versioned = g_strdup(d->name);
-        m->aliases = g_ptr_array_new_with_free_func(g_free);
-        g_strlcpy(m->vendor, d->vendor, sizeof(m->vendor));
-        m->family = d->family;
-        m->model = d->model;
-        m->stepping = d->stepping;
+        cpu_featset fs = {0};
         g_auto(GStrv) names = g_strsplit(d->features, " ", -1);
         for (int k = 0; names[k]; k++) {
             int f = cpu_feature_index(names[k]);
             if (f >= 0) {
-                cpu_featset_add(&m->features, f);
+                cpu_featset_add(&fs, f);
             }
         }
-        /* QEMU sets "hypervisor" for every guest: it says nothing about the model */
-        if (hypervisor >= 0) {
-            cpu_featset_del(&m->features, hypervisor);
-        }
-        g_ptr_array_add(db->list, m);
+        cpu_models_add(db, d->name, d->vendor, d->family, d->model, d->stepping, &fs);
     }
     for (size_t i = 0; i < cpu_model_defs_count; i++) {
-        const cpu_model_def *d = &cpu_model_defs[i];
-        cpu_model *m = d->alias_of ? find_mut(db, d->alias_of) : NULL;
-        if (!m) {
-            continue;
-        }
-        g_ptr_array_add(m->aliases, g_strdup(d->name));
-        if (strcmp(m->name, m->versioned) == 0) {
-            g_free(m->name);
-            m->name = g_strdup(d->name); /* IvyBridge-IBRS reads better than IvyBridge-v2 */
+        if (cpu_model_defs[i].alias_of) {
+            cpu_models_alias(db, cpu_model_defs[i].name, cpu_model_defs[i].alias_of);
         }
     }
-    g_ptr_array_sort(db->list, by_size);
+    cpu_models_done(db);
     return db;
+}
+
+cpu_models *cpu_models_empty(void)
+{
+    return models_new();
 }
 
 /* ---- names -------------------------------------------------------------------------------- */

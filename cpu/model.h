@@ -27,6 +27,13 @@ typedef struct cpu_models cpu_models;
 
 /* The table generated from QEMU (see cpu_data_qemu_version). */
 cpu_models *cpu_models_builtin(void);
+/* Building a table (cpu/qemu.c reads one from a live QEMU): add models, then aliases, then
+ * call cpu_models_done(). */
+cpu_models *cpu_models_empty(void);
+void cpu_models_add(cpu_models *db, const char *name, const char *vendor, int family,
+                    int model, int stepping, const cpu_featset *features);
+void cpu_models_alias(cpu_models *db, const char *alias, const char *of);
+void cpu_models_done(cpu_models *db);
 void cpu_models_free(cpu_models *m);
 size_t cpu_models_count_get(const cpu_models *m);
 const cpu_model *cpu_models_at(const cpu_models *m, size_t i);

@@ -121,3 +121,71 @@ bool cpu_host_model_from_qemu(qmp_conn *c, const char *model, cpu_def *ret, vmig
     *ret = d;
     return true;
 }
+
+static int prop_int(json_object *props, const char *key)
+{
+    json_object *v = NULL;
+    return json_object_object_get_ex(props, key, &v) ? json_object_get_int(v) : 0;
+}
+
+cpu_models *cpu_models_from_qemu(qmp_conn *c, vmig_error **errp)
+{
+    g_autoptr(json_object) defs = qmp_conn_call(c, "query-cpu-definitions", NULL, 0,
+                                                QMP_TIMEOUT_MS, errp);
+    if (!defs) {
+        return NULL;
+    }
+    cpu_models *db = cpu_models_empty();
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < json_object_array_length(defs); i++) {
+            json_object *d = json_object_array_get_idx(defs, i), *v = NULL, *alias = NULL;
+            if (!json_object_object_get_ex(d, "name", &v)) {
+                continue;
+            }
+            const char *name = json_object_get_string(v);
+            bool is_alias = json_object_object_get_ex(d, "alias-of", &alias);
+            if (!strcmp(name, "host") || !strcmp(name, "max") || !strcmp(name, "base")) {
+                continue;
+            }
+            if (pass == 1) {
+                if (is_alias) {
+                    cpu_models_alias(db, name, json_object_get_string(alias));
+                }
+                continue;
+            }
+            if (is_alias) {
+                continue;
+            }
+            json_object *m = json_object_new_object();
+            json_object_object_add(m, "name", json_object_new_string(name));
+            json_object *args = json_object_new_object();
+            json_object_object_add(args, "type", json_object_new_string("static"));
+            json_object_object_add(args, "model", m);
+            g_autoptr(json_object) exp = qmp_conn_call(c, "query-cpu-model-expansion", args, 0,
+                                                       QMP_TIMEOUT_MS, errp);
+            json_object *mo = NULL, *props = NULL, *vendor = NULL;
+            if (!exp || !json_object_object_get_ex(exp, "model", &mo) ||
+                !json_object_object_get_ex(mo, "props", &props)) {
+                vmig_prefix_error(errp, "expanding CPU model %s: ", name);
+                cpu_models_free(db);
+                return NULL;
+            }
+            cpu_featset fs = {0};
+            json_object_object_foreach(props, key, val)
+            {
+                int f = json_object_get_boolean(val) && json_object_is_type(val, json_type_boolean)
+                            ? cpu_feature_index(key)
+                            : -1;
+                if (f >= 0) {
+                    cpu_featset_add(&fs, f);
+                }
+            }
+            json_object_object_get_ex(props, "vendor", &vendor);
+            cpu_models_add(db, name, vendor ? json_object_get_string(vendor) : "",
+                           prop_int(props, "family"), prop_int(props, "model"),
+                           prop_int(props, "stepping"), &fs);
+        }
+    }
+    cpu_models_done(db);
+    return db;
+}

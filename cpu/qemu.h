@@ -13,4 +13,8 @@ bool cpu_vm_from_qemu(qmp_conn *c, cpu_def *ret, cpu_featset *ret_filtered, vmig
  * "max" under TCG. */
 bool cpu_host_model_from_qemu(qmp_conn *c, const char *model, cpu_def *ret, vmig_error **errp);
 
+/* The named models of the QEMU behind @c: query-cpu-definitions, then a static expansion of
+ * each.  The expansion carries that QEMU's accelerator defaults (TCG turns vme off). */
+cpu_models *cpu_models_from_qemu(qmp_conn *c, vmig_error **errp);
+
 #endif

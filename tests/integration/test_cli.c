@@ -313,3 +313,37 @@ Test(cli, cpu_host_export_round_trip, .timeout = 60)
     unlink(path);
     t_state_dir_check_clean(dir);
 }
+
+Test(cli, cpu_models_and_host_model_from_a_live_qemu, .timeout = 120)
+{
+    g_autofree char *dir = t_state_dir_new();
+    t_run_result r = RUN("--state-dir", dir, "cpu", "models", "--from-qemu", "--json");
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    json_object *arr = json_tokener_parse(r.out);
+    cr_assert_not_null(arr);
+    bool found = false;
+    for (size_t i = 0; i < json_object_array_length(arr); i++) {
+        json_object *m = json_object_array_get_idx(arr, i);
+        if (!strcmp(json_object_get_string(json_object_object_get(m, "name")),
+                    "IvyBridge-IBRS")) {
+            found = true;
+            cr_assert(eq(str, (char *)json_object_get_string(
+                                  json_object_object_get(m, "versioned")), "IvyBridge-v2"));
+            cr_assert_not_null(strstr(json_object_get_string(json_object_object_get(m,
+                                                                                  "features")),
+                                      "spec-ctrl"));
+        }
+    }
+    cr_assert(found, "QEMU's IvyBridge-IBRS alias is read from QEMU");
+    json_object_put(arr);
+    t_run_result_clear(&r);
+
+    r = RUN("--state-dir", dir, "cpu", "host", "--qemu-model", "--json");
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    json_object *o = json_tokener_parse(r.out);
+    cr_assert_not_null(o, "%s", r.out);
+    cr_assert_not_null(json_object_object_get(o, "model"));
+    json_object_put(o);
+    t_run_result_clear(&r);
+    t_state_dir_check_clean(dir);
+}
