@@ -105,3 +105,31 @@ void vmig_propagate_error(vmig_error **dst, vmig_error *src)
         vmig_error_free(src);
     }
 }
+
+char *vmig_file_read(const char *path, gsize *ret_len, vmig_error **errp)
+{
+    char *text = NULL;
+    g_autoptr(GError) gerr = NULL;
+    if (!g_file_get_contents(path, &text, ret_len, &gerr)) {
+        vmig_set_error(errp, gerr->code == G_FILE_ERROR_NOENT ? VMIG_E_NOTFOUND : VMIG_E_IO,
+                       "%s", gerr->message);
+        return NULL;
+    }
+    return text;
+}
+
+bool vmig_markup_parse(const GMarkupParser *parser, void *opaque, const char *text, size_t len,
+                       const char *origin, vmig_error **errp)
+{
+    GMarkupParseContext *ctx = g_markup_parse_context_new(parser, 0, opaque, NULL);
+    g_autoptr(GError) gerr = NULL;
+    bool ok = g_markup_parse_context_parse(ctx, text, (gssize)len, &gerr) &&
+              g_markup_parse_context_end_parse(ctx, &gerr);
+    int line = 0;
+    g_markup_parse_context_get_position(ctx, &line, NULL);
+    g_markup_parse_context_free(ctx);
+    if (!ok) {
+        vmig_set_error(errp, VMIG_E_INVAL, "%s:%d: %s", origin, line, gerr->message);
+    }
+    return ok;
+}

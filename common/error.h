@@ -21,6 +21,12 @@ void vmig_append_error(vmig_error **errp, const char *fmt, ...)
 /* Moves @src (stolen) into @dst unless @dst already holds one. */
 void vmig_propagate_error(vmig_error **dst, vmig_error *src);
 
+/* Reads a whole file; the error says which file and why (VMIG_E_NOTFOUND when missing). */
+char *vmig_file_read(const char *path, gsize *ret_len, vmig_error **errp);
+/* Runs GMarkup @parser over @text; errors read "ORIGIN:LINE: message". */
+bool vmig_markup_parse(const GMarkupParser *parser, void *opaque, const char *text, size_t len,
+                       const char *origin, vmig_error **errp);
+
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(vmig_error, vmig_error_free)
 
 #endif

@@ -7,26 +7,6 @@
 #include "common/json.h"
 #include "cpu/raw.h"
 
-static const struct {
-    const char *cpuid;
-    const char *libvirt;
-} vendor_names[] = {
-    {"GenuineIntel", "Intel"},
-    {"AuthenticAMD", "AMD"},
-    {"HygonGenuine", "Hygon"},
-    {"CentaurHauls", "Zhaoxin"},
-};
-
-const char *cpu_vendor_libvirt(const char *cpuid_vendor)
-{
-    for (size_t i = 0; i < G_N_ELEMENTS(vendor_names); i++) {
-        if (strcmp(vendor_names[i].cpuid, cpuid_vendor) == 0) {
-            return vendor_names[i].libvirt;
-        }
-    }
-    return cpuid_vendor;
-}
-
 static void clear_def(gpointer p)
 {
     cpu_def_clear(p);
@@ -34,12 +14,9 @@ static void clear_def(gpointer p)
 
 GArray *cpu_defs_load(const char *path, vmig_error **errp)
 {
-    g_autofree char *text = NULL;
     gsize len = 0;
-    g_autoptr(GError) gerr = NULL;
-    if (!g_file_get_contents(path, &text, &len, &gerr)) {
-        vmig_set_error(errp, gerr->code == G_FILE_ERROR_NOENT ? VMIG_E_NOTFOUND : VMIG_E_IO,
-                       "%s", gerr->message);
+    g_autofree char *text = vmig_file_read(path, &len, errp);
+    if (!text) {
         return NULL;
     }
     /* <cpu> blocks (host-model, custom CPUs, a baseline file) or a raw CPUID dump */

@@ -25,7 +25,5 @@ typedef struct cpu_result {
 } cpu_result;
 
 char *cpu_format(const cpu_result *r, cpu_output fmt);
-/* "Intel" for "GenuineIntel", and so on. */
-const char *cpu_vendor_libvirt(const char *cpuid_vendor);
 
 #endif

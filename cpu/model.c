@@ -153,6 +153,16 @@ cpu_models *cpu_models_empty(void)
 
 /* ---- names -------------------------------------------------------------------------------- */
 
+const char *cpu_vendor_libvirt(const char *cpuid_vendor)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(vendors); i++) {
+        if (strcmp(vendors[i].cpuid, cpuid_vendor) == 0) {
+            return vendors[i].libvirt;
+        }
+    }
+    return cpuid_vendor;
+}
+
 char *cpu_featset_names(const cpu_featset *s, bool libvirt)
 {
     GString *out = g_string_new(NULL);
@@ -328,19 +338,11 @@ GArray *cpu_defs_parse_xml(const char *text, size_t len, const char *origin,
                   .text = g_string_new(NULL)};
     g_array_set_clear_func(x.defs, clear_def);
     GMarkupParser p = {.start_element = defs_start, .end_element = defs_end, .text = defs_text};
-    GMarkupParseContext *ctx = g_markup_parse_context_new(&p, 0, &x, NULL);
-    g_autoptr(GError) gerr = NULL;
-    bool ok = g_markup_parse_context_parse(ctx, text, (gssize)len, &gerr) &&
-              g_markup_parse_context_end_parse(ctx, &gerr);
-    int line = 0;
-    g_markup_parse_context_get_position(ctx, &line, NULL);
-    g_markup_parse_context_free(ctx);
+    bool ok = vmig_markup_parse(&p, &x, text, len, origin, errp);
     g_string_free(x.text, TRUE);
     if (ok && x.defs->len == 0) {
         vmig_set_error(errp, VMIG_E_INVAL, "%s: no <cpu> element", origin);
         ok = false;
-    } else if (!ok) {
-        vmig_set_error(errp, VMIG_E_INVAL, "%s:%d: %s", origin, line, gerr->message);
     }
     if (!ok) {
         g_free(x.cur.model_name);

@@ -96,6 +96,9 @@ typedef enum cpu_cmp {
 cpu_cmp cpu_compare(const cpu_models *m, const cpu_def *host, const cpu_def *guest,
                     cpu_featset *ret_missing, char **ret_why, vmig_error **errp);
 
+/* "Intel" for "GenuineIntel", and so on (the CPUID string when unknown). */
+const char *cpu_vendor_libvirt(const char *cpuid_vendor);
+
 /* "a b c" in QEMU's spelling, or libvirt's when @libvirt. */
 char *cpu_featset_names(const cpu_featset *s, bool libvirt);
 

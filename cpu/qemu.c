@@ -91,19 +91,32 @@ bool cpu_vm_from_qemu(qmp_conn *c, cpu_def *ret, cpu_featset *ret_filtered, vmig
     return true;
 }
 
-bool cpu_host_model_from_qemu(qmp_conn *c, const char *model, cpu_def *ret, vmig_error **errp)
+/* query-cpu-model-expansion of @model: the reply (owned) and its props (borrowed from it). */
+static json_object *expand(qmp_conn *c, const char *type, const char *model,
+                           json_object **ret_props, vmig_error **errp)
 {
     json_object *m = json_object_new_object();
     json_object_object_add(m, "name", json_object_new_string(model));
     json_object *args = json_object_new_object();
-    json_object_object_add(args, "type", json_object_new_string("full"));
+    json_object_object_add(args, "type", json_object_new_string(type));
     json_object_object_add(args, "model", m);
-    g_autoptr(json_object) exp = qmp_conn_call(c, "query-cpu-model-expansion", args, 0,
-                                               QMP_TIMEOUT_MS, errp);
-    json_object *mo = NULL, *props = NULL;
+    json_object *exp = qmp_conn_call(c, "query-cpu-model-expansion", args, 0, QMP_TIMEOUT_MS,
+                                     errp);
+    json_object *mo = NULL;
     if (!exp || !json_object_object_get_ex(exp, "model", &mo) ||
-        !json_object_object_get_ex(mo, "props", &props)) {
+        !json_object_object_get_ex(mo, "props", ret_props)) {
         vmig_set_error(errp, VMIG_E_PROTO, "query-cpu-model-expansion of %s: no props", model);
+        json_object_put(exp);
+        return NULL;
+    }
+    return exp;
+}
+
+bool cpu_host_model_from_qemu(qmp_conn *c, const char *model, cpu_def *ret, vmig_error **errp)
+{
+    json_object *props = NULL;
+    g_autoptr(json_object) exp = expand(c, "full", model, &props, errp);
+    if (!exp) {
         return false;
     }
     cpu_def d = {.family = -1, .model = -1, .stepping = -1};
@@ -156,16 +169,9 @@ cpu_models *cpu_models_from_qemu(qmp_conn *c, vmig_error **errp)
             if (is_alias) {
                 continue;
             }
-            json_object *m = json_object_new_object();
-            json_object_object_add(m, "name", json_object_new_string(name));
-            json_object *args = json_object_new_object();
-            json_object_object_add(args, "type", json_object_new_string("static"));
-            json_object_object_add(args, "model", m);
-            g_autoptr(json_object) exp = qmp_conn_call(c, "query-cpu-model-expansion", args, 0,
-                                                       QMP_TIMEOUT_MS, errp);
-            json_object *mo = NULL, *props = NULL, *vendor = NULL;
-            if (!exp || !json_object_object_get_ex(exp, "model", &mo) ||
-                !json_object_object_get_ex(mo, "props", &props)) {
+            json_object *props = NULL, *vendor = NULL;
+            g_autoptr(json_object) exp = expand(c, "static", name, &props, errp);
+            if (!exp) {
                 vmig_prefix_error(errp, "expanding CPU model %s: ", name);
                 cpu_models_free(db);
                 return NULL;

@@ -290,15 +290,7 @@ static cpu_raw *parse_xml(const char *text, size_t len, const char *origin, vmig
     g_autoptr(cpu_raw) r = cpu_raw_new();
     xml_ctx x = {.r = r};
     GMarkupParser p = {.start_element = xml_start};
-    GMarkupParseContext *ctx = g_markup_parse_context_new(&p, 0, &x, NULL);
-    g_autoptr(GError) gerr = NULL;
-    bool ok = g_markup_parse_context_parse(ctx, text, (gssize)len, &gerr) &&
-              g_markup_parse_context_end_parse(ctx, &gerr);
-    int line = 0;
-    g_markup_parse_context_get_position(ctx, &line, NULL);
-    g_markup_parse_context_free(ctx);
-    if (!ok) {
-        vmig_set_error(errp, VMIG_E_INVAL, "%s:%d: %s", origin, line, gerr->message);
+    if (!vmig_markup_parse(&p, &x, text, len, origin, errp)) {
         return NULL;
     }
     if (!x.root_seen) {
@@ -487,15 +479,9 @@ cpu_raw *cpu_raw_parse(const char *text, size_t len, const char *origin, vmig_er
 
 cpu_raw *cpu_raw_load(const char *path, vmig_error **errp)
 {
-    g_autofree char *text = NULL;
     gsize len = 0;
-    g_autoptr(GError) gerr = NULL;
-    if (!g_file_get_contents(path, &text, &len, &gerr)) {
-        vmig_set_error(errp, gerr->code == G_FILE_ERROR_NOENT ? VMIG_E_NOTFOUND : VMIG_E_IO,
-                       "%s", gerr->message);
-        return NULL;
-    }
-    return cpu_raw_parse(text, len, path, errp);
+    g_autofree char *text = vmig_file_read(path, &len, errp);
+    return text ? cpu_raw_parse(text, len, path, errp) : NULL;
 }
 
 /* ---- this host ------------------------------------------------------------------------------ */
