@@ -159,11 +159,7 @@ static int decode_one(cpu_models *db, const cpu_def *d, const cpu_args *a)
         return cli_fail(err);
     }
     if (a->migratable) {
-        for (size_t i = 0; i < cpu_features_count; i++) {
-            if (!cpu_feature_migratable((int)i)) {
-                cpu_featset_del(&r.set, (int)i);
-            }
-        }
+        cpu_featset_drop_unmigratable(&r.set);
     }
     g_strlcpy(r.vendor, d->vendor, sizeof(r.vendor));
     if (!cpu_decode(db, &r.set, d->vendor, d->family, d->model, CPU_DECODE_HOST, NULL, &r.dec,
@@ -281,9 +277,6 @@ static int cpu_baseline_cmd(const cli_global *g, int argc, char **argv)
     bool ok = cpu_baseline(db, (cpu_def *)(void *)all->data, all->len, a.migratable, &r.dec,
                            &r.set, r.vendor, &err);
     if (ok) {
-        /* fallback='allow', as libvirt writes it: its expected Skylake-Client+Server result
-         * says allow although both inputs name Skylake-Client and so does the result */
-        r.fallback_forbid = false;
         rc = print_result(&r, &a);
     }
     cpu_models_free(db);

@@ -111,8 +111,15 @@ char *vmig_file_read(const char *path, gsize *ret_len, vmig_error **errp)
     char *text = NULL;
     g_autoptr(GError) gerr = NULL;
     if (!g_file_get_contents(path, &text, ret_len, &gerr)) {
-        vmig_set_error(errp, gerr->code == G_FILE_ERROR_NOENT ? VMIG_E_NOTFOUND : VMIG_E_IO,
-                       "%s", gerr->message);
+        int errnum = gerr->code == G_FILE_ERROR_NOENT    ? ENOENT
+                     : gerr->code == G_FILE_ERROR_ISDIR  ? EISDIR
+                     : gerr->code == G_FILE_ERROR_ACCES  ? EACCES
+                                                         : 0;
+        if (errnum) {
+            vmig_set_error_errno(errp, errnum, "%s", path);
+        } else {
+            vmig_set_error(errp, VMIG_E_IO, "%s", gerr->message);
+        }
         return NULL;
     }
     return text;

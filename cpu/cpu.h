@@ -29,6 +29,8 @@ const cpu_feature_def *cpu_feature(int idx);
 const char *cpu_feature_libvirt_name(int idx);
 /* False for features that block migration (invtsc). */
 bool cpu_feature_migratable(int idx);
+/* Removes from @s every feature that blocks migration (--migratable). */
+void cpu_featset_drop_unmigratable(cpu_featset *s);
 
 static inline void cpu_featset_add(cpu_featset *s, int i)
 {

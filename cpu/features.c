@@ -100,6 +100,15 @@ bool cpu_feature_migratable(int idx)
     return true;
 }
 
+void cpu_featset_drop_unmigratable(cpu_featset *s)
+{
+    for (size_t i = 0; i < cpu_features_count; i++) {
+        if (!cpu_feature_migratable((int)i)) {
+            cpu_featset_del(s, (int)i);
+        }
+    }
+}
+
 void cpu_featset_and(cpu_featset *a, const cpu_featset *b)
 {
     for (size_t i = 0; i < CPU_FEAT_MAX / 64; i++) {

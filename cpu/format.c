@@ -87,8 +87,9 @@ char *cpu_format(const cpu_result *r, cpu_output fmt)
         return g_string_free(out, FALSE);
     }
     GString *out = g_string_new("<cpu mode='custom' match='exact'>\n");
-    g_string_append_printf(out, "  <model fallback='%s'>%s</model>\n",
-                           r->fallback_forbid ? "forbid" : "allow", r->dec.model->name);
+    /* fallback='allow', as libvirt writes it: its expected Skylake-Client+Server baseline says
+     * allow although both inputs and the result name Skylake-Client */
+    g_string_append_printf(out, "  <model fallback='allow'>%s</model>\n", r->dec.model->name);
     if (r->vendor[0]) {
         g_string_append_printf(out, "  <vendor>%s</vendor>\n", cpu_vendor_libvirt(r->vendor));
     }

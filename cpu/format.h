@@ -21,7 +21,6 @@ typedef struct cpu_result {
     cpu_featset set;  /* everything the CPU has */
     char vendor[13];  /* CPUID vendor string, "" when unknown */
     bool all_features; /* list every feature, not only the difference from the model */
-    bool fallback_forbid;
 } cpu_result;
 
 char *cpu_format(const cpu_result *r, cpu_output fmt);

@@ -74,7 +74,7 @@ static gint by_size(gconstpointer a, gconstpointer b)
     return nx != ny ? ny - nx : strcmp(x->name, y->name);
 }
 
-static cpu_models *models_new(void)
+cpu_models *cpu_models_empty(void)
 {
     cpu_models *db = g_new0(cpu_models, 1);
     db->list = g_ptr_array_new_with_free_func(model_free);
@@ -121,7 +121,7 @@ void cpu_models_done(cpu_models *db)
 
 cpu_models *cpu_models_builtin(void)
 {
-    cpu_models *db = models_new();
+    cpu_models *db = cpu_models_empty();
     for (size_t i = 0; i < cpu_model_defs_count; i++) {
         const cpu_model_def *d = &cpu_model_defs[i];
         if (d->alias_of) {
@@ -144,11 +144,6 @@ cpu_models *cpu_models_builtin(void)
     }
     cpu_models_done(db);
     return db;
-}
-
-cpu_models *cpu_models_empty(void)
-{
-    return models_new();
 }
 
 /* ---- names -------------------------------------------------------------------------------- */
@@ -455,11 +450,7 @@ bool cpu_baseline(const cpu_models *m, const cpu_def *defs, size_t n, bool migra
         return false;
     }
     if (migratable) {
-        for (size_t i = 0; i < cpu_features_count; i++) {
-            if (!cpu_feature_migratable((int)i)) {
-                cpu_featset_del(&base, (int)i);
-            }
-        }
+        cpu_featset_drop_unmigratable(&base);
     }
     g_ptr_array_add(names, NULL);
     if (!cpu_decode(m, &base, vendor, -1, -1, CPU_DECODE_GUEST,

@@ -126,26 +126,16 @@ const char *vmig_guest_kernel(void)
         return g_file_test(found, G_FILE_TEST_IS_REGULAR) ? found : NULL;
     }
     g_autofree char *exe = g_file_read_link("/proc/self/exe", NULL);
-    g_autofree char *exedir = exe ? g_path_get_dirname(exe) : NULL;
-    const char *candidates[] = {
-        exedir ? exedir : ".", /* build tree: build/vmigrate, build/guest/vmig-guest.elf */
-        exedir ? exedir : ".",
-        VMIG_DATADIR,
-    };
-    const char *subpaths[] = {"guest/vmig-guest.elf", "../guest/vmig-guest.elf",
-                              "vmig-guest.elf"};
-    for (size_t i = 0; i < G_N_ELEMENTS(candidates); i++) {
-        g_autofree char *p = g_build_filename(candidates[i], subpaths[i], NULL);
-        if (g_file_test(p, G_FILE_TEST_IS_REGULAR)) {
-            g_autofree char *canon = g_canonicalize_filename(p, NULL);
-            g_strlcpy(found, canon, sizeof(found));
-            return found;
-        }
-    }
-    /* installed: <prefix>/bin/vmigrate and <prefix>/share/vmigrate/vmig-guest.elf */
-    if (exedir) {
-        g_autofree char *p = g_build_filename(exedir, "..", "share", "vmigrate",
-                                              "vmig-guest.elf", NULL);
+    g_autofree char *exedir = exe ? g_path_get_dirname(exe) : g_strdup(".");
+    g_autoptr(GPtrArray) candidates = g_ptr_array_new_with_free_func(g_free);
+    g_ptr_array_add(candidates, g_build_filename(exedir, "guest", "vmig-guest.elf", NULL));
+    g_ptr_array_add(candidates, g_build_filename(exedir, "..", "guest", "vmig-guest.elf", NULL));
+    g_ptr_array_add(candidates, g_build_filename(exedir, "..", "share", "vmigrate",
+                                                 "vmig-guest.elf", NULL));
+    g_ptr_array_add(candidates, g_build_filename(VMIG_DATADIR, "vmig-guest.elf", NULL));
+    /* build tree (build/vmigrate, build/tests/...), then <prefix>/bin -> <prefix>/share */
+    for (guint i = 0; i < candidates->len; i++) {
+        const char *p = g_ptr_array_index(candidates, i);
         if (g_file_test(p, G_FILE_TEST_IS_REGULAR)) {
             g_autofree char *canon = g_canonicalize_filename(p, NULL);
             g_strlcpy(found, canon, sizeof(found));

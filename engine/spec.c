@@ -297,15 +297,9 @@ vmig_spec *vmig_spec_parse(const char *json, vmig_error **errp)
 
 vmig_spec *vmig_spec_load(const char *path, vmig_error **errp)
 {
-    g_autofree char *text = NULL;
     gsize len = 0;
-    g_autoptr(GError) gerr = NULL;
-    if (!g_file_get_contents(path, &text, &len, &gerr)) {
-        int errnum = gerr->code == G_FILE_ERROR_NOENT ? ENOENT
-                     : gerr->code == G_FILE_ERROR_ISDIR ? EISDIR
-                                                        : EIO;
-        vmig_set_error(errp, errnum == ENOENT ? VMIG_E_NOTFOUND : VMIG_E_IO, "%s: %s", path,
-                       errnum == EIO ? gerr->message : g_strerror(errnum));
+    g_autofree char *text = vmig_file_read(path, &len, errp);
+    if (!text) {
         return NULL;
     }
     json_tokener *tok = json_tokener_new();
