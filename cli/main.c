@@ -1,6 +1,9 @@
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <glib.h>
 
 #include "cli.h"
 
@@ -19,13 +22,14 @@ static const char main_help[] =
     "  qmp SOCKET COMMAND [ARGS-JSON]     run one QMP command and print the reply\n"
     "  cpu host|decode|baseline|compare|models\n"
     "                                     CPU models, baselines and compatibility\n"
-    "  version                            print the version\n"
+    "  version [--json]                   print the version, and the QEMU vmigrate runs\n"
     "  help [COMMAND]                     show help for a command\n"
     "\n"
     "Global options:\n"
     "  --state-dir DIR   where VMs keep their sockets and logs (default $VMIG_STATE_DIR,\n"
     "                    else $XDG_RUNTIME_DIR/vmigrate, else /tmp/vmigrate-$UID)\n"
-    "  --qemu BINARY     QEMU to run (default $VMIG_QEMU, else qemu-system-x86_64)\n"
+    "  --qemu BINARY     QEMU to run for new VMs and destinations (default $VMIG_QEMU,\n"
+    "                    else " VMIG_DEFAULT_QEMU ")\n"
     "  --debug           log every step to stderr\n"
     "\n"
     "Exit status: 0 success, 1 the operation failed, 2 the command line was wrong.\n";
@@ -99,6 +103,45 @@ static const char cpu_help[] =
     "OUTPUT: default libvirt <cpu mode='custom' match='exact'>; --json {model, vendor,\n"
     "require, disable}; --qemu a -cpu argument (Model,+feat,-feat).\n";
 
+/* vmigrate's version, and the QEMU it would run with that QEMU's own version. */
+static int cmd_version(const cli_global *g, int argc, char **argv)
+{
+    bool json = argc == 2 && strcmp(argv[1], "--json") == 0;
+    if (argc > 2 || (argc == 2 && !json)) {
+        return cli_usage_error("version", "unexpected argument '%s'", argv[1]);
+    }
+    vmig_error *err = NULL;
+    vmig_engine *e = cli_engine(g, &err);
+    if (!e) {
+        return cli_fail(err);
+    }
+    const char *qemu = vmig_engine_qemu(e);
+    g_autofree char *path = g_find_program_in_path(qemu);
+    char *package = NULL;
+    int v = vmig_engine_qemu_version(e, &package, &err);
+    g_autofree char *qv = v < 0 ? NULL : g_strdup_printf("%d.%d.%d", v / 10000, v / 100 % 100,
+                                                         v % 100);
+    if (json) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "vmigrate", json_object_new_string(VMIG_VERSION_STRING));
+        json_object_object_add(o, "qemu", json_object_new_string(path ? path : qemu));
+        json_object_object_add(o, "qemu_version", qv ? json_object_new_string(qv) : NULL);
+        json_object_object_add(o, "qemu_package", package ? json_object_new_string(package)
+                                                          : NULL);
+        cli_print_json(o);
+        json_object_put(o);
+    } else {
+        printf("vmigrate %s\n", VMIG_VERSION_STRING);
+        if (qv) {
+            printf("QEMU %s %s%s%s%s\n", qv, path ? path : qemu, *package ? " (" : "", package,
+                   *package ? ")" : "");
+        }
+    }
+    free(package);
+    vmig_engine_free(e);
+    return v < 0 ? cli_fail(err) : CLI_OK;
+}
+
 static int help(const char *topic)
 {
     if (!topic) {
@@ -167,8 +210,7 @@ int main(int argc, char **argv)
         return help(cargc > 1 ? cargv[1] : NULL);
     }
     if (strcmp(cmd, "version") == 0) {
-        puts("vmigrate " VMIG_VERSION_STRING);
-        return CLI_OK;
+        return cmd_version(&g, cargc, cargv);
     }
     if (strcmp(cmd, "vm") == 0) {
         return cmd_vm(&g, cargc, cargv);

@@ -199,7 +199,10 @@ const char cli_migrate_opts_help[] =
     "  --verbose            progress: percent, MiB/s, remaining, dirty rate, pass\n"
     "  --json               print one JSON object with the result on stdout\n"
     "  --force              migrate even if the destination's CPU cannot run the VM's\n"
-    "                       (the check names the missing features; this overrides it)\n";
+    "                       (the check names the missing features; this overrides it)\n"
+    "  --unsafe             migrate live although the source QEMU is known to lose guest\n"
+    "                       writes doing so (QEMU < 9.0 under TCG); without it such a\n"
+    "                       migration is refused\n";
 
 int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
 {
@@ -222,6 +225,9 @@ int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
         return 1;
     case 'F':
         a->opts.force = true;
+        return 1;
+    case 'U':
+        a->opts.unsafe = true;
         return 1;
     default:
         return 0;

@@ -53,7 +53,7 @@ vmig_engine *vmig_engine_new(const char *state_dir, vmig_error **errp)
     vmig_engine *e = g_new0(vmig_engine, 1);
     e->state_dir = g_canonicalize_filename(dir, NULL);
     const char *q = g_getenv("VMIG_QEMU");
-    e->qemu = g_strdup(q && *q ? q : "qemu-system-x86_64");
+    e->qemu = g_strdup(q && *q ? q : VMIG_DEFAULT_QEMU);
     e->cancel_fd = -1;
     e->loop = eng_loop_new(errp);
     if (!e->loop) {
@@ -99,6 +99,32 @@ void vmig_engine_set_qemu(vmig_engine *e, const char *qemu_binary)
 {
     g_free(e->qemu);
     e->qemu = g_strdup(qemu_binary);
+}
+
+const char *vmig_engine_qemu(const vmig_engine *e)
+{
+    return e->qemu;
+}
+
+int vmig_engine_qemu_version(vmig_engine *e, char **ret_package, vmig_error **errp)
+{
+    int pid = 0;
+    g_autofree char *dir = NULL;
+    eng_qemu_version v;
+    qmp_conn *c = eng_qemu_probe(e, VMIG_ACCEL_TCG, &pid, &dir, errp);
+    bool ok = c && eng_qemu_version_query(c, &v, errp);
+    qmp_conn_free(c);
+    if (dir) {
+        eng_qemu_probe_end(pid, dir);
+    }
+    if (!ok) {
+        vmig_prefix_error(errp, "asking %s its version: ", e->qemu);
+        return -1;
+    }
+    if (ret_package) {
+        *ret_package = strdup(v.package);
+    }
+    return eng_qemu_version_code(&v);
 }
 
 void vmig_engine_cancel(vmig_engine *e)

@@ -120,6 +120,46 @@ bool eng_accel_parse(const char *s, vmig_accel *ret);
 /* Writes @text to @path atomically. */
 bool eng_write_file(const char *path, const char *text, vmig_error **errp);
 
+/* ---- preflight.c ------------------------------------------------------------------------- */
+
+typedef struct eng_qemu_version {
+    int major, minor, micro;
+    char package[64];
+} eng_qemu_version;
+
+/* major * 10000 + minor * 100 + micro */
+int eng_qemu_version_code(const eng_qemu_version *v);
+const char *eng_qemu_version_str(const eng_qemu_version *v, char *buf, size_t len);
+/* Reads a query-version reply, type-checked. */
+bool eng_qemu_version_parse(json_object *reply, eng_qemu_version *ret, vmig_error **errp);
+bool eng_qemu_version_query(qmp_conn *c, eng_qemu_version *ret, vmig_error **errp);
+/* Whether the QEMU at @c runs its guest under TCG (query-kvm: not enabled). */
+bool eng_qemu_uses_tcg(qmp_conn *c, bool *ret, vmig_error **errp);
+/* Whether @machine names one fixed machine version (pc-i440fx-7.2), not an alias (pc). */
+bool eng_machine_is_versioned(const char *machine);
+/* The machine type @machine names in a query-machines reply (its own name, or the type it is
+ * an alias of), or NULL when that QEMU has no such type.  Owned string. */
+char *eng_machine_resolve(json_object *machines, const char *machine);
+
+enum { ENG_MACHINE_UNCHECKED, ENG_MACHINE_KNOWN, ENG_MACHINE_UNKNOWN };
+
+/* What the pre-flight checks decide on. */
+typedef struct eng_preflight {
+    const char *vm;
+    eng_qemu_version src, dst;
+    const char *machine;     /* the spec's machine type */
+    const char *src_machine; /* what it resolves to on the source (may be NULL) */
+    int dst_machine_known;   /* ENG_MACHINE_*: whether the destination has that type */
+    bool live, src_tcg, unsafe;
+} eng_preflight;
+
+/* Refuses a migration to an older QEMU, or between QEMU versions with an unversioned machine
+ * type, or to a QEMU that lacks the machine type; the message names both versions. */
+bool eng_preflight_versions(const eng_preflight *p, vmig_error **errp);
+/* Refuses a live migration a QEMU < 9.0 under TCG would corrupt, unless @p->unsafe, in which
+ * case *ret_warn is set and the caller warns. */
+bool eng_preflight_tcg(const eng_preflight *p, bool *ret_warn, vmig_error **errp);
+
 /* ---- verify.c ---------------------------------------------------------------------------- */
 
 typedef struct eng_verify_result {

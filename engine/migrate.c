@@ -309,6 +309,70 @@ static bool cpu_gate(mig_job *j, vmig_error **errp)
     return true;
 }
 
+/* The machine types a QEMU knows (query-machines), or NULL. */
+static json_object *query_machines(qmp_conn *c, vmig_error **errp)
+{
+    return qmp_conn_call(c, "query-machines", NULL, 0, ENG_QMP_TIMEOUT_MS, errp);
+}
+
+/* What the destination's QEMU (the engine's) is: its version, and whether it has the VM's
+ * machine type.  Asked of a QEMU started for the purpose, before any destination starts. */
+static bool probe_destination(mig_job *j, eng_preflight *p, char **ret_dst_machine,
+                              vmig_error **errp)
+{
+    int pid = 0;
+    g_autofree char *dir = NULL;
+    qmp_conn *c = eng_qemu_probe(j->e, j->accel, &pid, &dir, errp);
+    bool ok = c && eng_qemu_version_query(c, &p->dst, errp);
+    if (ok) {
+        g_autoptr(json_object) machines = query_machines(c, NULL);
+        *ret_dst_machine = machines ? eng_machine_resolve(machines, p->machine) : NULL;
+        p->dst_machine_known = !machines          ? ENG_MACHINE_UNCHECKED
+                               : *ret_dst_machine ? ENG_MACHINE_KNOWN
+                                                  : ENG_MACHINE_UNKNOWN;
+    }
+    qmp_conn_free(c);
+    if (dir) {
+        eng_qemu_probe_end(pid, dir);
+    }
+    if (!ok) {
+        vmig_prefix_error(errp, "asking the destination's QEMU (%s): ", j->e->qemu);
+    }
+    return ok;
+}
+
+/* Both QEMUs' versions and the machine type, and QEMU's known TCG data loss: refused before
+ * anything starts (engine/preflight.c). */
+static bool preflight_qemus(mig_job *j, vmig_error **errp)
+{
+    eng_preflight p = {.vm = j->src->name, .machine = j->src->spec->machine,
+                       .live = j->o->live, .unsafe = j->o->unsafe};
+    if (!eng_qemu_version_query(j->src->qmp, &p.src, errp) ||
+        !eng_qemu_uses_tcg(j->src->qmp, &p.src_tcg, errp)) {
+        vmig_prefix_error(errp, "asking the source QEMU of VM '%s': ", j->src->name);
+        return false;
+    }
+    g_autoptr(json_object) machines = query_machines(j->src->qmp, NULL);
+    g_autofree char *src_machine = machines ? eng_machine_resolve(machines, p.machine) : NULL;
+    g_autofree char *dst_machine = NULL;
+    p.src_machine = src_machine;
+    if (!probe_destination(j, &p, &dst_machine, errp) || !eng_preflight_versions(&p, errp)) {
+        return false;
+    }
+    bool warn = false;
+    if (!eng_preflight_tcg(&p, &warn, errp)) {
+        return false;
+    }
+    if (warn) {
+        eng_log(j->e, VMIG_LOG_WARN,
+                "--unsafe: migrating VM '%s' live on QEMU %d.%d.%d under TCG, which loses "
+                "guest writes in live migration (fixed in QEMU 9.0, commit 03bfc2188f): the "
+                "destination may hold stale memory", j->src->name, p.src.major, p.src.minor,
+                p.src.micro);
+    }
+    return true;
+}
+
 static bool prepare(mig_job *j, const char *name, vmig_error **errp)
 {
     if (!check_opts(j->o, errp) || !resolve_dest(j, errp)) {
@@ -334,11 +398,8 @@ static bool prepare(mig_job *j, const char *name, vmig_error **errp)
     if (g_file_get_contents(accel_path, &accel, NULL, NULL)) {
         eng_accel_parse(g_strstrip(accel), &j->accel);
     }
-    if (j->o->live && j->accel == VMIG_ACCEL_TCG && qmp_conn_version(j->src->qmp) < 90000) {
-        eng_log(j->e, VMIG_LOG_WARN,
-                "QEMU %d.%d under TCG can lose guest writes in a live migration (fixed in "
-                "QEMU 9.0, commit 03bfc2188f); guests that reload their TLBs are rarely hit",
-                qmp_conn_version(j->src->qmp) / 10000, qmp_conn_version(j->src->qmp) / 100 % 100);
+    if (!preflight_qemus(j, errp)) {
+        return false;
     }
     if (j->e->cancel_requested) {
         vmig_set_error(errp, VMIG_E_CANCELLED, "cancelled");

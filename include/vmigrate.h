@@ -97,8 +97,14 @@ VMIG_EXPORT void vmig_engine_free(vmig_engine *e);
 VMIG_EXPORT const char *vmig_engine_state_dir(const vmig_engine *e);
 /* Debug output goes here, nowhere else.  @fn may be NULL to silence it. */
 VMIG_EXPORT void vmig_engine_set_log(vmig_engine *e, vmig_log_fn fn, void *opaque);
-/* The QEMU binary to run; default $VMIG_QEMU, else "qemu-system-x86_64" from $PATH. */
+/* The QEMU binary to run for new VMs and for destinations; default $VMIG_QEMU, else the one
+ * chosen at build time (VMIG_DEFAULT_QEMU, normally "qemu-system-x86_64" from $PATH). */
 VMIG_EXPORT void vmig_engine_set_qemu(vmig_engine *e, const char *qemu_binary);
+VMIG_EXPORT const char *vmig_engine_qemu(const vmig_engine *e);
+/* Starts the engine's QEMU for a moment and asks its version (query-version).  Returns
+ * major * 10000 + minor * 100 + micro, or -1.  @ret_package (may be NULL) receives QEMU's
+ * package string, owned by the caller (free()). */
+VMIG_EXPORT int vmig_engine_qemu_version(vmig_engine *e, char **ret_package, vmig_error **errp);
 /* Ask a running migration to stop and roll back.  Async-signal-safe. */
 VMIG_EXPORT void vmig_engine_cancel(vmig_engine *e);
 
@@ -139,6 +145,8 @@ typedef struct vmig_migrate_opts {
     int timeout_s;           /* 0: none; else cancel and roll back after this long */
     const char *dest;        /* "local" or "local:STATE_DIR" (another state directory) */
     bool force;              /* migrate even if the destination's CPU cannot run the VM's */
+    bool unsafe;             /* migrate live although the source QEMU is known to lose guest
+                              * writes doing so (QEMU < 9.0 under TCG); warns */
 } vmig_migrate_opts;
 
 VMIG_EXPORT void vmig_migrate_opts_init(vmig_migrate_opts *o);
