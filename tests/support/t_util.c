@@ -91,13 +91,18 @@ int t_instance_pid(const char *instance_dir)
 
 vmig_spec *t_guest_spec(const char *name, int mem_mib, int dirty_mib_s)
 {
+    return t_guest_spec_ex(name, mem_mib, dirty_mib_s, "");
+}
+
+vmig_spec *t_guest_spec_ex(const char *name, int mem_mib, int dirty_mib_s, const char *extra)
+{
     const char *kernel = vmig_guest_kernel();
     cr_assert_not_null(kernel, "the test guest was not found (VMIG_GUEST=%s)",
                        getenv("VMIG_GUEST") ? getenv("VMIG_GUEST") : "unset");
     g_autofree char *json = g_strdup_printf(
         "{\"name\": \"%s\", \"memory_mib\": %d, \"kernel\": \"%s\", "
-        "\"append\": \"vmig.dirty_mib_s=%d\"}",
-        name, mem_mib, kernel, dirty_mib_s);
+        "\"append\": \"vmig.dirty_mib_s=%d%s%s\"}",
+        name, mem_mib, kernel, dirty_mib_s, *extra ? " " : "", extra);
     vmig_error *err = NULL;
     vmig_spec *s = vmig_spec_parse(json, &err);
     cr_assert_not_null(s, "%s", vmig_error_message(err));
@@ -108,6 +113,34 @@ vmig_accel t_accel(void)
 {
     const char *a = getenv("VMIG_TEST_ACCEL");
     return a && strcmp(a, "kvm") == 0 ? VMIG_ACCEL_KVM : VMIG_ACCEL_TCG;
+}
+
+int t_qemu_version(void)
+{
+    static int version;
+    if (version) {
+        return version;
+    }
+    g_autofree char *dir = t_state_dir_new();
+    vmig_error *err = NULL;
+    vmig_engine *e = vmig_engine_new(dir, &err);
+    cr_assert_not_null(e, "%s", vmig_error_message(err));
+    version = vmig_engine_qemu_version(e, NULL, &err);
+    cr_assert(version > 0, "%s", vmig_error_message(err));
+    vmig_engine_free(e);
+    rmdir(dir);
+    return version;
+}
+
+bool t_qemu_loses_tcg_writes(void)
+{
+    return t_accel() == VMIG_ACCEL_TCG && t_qemu_version() < 90000;
+}
+
+void t_live_opts(vmig_migrate_opts *o)
+{
+    vmig_migrate_opts_init(o);
+    o->unsafe = t_qemu_loses_tcg_writes();
 }
 
 static void log_stderr(void *opaque, vmig_log_level level, const char *msg)

@@ -19,6 +19,26 @@ int t_instance_pid(const char *instance_dir);
 
 /* A spec for the built-in test guest. */
 vmig_spec *t_guest_spec(const char *name, int mem_mib, int dirty_mib_s);
+/* The same with @extra appended to the guest's command line ("vmig.tlb_refresh=0"). */
+vmig_spec *t_guest_spec_ex(const char *name, int mem_mib, int dirty_mib_s, const char *extra);
+/* Version code (major * 10000 + minor * 100 + micro) of the QEMU the tests run: $VMIG_QEMU,
+ * else the build's default.  Asked once per test process. */
+int t_qemu_version(void);
+/* Whether a live migration under test loses guest writes in QEMU itself: QEMU < 9.0 under
+ * TCG.  vmigrate refuses such migrations unless told --unsafe. */
+bool t_qemu_loses_tcg_writes(void);
+/* Skips the calling test when it would check a guest that migrated live on such a QEMU. */
+#define T_SKIP_IF_QEMU_LOSES_WRITES()                                                          \
+    do {                                                                                       \
+        if (t_qemu_loses_tcg_writes()) {                                                       \
+            cr_skip_test("QEMU %d.%d under TCG loses guest writes in live migration: this "   \
+                         "test checks a dirtying guest after one (run it on QEMU >= 9.0)",    \
+                         t_qemu_version() / 10000, t_qemu_version() / 100 % 100);             \
+        }                                                                                      \
+    } while (0)
+/* Options for a live migration whose guest is idle, or whose result is not checked: on a
+ * QEMU that loses writes it needs --unsafe, which is harmless there. */
+void t_live_opts(vmig_migrate_opts *o);
 /* $VMIG_TEST_ACCEL (tcg default, kvm on real hosts). */
 vmig_accel t_accel(void);
 /* An engine on @state_dir that logs to stderr when $VMIG_TEST_DEBUG is set. */
