@@ -128,10 +128,12 @@ static int cmd_version(const cli_global *g, int argc, char **argv)
         json_object_object_add(o, "qemu_version", qv ? json_object_new_string(qv) : NULL);
         json_object_object_add(o, "qemu_package", package ? json_object_new_string(package)
                                                           : NULL);
+        json_object_object_add(o, "event_loop",
+                               json_object_new_string(vmig_engine_event_loop(e)));
         cli_print_json(o);
         json_object_put(o);
     } else {
-        printf("vmigrate %s\n", VMIG_VERSION_STRING);
+        printf("vmigrate %s (event loop: %s)\n", VMIG_VERSION_STRING, vmig_engine_event_loop(e));
         if (qv) {
             printf("QEMU %s %s%s%s%s\n", qv, path ? path : qemu, *package ? " (" : "", package,
                    *package ? ")" : "");

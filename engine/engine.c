@@ -93,6 +93,15 @@ void vmig_engine_set_log(vmig_engine *e, vmig_log_fn fn, void *opaque)
 {
     e->log_fn = fn;
     e->log_opaque = opaque;
+    if (fn && !e->loop_logged) {
+        e->loop_logged = true; /* said once, to the first log sink */
+        eng_log(e, VMIG_LOG_INFO, "event loop: %s", eng_loop_backend(e->loop));
+    }
+}
+
+const char *vmig_engine_event_loop(const vmig_engine *e)
+{
+    return eng_loop_backend(e->loop);
 }
 
 void vmig_engine_set_qemu(vmig_engine *e, const char *qemu_binary)

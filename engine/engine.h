@@ -26,6 +26,7 @@ struct vmig_engine {
     volatile sig_atomic_t cancel_requested;
     vmig_log_fn log_fn;
     void *log_opaque;
+    bool loop_logged;
 };
 
 void eng_log(vmig_engine *e, vmig_log_level level, const char *fmt, ...)

@@ -1,11 +1,12 @@
 /*
- * The engine's event loop: one io_uring ring, the only place the engine waits.
+ * The engine's event loop: one completion ring (ring/: io_uring, or epoll where io_uring is
+ * refused), the only place the engine waits.
  *
- * File descriptors are watched with IORING_OP_POLL_ADD, re-armed after each callback until
- * unwatched.  Every SQE carries a tag (kind:8 | id:56) rather than a pointer, so a watch can be
- * freed the moment it is unwatched: the cancelled poll's CQE finds no id and is dropped.
- * Completions are copied out of the CQ before any callback runs, so a callback may watch,
- * unwatch, or even wait in the loop again (a synchronous QMP call) without corrupting it.
+ * File descriptors are watched with one-shot ring polls, re-armed after each callback until
+ * unwatched.  A watch stays allocated while its poll is in flight: unwatching cancels the poll
+ * and the watch is freed when the cancelled poll completes, so no completion ever reaches
+ * freed memory.  The ring runs callbacks only after it has collected a batch, so a callback may
+ * watch, unwatch, or even wait in the loop again (a synchronous QMP call).
  */
 #ifndef VMIG_ENGINE_LOOP_H
 #define VMIG_ENGINE_LOOP_H
@@ -20,6 +21,8 @@ typedef struct eng_loop eng_loop;
 typedef void (*eng_fd_fn)(void *opaque, int fd, int revents);
 
 eng_loop *eng_loop_new(vmig_error **errp);
+/* Which backend the ring runs on, and why ("io_uring", "epoll: VMIG_RING=epoll", ...). */
+const char *eng_loop_backend(const eng_loop *l);
 void eng_loop_free(eng_loop *l);
 /* Returns a watch id (> 0), or -errno. */
 int eng_loop_watch(eng_loop *l, int fd, short events, eng_fd_fn cb, void *opaque);

@@ -95,8 +95,12 @@ typedef void (*vmig_log_fn)(void *opaque, vmig_log_level level, const char *msg)
 VMIG_EXPORT vmig_engine *vmig_engine_new(const char *state_dir, vmig_error **errp);
 VMIG_EXPORT void vmig_engine_free(vmig_engine *e);
 VMIG_EXPORT const char *vmig_engine_state_dir(const vmig_engine *e);
-/* Debug output goes here, nowhere else.  @fn may be NULL to silence it. */
+/* Debug output goes here, nowhere else.  @fn may be NULL to silence it.  The first sink set
+ * hears which event loop the engine runs on. */
 VMIG_EXPORT void vmig_engine_set_log(vmig_engine *e, vmig_log_fn fn, void *opaque);
+/* The engine's event loop and why: "io_uring", or "epoll: ..." with the reason (io_uring_setup
+ * refused, as in containers whose seccomp profile blocks it, or $VMIG_RING=epoll). */
+VMIG_EXPORT const char *vmig_engine_event_loop(const vmig_engine *e);
 /* The QEMU binary to run for new VMs and for destinations; default $VMIG_QEMU, else the one
  * chosen at build time (VMIG_DEFAULT_QEMU, normally "qemu-system-x86_64" from $PATH). */
 VMIG_EXPORT void vmig_engine_set_qemu(vmig_engine *e, const char *qemu_binary);

@@ -50,7 +50,8 @@ Test(cli, version_names_the_qemu_it_runs, .timeout = 60)
     g_autofree char *want = g_strdup_printf("QEMU %d.%d.%d ", v / 10000, v / 100 % 100, v % 100);
     t_run_result r = RUN("version");
     cr_assert(eq(int, r.status, 0), "%s", r.err);
-    cr_assert_not_null(strstr(r.out, "vmigrate " VMIG_VERSION_STRING "\n"), "%s", r.out);
+    cr_assert_not_null(strstr(r.out, "vmigrate " VMIG_VERSION_STRING " (event loop: "), "%s",
+                       r.out);
     cr_assert_not_null(strstr(r.out, want), "'%s' not in: %s", want, r.out);
     t_run_result_clear(&r);
     expect_fail(RUN("--qemu", "/nonexistent/qemu", "version"), 1, "cannot run /nonexistent/qemu");
@@ -234,6 +235,37 @@ Test(cli, demo_json, .timeout = 240)
     cr_assert(json_object_object_get_ex(res, "verified", &v) && json_object_get_boolean(v));
     cr_assert(json_object_object_get_ex(res, "pages_checked", &v) &&
               json_object_get_int64(v) > 30000);
+    json_object_put(res);
+    t_run_result_clear(&r);
+    t_state_dir_check_clean(dir);
+}
+
+/* Where io_uring_setup is refused, the engine runs on epoll and a migration still works. */
+Test(cli, migrates_where_io_uring_is_refused, .timeout = 240)
+{
+    T_SKIP_IF_QEMU_LOSES_WRITES();
+    const char *no_uring = getenv("VMIG_NO_URING");
+    cr_assert_not_null(no_uring, "VMIG_NO_URING names the seccomp launcher");
+    const char *cli = getenv("VMIG_CLI");
+    g_autofree char *dir = t_state_dir_new();
+    unsetenv("VMIG_RING"); /* the engine must find out by itself */
+    setenv("VMIG_CLI", no_uring, 1);
+    t_run_result r = RUN(cli, "--state-dir", dir, "version", "--json");
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    json_object *v = parse_json(r.out);
+    cr_assert(eq(str, (char *)jstr(v, "event_loop"),
+                 "epoll: io_uring_setup: Operation not permitted"));
+    json_object_put(v);
+    t_run_result_clear(&r);
+
+    r = RUN(cli, "--state-dir", dir, "demo", "--json", "--mem-mib", "128", "--dirty-mib-s",
+            "20");
+    setenv("VMIG_CLI", cli, 1);
+    cr_assert(eq(int, r.status, 0), "%s%s", r.out, r.err);
+    json_object *res = parse_json(r.out);
+    cr_assert(eq(str, (char *)jstr(res, "status"), "completed"));
+    json_object *ok = NULL;
+    cr_assert(json_object_object_get_ex(res, "verified", &ok) && json_object_get_boolean(ok));
     json_object_put(res);
     t_run_result_clear(&r);
     t_state_dir_check_clean(dir);
