@@ -1,13 +1,12 @@
 /* vmigrate cpu host|decode|baseline|compare|models */
 #include <getopt.h>
+#include <glib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
-#include "cpu/format.h"
-#include "cpu/qemu.h"
-#include "cpu/raw.h"
-#include "engine/engine.h"
+#include "vmigrate.h"
 
 enum {
     OPT_JSON = 0x200,
@@ -27,7 +26,7 @@ enum {
 };
 
 typedef struct cpu_args {
-    cpu_output fmt;
+    vmig_cpu_fmt fmt;
     bool features;
     bool migratable;
     const char *export_fmt;
@@ -55,10 +54,10 @@ static int parse(const char *cmd, int argc, char **argv, cpu_args *a)
     while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
         switch (c) {
         case OPT_JSON:
-            a->fmt = CPU_OUT_JSON;
+            a->fmt = VMIG_CPU_FMT_JSON;
             break;
         case OPT_QEMU:
-            a->fmt = CPU_OUT_QEMU;
+            a->fmt = VMIG_CPU_FMT_QEMU;
             break;
         case OPT_FEATURES:
             a->features = true;
@@ -79,10 +78,11 @@ static int parse(const char *cmd, int argc, char **argv, cpu_args *a)
             a->qemu_model = true;
             break;
         case OPT_ACCEL:
-            if (!eng_accel_parse(optarg, &a->accel)) {
+            if (strcmp(optarg, "tcg") && strcmp(optarg, "kvm")) {
                 return cli_usage_error(cmd, "--accel: '%s' is not an accelerator: use tcg or "
                                             "kvm", optarg);
             }
+            a->accel = strcmp(optarg, "kvm") == 0 ? VMIG_ACCEL_KVM : VMIG_ACCEL_TCG;
             break;
         default:
             return cli_bad_option(cmd, c, argv);
@@ -91,82 +91,65 @@ static int parse(const char *cmd, int argc, char **argv, cpu_args *a)
     return CLI_OK;
 }
 
-/* A throwaway QEMU on this host: @fn asks it what it needs. */
-static bool with_probe(const cpu_args *a, bool (*fn)(qmp_conn *, void *, vmig_error **),
-                       void *opaque, vmig_error **errp)
+static const char *accel_name(vmig_accel accel)
+{
+    return accel == VMIG_ACCEL_KVM ? "kvm" : "tcg";
+}
+
+/* The models to decode with: built in, or (--from-qemu) those of a QEMU started to ask. */
+static vmig_cpu_models *models(const cpu_args *a, vmig_error **errp)
+{
+    if (!a->from_qemu) {
+        return vmig_cpu_models_builtin();
+    }
+    vmig_engine *e = cli_engine(a->g, errp);
+    vmig_cpu_models *m = e ? vmig_cpu_models_from_qemu(e, a->accel, errp) : NULL;
+    vmig_engine_free(e);
+    return m;
+}
+
+/* --qemu-model: what the QEMU here can give a guest. */
+static vmig_cpu *host_from_qemu(const cpu_args *a, vmig_error **errp)
 {
     vmig_engine *e = cli_engine(a->g, errp);
-    if (!e) {
-        return false;
-    }
-    int pid = 0;
-    char *dir = NULL;
-    qmp_conn *c = eng_qemu_probe(e, a->accel, &pid, &dir, errp);
-    bool ok = c && fn(c, opaque, errp);
-    qmp_conn_free(c);
-    if (dir) {
-        eng_qemu_probe_end(pid, dir);
-    }
-    g_free(dir);
+    vmig_cpu *cpu = e ? vmig_cpu_host_from_qemu(e, a->accel, errp) : NULL;
     vmig_engine_free(e);
-    return ok;
+    return cpu;
 }
 
-static bool probe_models(qmp_conn *c, void *opaque, vmig_error **errp)
+static int print_cpu(const vmig_cpu *cpu, const cpu_args *a)
 {
-    *(cpu_models **)opaque = cpu_models_from_qemu(c, errp);
-    return *(cpu_models **)opaque != NULL;
-}
-
-static cpu_models *models(const cpu_args *a, vmig_error **errp)
-{
-    cpu_models *db = NULL;
-    if (!a->from_qemu) {
-        return cpu_models_builtin();
-    }
-    return with_probe(a, probe_models, &db, errp) ? db : NULL;
-}
-
-typedef struct host_probe {
-    const char *model;
-    cpu_def def;
-} host_probe;
-
-static bool probe_host(qmp_conn *c, void *opaque, vmig_error **errp)
-{
-    host_probe *h = opaque;
-    return cpu_host_model_from_qemu(c, h->model, &h->def, errp);
-}
-
-static int print_result(cpu_result *r, const cpu_args *a)
-{
-    r->all_features = a->features;
-    char *out = cpu_format(r, a->fmt);
+    char *out = vmig_cpu_format(cpu, a->fmt, a->features ? VMIG_CPU_ALL_FEATURES : 0);
     fputs(out, stdout);
     if (out[0] && out[strlen(out) - 1] != '\n') {
         fputc('\n', stdout);
     }
-    g_free(out);
+    free(out);
     return CLI_OK;
 }
 
 /* Decodes one CPU as a host CPU (nothing disabled). */
-static int decode_one(cpu_models *db, const cpu_def *d, const cpu_args *a)
+static int decode_one(const vmig_cpu_models *m, const vmig_cpu *cpu, const cpu_args *a)
 {
-    cpu_result r = {0};
     vmig_error *err = NULL;
-    if (!cpu_def_expand(db, d, &r.set, &err)) {
+    vmig_cpu *dec = vmig_cpu_decode(m, cpu, a->migratable ? VMIG_CPU_MIGRATABLE : 0, &err);
+    if (!dec) {
         return cli_fail(err);
     }
-    if (a->migratable) {
-        cpu_featset_drop_unmigratable(&r.set);
-    }
-    g_strlcpy(r.vendor, d->vendor, sizeof(r.vendor));
-    if (!cpu_decode(db, &r.set, d->vendor, d->family, d->model, CPU_DECODE_HOST, NULL, &r.dec,
-                    &err)) {
-        return cli_fail(err);
-    }
-    return print_result(&r, a);
+    int rc = print_cpu(dec, a);
+    vmig_cpu_free(dec);
+    return rc;
+}
+
+/* Decodes @cpu (stolen) with the models @a asks for. */
+static int decode_with_models(vmig_cpu *cpu, const cpu_args *a)
+{
+    vmig_error *err = NULL;
+    vmig_cpu_models *m = models(a, &err);
+    int rc = m ? decode_one(m, cpu, a) : cli_fail(err);
+    vmig_cpu_models_free(m);
+    vmig_cpu_free(cpu);
+    return rc;
 }
 
 static int cpu_host(const cli_global *g, int argc, char **argv)
@@ -180,37 +163,22 @@ static int cpu_host(const cli_global *g, int argc, char **argv)
         return cli_usage_error("cpu", "'cpu host' takes no arguments");
     }
     vmig_error *err = NULL;
-    if (a.qemu_model) {
-        host_probe h = {.model = a.accel == VMIG_ACCEL_KVM ? "host" : "max"};
-        cpu_models *db = with_probe(&a, probe_host, &h, &err) ? models(&a, &err) : NULL;
-        if (!db) {
+    vmig_cpu *cpu = a.qemu_model ? host_from_qemu(&a, &err) : vmig_cpu_host(&err);
+    if (!cpu) {
+        return cli_fail(err);
+    }
+    if (a.export_fmt && !a.qemu_model) {
+        bool xml = strcmp(a.export_fmt, "xml") == 0;
+        char *out = vmig_cpu_export(cpu, xml ? VMIG_CPU_DUMP_XML : VMIG_CPU_DUMP_JSON, &err);
+        vmig_cpu_free(cpu);
+        if (!out) {
             return cli_fail(err);
         }
-        rc = decode_one(db, &h.def, &a);
-        cpu_models_free(db);
-        return rc;
-    }
-    g_autoptr(cpu_raw) raw = cpu_raw_host(&err);
-    if (!raw) {
-        return cli_fail(err);
-    }
-    if (a.export_fmt) {
-        g_autofree char *out = strcmp(a.export_fmt, "xml") == 0 ? cpu_raw_to_xml(raw)
-                                                                 : cpu_raw_to_json(raw);
         fputs(out, stdout);
+        free(out);
         return CLI_OK;
     }
-    cpu_def d = {0};
-    cpu_raw_vendor(raw, d.vendor);
-    cpu_raw_signature(raw, &d.family, &d.model, &d.stepping);
-    cpu_raw_features(raw, &d.require);
-    cpu_models *db = models(&a, &err);
-    if (!db) {
-        return cli_fail(err);
-    }
-    rc = decode_one(db, &d, &a);
-    cpu_models_free(db);
-    return rc;
+    return decode_with_models(cpu, &a);
 }
 
 static int cpu_decode_cmd(const cli_global *g, int argc, char **argv)
@@ -224,24 +192,18 @@ static int cpu_decode_cmd(const cli_global *g, int argc, char **argv)
         return cli_usage_error("cpu", "'cpu decode' takes one FILE");
     }
     vmig_error *err = NULL;
-    g_autoptr(GArray) defs = cpu_defs_load(argv[optind], &err);
-    if (!defs) {
+    vmig_cpu_list *cpus = vmig_cpu_list_load(argv[optind], &err);
+    vmig_cpu_models *m = cpus ? models(&a, &err) : NULL;
+    if (!m) {
+        vmig_cpu_list_free(cpus);
         return cli_fail(err);
     }
-    cpu_models *db = models(&a, &err);
-    if (!db) {
-        return cli_fail(err);
+    for (size_t i = 0; i < vmig_cpu_list_count(cpus) && rc == CLI_OK; i++) {
+        rc = decode_one(m, vmig_cpu_list_get(cpus, i), &a);
     }
-    for (guint i = 0; i < defs->len && rc == CLI_OK; i++) {
-        rc = decode_one(db, &g_array_index(defs, cpu_def, i), &a);
-    }
-    cpu_models_free(db);
+    vmig_cpu_models_free(m);
+    vmig_cpu_list_free(cpus);
     return rc;
-}
-
-static void clear_def(gpointer p)
-{
-    cpu_def_clear(p);
 }
 
 static int cpu_baseline_cmd(const cli_global *g, int argc, char **argv)
@@ -254,33 +216,38 @@ static int cpu_baseline_cmd(const cli_global *g, int argc, char **argv)
     if (optind >= argc) {
         return cli_usage_error("cpu", "'cpu baseline' needs at least one FILE");
     }
-    g_autoptr(GArray) all = g_array_new(FALSE, TRUE, sizeof(cpu_def));
-    g_array_set_clear_func(all, clear_def);
     vmig_error *err = NULL;
-    for (int i = optind; i < argc; i++) {
-        GArray *defs = cpu_defs_load(argv[i], &err);
-        if (!defs) {
-            return cli_fail(err);
-        }
-        for (guint k = 0; k < defs->len; k++) {
-            cpu_def d = g_array_index(defs, cpu_def, k);
-            g_array_index(defs, cpu_def, k).model_name = NULL; /* moved */
-            g_array_append_val(all, d);
-        }
-        g_array_unref(defs);
+    vmig_cpu_list *cpus = vmig_cpu_list_new();
+    bool ok = true;
+    for (int i = optind; i < argc && ok; i++) {
+        ok = vmig_cpu_list_add_file(cpus, argv[i], &err);
     }
-    cpu_models *db = models(&a, &err);
-    if (!db) {
-        return cli_fail(err);
+    vmig_cpu_models *m = ok ? models(&a, &err) : NULL;
+    vmig_cpu *base = m ? vmig_cpu_baseline(m, cpus, a.migratable ? VMIG_CPU_MIGRATABLE : 0,
+                                           &err)
+                       : NULL;
+    rc = base ? print_cpu(base, &a) : cli_fail(err);
+    vmig_cpu_free(base);
+    vmig_cpu_models_free(m);
+    vmig_cpu_list_free(cpus);
+    return rc;
+}
+
+static void print_compare_json(vmig_cpu_cmp r, const char *missing, const char *why)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "result", json_object_new_string(vmig_cpu_cmp_name(r)));
+    json_object *arr = json_object_new_array();
+    g_auto(GStrv) list = g_strsplit(missing, " ", -1);
+    for (int i = 0; list[i] && *list[i]; i++) {
+        json_object_array_add(arr, json_object_new_string(list[i]));
     }
-    cpu_result r = {0};
-    bool ok = cpu_baseline(db, (cpu_def *)(void *)all->data, all->len, a.migratable, &r.dec,
-                           &r.set, r.vendor, &err);
-    if (ok) {
-        rc = print_result(&r, &a);
+    json_object_object_add(o, "missing", arr);
+    if (why) {
+        json_object_object_add(o, "reason", json_object_new_string(why));
     }
-    cpu_models_free(db);
-    return ok ? rc : cli_fail(err);
+    cli_print_json(o);
+    json_object_put(o);
 }
 
 static int cpu_compare_cmd(const cli_global *g, int argc, char **argv)
@@ -294,49 +261,32 @@ static int cpu_compare_cmd(const cli_global *g, int argc, char **argv)
         return cli_usage_error("cpu", "'cpu compare' takes HOST_CPU and VM_CPU files");
     }
     vmig_error *err = NULL;
-    g_autoptr(GArray) host = cpu_defs_load(argv[optind], &err);
-    g_autoptr(GArray) guest = host ? cpu_defs_load(argv[optind + 1], &err) : NULL;
-    if (!guest) {
+    vmig_cpu_list *host = vmig_cpu_list_load(argv[optind], &err);
+    vmig_cpu_list *guest = host ? vmig_cpu_list_load(argv[optind + 1], &err) : NULL;
+    vmig_cpu_models *m = guest ? models(&a, &err) : NULL;
+    char *missing = NULL, *why = NULL;
+    vmig_cpu_cmp r = m ? vmig_cpu_compare(m, vmig_cpu_list_get(host, 0),
+                                          vmig_cpu_list_get(guest, 0), &missing, &why, &err)
+                       : VMIG_CPU_CMP_ERROR;
+    vmig_cpu_models_free(m);
+    vmig_cpu_list_free(guest);
+    vmig_cpu_list_free(host);
+    if (r == VMIG_CPU_CMP_ERROR) {
         return cli_fail(err);
     }
-    cpu_models *db = models(&a, &err);
-    if (!db) {
-        return cli_fail(err);
-    }
-    cpu_featset missing;
-    char *why = NULL;
-    int r = (int)cpu_compare(db, &g_array_index(host, cpu_def, 0),
-                             &g_array_index(guest, cpu_def, 0), &missing, &why, &err);
-    cpu_models_free(db);
-    if (r < 0) {
-        return cli_fail(err);
-    }
-    static const char *const words[] = {"incompatible", "identical", "superset"};
-    if (a.fmt == CPU_OUT_JSON) {
-        g_autofree char *names = cpu_featset_names(&missing, false);
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "result", json_object_new_string(words[r]));
-        json_object *arr = json_object_new_array();
-        g_auto(GStrv) list = g_strsplit(names, " ", -1);
-        for (int i = 0; list[i] && *list[i]; i++) {
-            json_object_array_add(arr, json_object_new_string(list[i]));
-        }
-        json_object_object_add(o, "missing", arr);
-        if (why) {
-            json_object_object_add(o, "reason", json_object_new_string(why));
-        }
-        cli_print_json(o);
-        json_object_put(o);
-    } else if (r == CPU_CMP_INCOMPATIBLE) {
+    if (a.fmt == VMIG_CPU_FMT_JSON) {
+        print_compare_json(r, missing, why);
+    } else if (r == VMIG_CPU_CMP_INCOMPATIBLE) {
         printf("incompatible: %s\n", why);
     } else {
-        printf("%s: the host can run this CPU%s\n", words[r],
-               r == CPU_CMP_SUPERSET ? " and has more" : "");
+        printf("%s: the host can run this CPU%s\n", vmig_cpu_cmp_name(r),
+               r == VMIG_CPU_CMP_SUPERSET ? " and has more" : "");
     }
-    g_free(why);
-    return r == CPU_CMP_IDENTICAL ? CLI_OK
-           : r == CPU_CMP_SUPERSET ? CMP_EXIT_SUPERSET
-                                   : CMP_EXIT_INCOMPATIBLE;
+    free(missing);
+    free(why);
+    return r == VMIG_CPU_CMP_IDENTICAL ? CLI_OK
+           : r == VMIG_CPU_CMP_SUPERSET ? CMP_EXIT_SUPERSET
+                                        : CMP_EXIT_INCOMPATIBLE;
 }
 
 static int cpu_models_cmd(const cli_global *g, int argc, char **argv)
@@ -350,39 +300,42 @@ static int cpu_models_cmd(const cli_global *g, int argc, char **argv)
         return cli_usage_error("cpu", "'cpu models' takes no arguments");
     }
     vmig_error *err = NULL;
-    cpu_models *db = models(&a, &err);
-    if (!db) {
+    vmig_cpu_models *m = models(&a, &err);
+    if (!m) {
         return cli_fail(err);
     }
     json_object *arr = json_object_new_array();
-    if (a.fmt != CPU_OUT_JSON) {
+    if (a.fmt != VMIG_CPU_FMT_JSON) {
         if (a.from_qemu) {
-            printf("# models of this host's QEMU (%s)\n", eng_accel_name(a.accel));
+            printf("# models of this host's QEMU (%s)\n", accel_name(a.accel));
         } else {
-            printf("# QEMU %s models (built in)\n", cpu_data_qemu_version);
+            printf("# QEMU %s models (built in)\n", vmig_cpu_models_builtin_version());
         }
         printf("%-32s %-22s %-8s %s\n", "NAME", "VERSIONED", "VENDOR", "FEATURES");
     }
-    for (size_t i = 0; i < cpu_models_count_get(db); i++) {
-        const cpu_model *m = cpu_models_at(db, i);
-        if (a.fmt == CPU_OUT_JSON) {
+    for (size_t i = 0; i < vmig_cpu_models_count(m); i++) {
+        const char *versioned = NULL, *vendor = NULL;
+        char *features = NULL;
+        const char *name = vmig_cpu_models_get(m, i, &versioned, &vendor, &features);
+        if (a.fmt == VMIG_CPU_FMT_JSON) {
             json_object *o = json_object_new_object();
-            json_object_object_add(o, "name", json_object_new_string(m->name));
-            json_object_object_add(o, "versioned", json_object_new_string(m->versioned));
-            json_object_object_add(o, "vendor", json_object_new_string(m->vendor));
-            g_autofree char *f = cpu_featset_names(&m->features, false);
-            json_object_object_add(o, "features", json_object_new_string(f));
+            json_object_object_add(o, "name", json_object_new_string(name));
+            json_object_object_add(o, "versioned", json_object_new_string(versioned));
+            json_object_object_add(o, "vendor", json_object_new_string(vendor));
+            json_object_object_add(o, "features", json_object_new_string(features));
             json_object_array_add(arr, o);
         } else {
-            printf("%-32s %-22s %-8s %d\n", m->name, m->versioned, cpu_vendor_libvirt(m->vendor),
-                   cpu_featset_count(&m->features));
+            g_auto(GStrv) list = g_strsplit(features, " ", -1);
+            guint n = features[0] ? g_strv_length(list) : 0;
+            printf("%-32s %-22s %-8s %u\n", name, versioned, vmig_cpu_vendor_name(vendor), n);
         }
+        free(features);
     }
-    if (a.fmt == CPU_OUT_JSON) {
+    if (a.fmt == VMIG_CPU_FMT_JSON) {
         cli_print_json(arr);
     }
     json_object_put(arr);
-    cpu_models_free(db);
+    vmig_cpu_models_free(m);
     return CLI_OK;
 }
 

@@ -1,3 +1,4 @@
+#include <glib.h>
 #include <string.h>
 
 #include "cpu/cpu.h"
@@ -39,12 +40,17 @@ const cpu_feature_def *cpu_feature(int idx)
 
 static int exact(const char *name)
 {
-    for (size_t i = 0; i < cpu_features_count; i++) {
-        if (strcmp(cpu_features[i].name, name) == 0) {
-            return (int)i;
+    /* a model expansion names some 700 properties: look each up in a table built once */
+    static GHashTable *by_name; /* name -> index + 1 */
+    if (g_once_init_enter(&by_name)) {
+        GHashTable *t = g_hash_table_new(g_str_hash, g_str_equal);
+        for (size_t i = 0; i < cpu_features_count; i++) {
+            g_hash_table_insert(t, (gpointer)(uintptr_t)cpu_features[i].name,
+                                GSIZE_TO_POINTER(i + 1));
         }
+        g_once_init_leave(&by_name, t);
     }
-    return -1;
+    return (int)GPOINTER_TO_SIZE(g_hash_table_lookup(by_name, name)) - 1;
 }
 
 int cpu_feature_index(const char *name)

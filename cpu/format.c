@@ -12,18 +12,18 @@ static void clear_def(gpointer p)
     cpu_def_clear(p);
 }
 
-GArray *cpu_defs_load(const char *path, vmig_error **errp)
+GArray *cpu_defs_parse(const char *text, size_t len, const char *origin, cpu_raw **ret_raw,
+                       vmig_error **errp)
 {
-    gsize len = 0;
-    g_autofree char *text = vmig_file_read(path, &len, errp);
-    if (!text) {
-        return NULL;
-    }
     /* <cpu> blocks (host-model, custom CPUs, a baseline file) or a raw CPUID dump */
     if (strstr(text, "<cpu") && !strstr(text, "<cpudata")) {
-        return cpu_defs_parse_xml(text, len, path, NULL, errp);
+        GArray *defs = cpu_defs_parse_xml(text, len, origin, NULL, errp);
+        if (defs && ret_raw) {
+            *ret_raw = NULL;
+        }
+        return defs;
     }
-    g_autoptr(cpu_raw) raw = cpu_raw_parse(text, len, path, errp);
+    g_autoptr(cpu_raw) raw = cpu_raw_parse(text, len, origin, errp);
     if (!raw) {
         return NULL;
     }
@@ -34,7 +34,17 @@ GArray *cpu_defs_load(const char *path, vmig_error **errp)
     cpu_raw_signature(raw, &d.family, &d.model, &d.stepping);
     cpu_raw_features(raw, &d.require);
     g_array_append_val(defs, d);
+    if (ret_raw) {
+        *ret_raw = g_steal_pointer(&raw);
+    }
     return defs;
+}
+
+GArray *cpu_defs_load(const char *path, vmig_error **errp)
+{
+    gsize len = 0;
+    g_autofree char *text = vmig_file_read(path, &len, errp);
+    return text ? cpu_defs_parse(text, len, path, NULL, errp) : NULL;
 }
 
 static void lines(GString *out, const cpu_featset *s, const char *policy)
@@ -47,18 +57,16 @@ static void lines(GString *out, const cpu_featset *s, const char *policy)
     }
 }
 
-char *cpu_format(const cpu_result *r, cpu_output fmt)
+char *cpu_format(const cpu_def *d, const cpu_featset *all, cpu_output fmt)
 {
-    cpu_featset require = r->dec.require;
-    if (r->all_features) {
-        /* --features: every feature, not only the difference from the model */
-        require = r->set;
-    }
+    /* --features: every feature, not only the difference from the model */
+    const cpu_featset *require = all ? all : &d->require;
     if (fmt == CPU_OUT_JSON) {
         g_autoptr(json_object) o = json_object_new_object();
-        json_object_object_add(o, "model", json_object_new_string(r->dec.model->name));
-        json_object_object_add(o, "vendor", json_object_new_string(r->vendor));
-        const cpu_featset *sets[2] = {&require, &r->dec.disable};
+        json_object_object_add(o, "model", d->model_name ? json_object_new_string(d->model_name)
+                                                         : NULL);
+        json_object_object_add(o, "vendor", json_object_new_string(d->vendor));
+        const cpu_featset *sets[2] = {require, &d->disable};
         const char *keys[2] = {"require", "disable"};
         for (int k = 0; k < 2; k++) {
             json_object *arr = json_object_new_array();
@@ -73,14 +81,15 @@ char *cpu_format(const cpu_result *r, cpu_output fmt)
                                                               JSON_C_TO_STRING_NOSLASHESCAPE));
     }
     if (fmt == CPU_OUT_QEMU) {
-        GString *out = g_string_new(r->dec.model->name);
+        /* QEMU's "base" model has no feature: a bare list stays a valid -cpu argument */
+        GString *out = g_string_new(d->model_name ? d->model_name : "base");
         for (size_t i = 0; i < cpu_features_count; i++) {
-            if (cpu_featset_has(&require, (int)i)) {
+            if (cpu_featset_has(require, (int)i)) {
                 g_string_append_printf(out, ",+%s", cpu_features[i].name);
             }
         }
         for (size_t i = 0; i < cpu_features_count; i++) {
-            if (cpu_featset_has(&r->dec.disable, (int)i)) {
+            if (cpu_featset_has(&d->disable, (int)i)) {
                 g_string_append_printf(out, ",-%s", cpu_features[i].name);
             }
         }
@@ -89,12 +98,14 @@ char *cpu_format(const cpu_result *r, cpu_output fmt)
     GString *out = g_string_new("<cpu mode='custom' match='exact'>\n");
     /* fallback='allow', as libvirt writes it: its expected Skylake-Client+Server baseline says
      * allow although both inputs and the result name Skylake-Client */
-    g_string_append_printf(out, "  <model fallback='allow'>%s</model>\n", r->dec.model->name);
-    if (r->vendor[0]) {
-        g_string_append_printf(out, "  <vendor>%s</vendor>\n", cpu_vendor_libvirt(r->vendor));
+    if (d->model_name) {
+        g_string_append_printf(out, "  <model fallback='allow'>%s</model>\n", d->model_name);
     }
-    lines(out, &require, "require");
-    lines(out, &r->dec.disable, "disable");
+    if (d->vendor[0]) {
+        g_string_append_printf(out, "  <vendor>%s</vendor>\n", cpu_vendor_libvirt(d->vendor));
+    }
+    lines(out, require, "require");
+    lines(out, &d->disable, "disable");
     g_string_append(out, "</cpu>\n");
     return g_string_free(out, FALSE);
 }

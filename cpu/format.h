@@ -5,10 +5,15 @@
 #include <glib.h>
 
 #include "cpu/model.h"
+#include "cpu/raw.h"
 
 /* A file holding <cpu> blocks (one or several) or a raw CPUID dump (one CPU, all features
  * required).  GArray of cpu_def. */
 GArray *cpu_defs_load(const char *path, vmig_error **errp);
+/* The same from @text (NUL-terminated at @len; @origin names it in errors).  For a raw dump,
+ * @ret_raw (may be NULL) receives its CPUID data (owned); for <cpu> blocks, NULL. */
+GArray *cpu_defs_parse(const char *text, size_t len, const char *origin, cpu_raw **ret_raw,
+                       vmig_error **errp);
 
 typedef enum cpu_output {
     CPU_OUT_LIBVIRT, /* <cpu mode='custom' match='exact'> */
@@ -16,13 +21,9 @@ typedef enum cpu_output {
     CPU_OUT_QEMU,    /* Model,+feat,-feat */
 } cpu_output;
 
-typedef struct cpu_result {
-    cpu_decoded dec;
-    cpu_featset set;  /* everything the CPU has */
-    char vendor[13];  /* CPUID vendor string, "" when unknown */
-    bool all_features; /* list every feature, not only the difference from the model */
-} cpu_result;
-
-char *cpu_format(const cpu_result *r, cpu_output fmt);
+/* @d as text: its model (none: no <model>, "model": null, QEMU's featureless "base"), vendor,
+ * and the features it requires and disables.  @all (may be NULL) replaces the required features
+ * by every feature the CPU has (--features).  Owned string. */
+char *cpu_format(const cpu_def *d, const cpu_featset *all, cpu_output fmt);
 
 #endif

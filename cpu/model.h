@@ -4,7 +4,7 @@
  *   baseline  the largest CPU every one of several CPUs can run (intersection, then decode);
  *   compare   whether a VM's CPU runs on a host: identical, superset, or incompatible.
  * Models come from QEMU: the table generated from QEMU 7.2 (cpu/qemu-cpu-data.c), or a live
- * QEMU's query-cpu-definitions and static expansions.
+ * QEMU's query-cpu-definitions and static expansions (cpu/qemu-reply.h).
  */
 #ifndef VMIG_CPU_MODEL_H
 #define VMIG_CPU_MODEL_H
@@ -27,14 +27,15 @@ typedef struct cpu_models cpu_models;
 
 /* The table generated from QEMU (see cpu_data_qemu_version). */
 cpu_models *cpu_models_builtin(void);
-/* Building a table (cpu/qemu.c reads one from a live QEMU): add models, then aliases, then
- * call cpu_models_done(). */
+/* Building a table (cpu/qemu-reply.c reads one from a live QEMU's replies): add models, then
+ * aliases, then call cpu_models_done(). */
 cpu_models *cpu_models_empty(void);
 void cpu_models_add(cpu_models *db, const char *name, const char *vendor, int family,
                     int model, int stepping, const cpu_featset *features);
 void cpu_models_alias(cpu_models *db, const char *alias, const char *of);
 void cpu_models_done(cpu_models *db);
 void cpu_models_free(cpu_models *m);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(cpu_models, cpu_models_free)
 size_t cpu_models_count_get(const cpu_models *m);
 const cpu_model *cpu_models_at(const cpu_models *m, size_t i);
 /* By any of its names; NULL when unknown. */

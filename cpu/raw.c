@@ -434,11 +434,18 @@ static cpu_raw *parse_json(const char *text, const char *origin, vmig_error **er
         cpu_raw_set(r, (uint32_t)v[0], (uint32_t)v[1], regs);
     }
     if (json_object_object_get_ex(o, "msr", &msrs)) {
+        if (!json_object_is_type(msrs, json_type_object)) {
+            vmig_set_error(errp, VMIG_E_INVAL, "%s: \"msr\" is not an object of index: number",
+                           origin);
+            return NULL;
+        }
         json_object_object_foreach(msrs, key, val)
         {
             char *end = NULL;
+            errno = 0;
             unsigned long idx = strtoul(key, &end, 0);
-            if (*end || !json_object_is_type(val, json_type_int)) {
+            if (!key[0] || *end || errno || idx > UINT32_MAX ||
+                !json_object_is_type(val, json_type_int)) {
                 vmig_set_error(errp, VMIG_E_INVAL, "%s: msr '%s' is not index: number", origin,
                                key);
                 return NULL;
@@ -475,6 +482,14 @@ cpu_raw *cpu_raw_parse(const char *text, size_t len, const char *origin, vmig_er
         return NULL;
     }
     return r;
+}
+
+cpu_raw *cpu_raw_copy(const cpu_raw *r)
+{
+    cpu_raw *c = cpu_raw_new();
+    g_array_append_vals(c->items, r->items->data, r->items->len);
+    g_array_append_vals(c->msrs, r->msrs->data, r->msrs->len);
+    return c;
 }
 
 cpu_raw *cpu_raw_load(const char *path, vmig_error **errp)

@@ -22,6 +22,7 @@ typedef struct cpu_raw cpu_raw;
 
 cpu_raw *cpu_raw_new(void);
 void cpu_raw_free(cpu_raw *r);
+cpu_raw *cpu_raw_copy(const cpu_raw *r);
 void cpu_raw_set(cpu_raw *r, uint32_t leaf, uint32_t sub, const uint32_t regs[4]);
 void cpu_raw_set_msr(cpu_raw *r, uint32_t index, uint64_t value);
 /* False when the dump lacks that leaf/subleaf (registers then read as 0). */

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "cpu/format.h"
-#include "cpu/qemu.h"
+#include "engine/cpu-qemu.h"
 #include "engine.h"
 
 #define POLL_INTERVAL_MS 250

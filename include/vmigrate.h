@@ -184,6 +184,75 @@ VMIG_EXPORT bool vmig_migrate(vmig_engine *e, const char *name, const vmig_migra
                               vmig_progress_fn progress, void *opaque,
                               vmig_migration_stats *ret_stats, vmig_error **errp);
 
+/* ---- CPUs ---- */
+
+/* x86 CPUs as QEMU's -cpu names them (model, vendor, features required or disabled): libvirt's
+ * CPU decode, baseline and compare without libvirt.  Only the _from_qemu calls start a QEMU
+ * (they wait).  Returned strings are owned: free() them. */
+typedef struct vmig_cpu vmig_cpu;               /* one CPU definition */
+typedef struct vmig_cpu_list vmig_cpu_list;     /* CPUs read from files, in order */
+typedef struct vmig_cpu_models vmig_cpu_models; /* a table of named models */
+typedef enum vmig_cpu_fmt {
+    VMIG_CPU_FMT_LIBVIRT, VMIG_CPU_FMT_JSON, VMIG_CPU_FMT_QEMU /* see vmig_cpu_format() */
+} vmig_cpu_fmt;
+typedef enum vmig_cpu_dump { VMIG_CPU_DUMP_XML, VMIG_CPU_DUMP_JSON } vmig_cpu_dump;
+enum {
+    VMIG_CPU_MIGRATABLE = 1u << 0,   /* decode, baseline: drop what blocks migration (invtsc) */
+    VMIG_CPU_ALL_FEATURES = 1u << 1, /* format: list the model's features too, where known */
+};
+typedef enum vmig_cpu_cmp {
+    VMIG_CPU_CMP_ERROR = -1, VMIG_CPU_CMP_INCOMPATIBLE, VMIG_CPU_CMP_IDENTICAL,
+    VMIG_CPU_CMP_SUPERSET, /* the host runs the guest's CPU and has more */
+} vmig_cpu_cmp;
+
+/* This host's CPU from CPUID: vendor, signature, all features required; NULL on failure. */
+VMIG_EXPORT vmig_cpu *vmig_cpu_host(vmig_error **errp);
+/* QEMU's host (KVM) or max (TCG) model, fully expanded by a QEMU it starts; NULL on failure. */
+VMIG_EXPORT vmig_cpu *vmig_cpu_host_from_qemu(vmig_engine *e, vmig_accel a, vmig_error **errp);
+VMIG_EXPORT void vmig_cpu_free(vmig_cpu *cpu);
+/* libvirt <cpu> XML, JSON {model, vendor, require, disable}, or a -cpu argument; never NULL. */
+VMIG_EXPORT char *vmig_cpu_format(const vmig_cpu *cpu, vmig_cpu_fmt fmt, unsigned flags);
+/* The raw CPUID it was read from, as libvirt cpudata XML or vmigrate JSON; NULL if none. */
+VMIG_EXPORT char *vmig_cpu_export(const vmig_cpu *cpu, vmig_cpu_dump fmt, vmig_error **errp);
+/* Files: libvirt <cpu> XML (1+ blocks) or raw CPUID (libvirt cpudata, InstLatx64/AIDA64,
+ * libcpuid, vmigrate JSON).  NULL or false on failure (the list unchanged); _get borrows. */
+VMIG_EXPORT vmig_cpu_list *vmig_cpu_list_new(void);
+VMIG_EXPORT vmig_cpu_list *vmig_cpu_list_load(const char *path, vmig_error **errp);
+VMIG_EXPORT bool vmig_cpu_list_add_file(vmig_cpu_list *l, const char *path, vmig_error **errp);
+VMIG_EXPORT bool vmig_cpu_list_add_text(vmig_cpu_list *l, const char *text, size_t len,
+                                        const char *origin, vmig_error **errp);
+VMIG_EXPORT void vmig_cpu_list_add(vmig_cpu_list *l, const vmig_cpu *cpu); /* a copy */
+VMIG_EXPORT size_t vmig_cpu_list_count(const vmig_cpu_list *l);
+VMIG_EXPORT const vmig_cpu *vmig_cpu_list_get(const vmig_cpu_list *l, size_t i); /* NULL: end */
+VMIG_EXPORT void vmig_cpu_list_free(vmig_cpu_list *l);
+/* The built-in table (never NULL), generated from QEMU _builtin_version() ("7.2.22"). */
+VMIG_EXPORT vmig_cpu_models *vmig_cpu_models_builtin(void);
+VMIG_EXPORT const char *vmig_cpu_models_builtin_version(void);
+/* A live QEMU's models with @a's defaults, from a QEMU it starts; NULL on failure. */
+VMIG_EXPORT vmig_cpu_models *vmig_cpu_models_from_qemu(vmig_engine *e, vmig_accel a,
+                                                       vmig_error **errp);
+VMIG_EXPORT void vmig_cpu_models_free(vmig_cpu_models *m);
+VMIG_EXPORT size_t vmig_cpu_models_count(const vmig_cpu_models *m);
+/* Model @i's name (IvyBridge-IBRS; NULL past the end), most features first, and its versioned
+ * name (IvyBridge-v2), CPUID vendor and features (space-separated, owned); each may be NULL. */
+VMIG_EXPORT const char *vmig_cpu_models_get(const vmig_cpu_models *m, size_t i,
+                                            const char **ret_versioned, const char **ret_vendor,
+                                            char **ret_features);
+/* A host CPU as the cheapest model plus features; NULL on failure (VMIG_E_CPU: none fits). */
+VMIG_EXPORT vmig_cpu *vmig_cpu_decode(const vmig_cpu_models *m, const vmig_cpu *cpu,
+                                      unsigned flags, vmig_error **errp);
+/* The largest CPU all of @cpus can run; NULL on failure (VMIG_E_CPU: mixed vendors, ...). */
+VMIG_EXPORT vmig_cpu *vmig_cpu_baseline(const vmig_cpu_models *m, const vmig_cpu_list *cpus,
+                                        unsigned flags, vmig_error **errp);
+/* Can @host run @guest?  _ERROR on failure; @ret_missing (features, "" if none) and @ret_why (a
+ * sentence if incompatible, else NULL) may be NULL. */
+VMIG_EXPORT vmig_cpu_cmp vmig_cpu_compare(const vmig_cpu_models *m, const vmig_cpu *host,
+                                          const vmig_cpu *guest, char **ret_missing,
+                                          char **ret_why, vmig_error **errp);
+/* "incompatible", "identical", "superset" or "error"; libvirt's "Intel" for "GenuineIntel". */
+VMIG_EXPORT const char *vmig_cpu_cmp_name(vmig_cpu_cmp r);
+VMIG_EXPORT const char *vmig_cpu_vendor_name(const char *cpuid_vendor);
+
 /* ---- the built-in test guest --------------------------------------------------------------- */
 
 /* Path of the built-in test guest kernel, or NULL when it cannot be found ($VMIG_GUEST, then

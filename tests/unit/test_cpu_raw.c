@@ -149,6 +149,12 @@ Test(cpu_raw, malformed_input_is_refused)
     expect_bad("CPUID 00000000: 0000000D-756E6547\n", "malformed CPUID line");
     expect_bad("{\"cpuid\": [[0, 0, 1]]}", "cpuid[0] is not [leaf, subleaf");
     expect_bad("{\"cpuid\": 3}", "no \"cpuid\" array");
+    /* issue 11: a null "msr" segfaulted 'cpu decode' */
+    expect_bad("{\"cpuid\": [], \"msr\": null}", "\"msr\" is not an object");
+    expect_bad("{\"cpuid\": [], \"msr\": [1]}", "\"msr\" is not an object");
+    expect_bad("{\"cpuid\": [], \"msr\": {\"0x10a\": null}}", "msr '0x10a' is not index: number");
+    expect_bad("{\"cpuid\": [], \"msr\": {\"0x1000000000\": 1}}", "is not index: number");
+    expect_bad("{\"cpuid\": [], \"msr\": {\"\": 1}}", "is not index: number");
 }
 
 Test(cpu_raw, truncated_real_dump_is_refused)

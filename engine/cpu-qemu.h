@@ -1,6 +1,10 @@
-/* CPUs read from a live QEMU over QMP. */
-#ifndef VMIG_CPU_QEMU_H
-#define VMIG_CPU_QEMU_H
+/*
+ * CPUs read from a live QEMU over QMP, waiting for each reply (qmp_conn_call).  The questions
+ * are asked here; the answers are read, type-checked, by cpu/qemu-reply.h, which an
+ * asynchronous caller uses directly with replies it collected itself.
+ */
+#ifndef VMIG_ENGINE_CPU_QEMU_H
+#define VMIG_ENGINE_CPU_QEMU_H
 
 #include "cpu/model.h"
 #include "qmp/qmp.h"

@@ -1,0 +1,57 @@
+/*
+ * CPUs as a live QEMU reports them, read from replies the caller has already received.
+ *
+ * These are pure functions: they send nothing and wait for nothing, so the engine can ask the
+ * questions any way it likes (engine/cpu-qemu.c asks synchronously, a migration job
+ * asynchronously) and unit tests can feed recorded or hostile replies.  QEMU is untrusted
+ * input: every value is type-checked before use, and a reply of the wrong shape is a
+ * VMIG_E_PROTO error that names the command and the field, never a crash.
+ *
+ * What to ask, in QMP:
+ *   a VM's CPU     query-cpus-fast, then qom-get on the first vCPU's qom-path of
+ *                  feature-words, filtered-features, vendor and each cpu_msr_feature_names()
+ *   a host model   query-cpu-model-expansion {type: full, model: {name: host or max}}
+ *   the models     query-cpu-definitions, then query-cpu-model-expansion {type: static} of each
+ *                  name cpu_definitions_models() lists
+ */
+#ifndef VMIG_CPU_QEMU_REPLY_H
+#define VMIG_CPU_QEMU_REPLY_H
+
+#include <json-c/json.h>
+
+#include "cpu/model.h"
+
+/* @cpus: the query-cpus-fast reply; the qom-path of the first vCPU (owned string), or NULL. */
+char *cpu_first_qom_path(json_object *cpus, vmig_error **errp);
+
+/* The names of the MSR-kind features whose QOM boolean properties must be read (qom-get on the
+ * vCPU path), NULL-terminated static array. */
+const char *const *cpu_msr_feature_names(void);
+
+/* A VM's effective CPU from qom-get replies on its first vCPU: feature-words,
+ * filtered-features, vendor, and @msrs (may be NULL): a json object mapping MSR feature name ->
+ * qom-get reply (boolean) for those it could read.  @ret receives the CPUID bits QEMU gives the
+ * guest (vendor set, no model, signature -1), @ret_filtered what its -cpu asked for but the
+ * accelerator could not give. */
+bool cpu_vm_from_qom(json_object *feature_words, json_object *filtered_features,
+                     json_object *vendor, json_object *msrs, cpu_def *ret,
+                     cpu_featset *ret_filtered, vmig_error **errp);
+
+/* What a query-cpu-model-expansion reply (type full) describes: features and vendor (no model,
+ * signature -1). */
+bool cpu_def_from_expansion(json_object *reply, cpu_def *ret, vmig_error **errp);
+
+/* @defs: a query-cpu-definitions reply.  The models to expand statically: every model that is
+ * not an alias, except host, max and base.  NULL-terminated, owned (g_strfreev), or NULL. */
+char **cpu_definitions_models(json_object *defs, vmig_error **errp);
+
+/* Adds model @name to @db from @expansion, its query-cpu-model-expansion reply (type static):
+ * its features, vendor, family, model and stepping.  False (and @db unchanged) on a bad reply. */
+bool cpu_models_add_expansion(cpu_models *db, const char *name, json_object *expansion,
+                              vmig_error **errp);
+
+/* Adds the aliases @defs (a query-cpu-definitions reply) names, such as IvyBridge-IBRS for
+ * IvyBridge-v2, to the models of @db they stand for.  Call after adding the models. */
+bool cpu_models_add_aliases(cpu_models *db, json_object *defs, vmig_error **errp);
+
+#endif
