@@ -20,7 +20,8 @@ enum {
     {"live", no_argument, NULL, 'l'}, {"max-downtime", required_argument, NULL, 'D'},         \
         {"bandwidth", required_argument, NULL, 'B'}, {"timeout", required_argument, NULL, 'T'}, \
         {"verbose", no_argument, NULL, 'v'}, {"json", no_argument, NULL, 'j'},                \
-        {"force", no_argument, NULL, 'F'}, {"unsafe", no_argument, NULL, 'U'}
+        {"force", no_argument, NULL, 'F'}, {"unsafe", no_argument, NULL, 'U'},                \
+        {"stall-timeout", required_argument, NULL, 'S'}
 
 static void print_summary(const char *name, const char *dest, const vmig_migration_stats *st)
 {

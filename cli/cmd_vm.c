@@ -88,7 +88,7 @@ static int vm_list(const cli_global *g, int argc, char **argv)
     }
     json_object *arr = json_object_new_array();
     if (!json && n > 0) {
-        printf("%-24s %8s  %-12s %s\n", "NAME", "PID", "STATE", "QMP");
+        printf("%-24s %8s  %-12s %-22s %s\n", "NAME", "PID", "STATE", "JOB", "QMP");
     }
     for (int i = 0; i < n && i < LIST_MAX; i++) {
         const vmig_vm_info *v = &infos[i];
@@ -98,9 +98,21 @@ static int vm_list(const cli_global *g, int argc, char **argv)
             json_object_object_add(o, "pid", json_object_new_int(v->pid));
             json_object_object_add(o, "state", json_object_new_string(v->status));
             json_object_object_add(o, "qmp", json_object_new_string(v->qmp_path));
+            if (v->job[0]) {
+                json_object *jo = json_object_new_object();
+                json_object_object_add(jo, "kind", json_object_new_string(v->job));
+                json_object_object_add(jo, "state", json_object_new_string(v->job_state));
+                json_object_object_add(jo, "progress", json_object_new_double(v->job_progress));
+                json_object_object_add(o, "job", jo);
+            }
             json_object_array_add(arr, o);
         } else {
-            printf("%-24s %8d  %-12s %s\n", v->name, v->pid, v->status, v->qmp_path);
+            char job[64] = "-";
+            if (v->job[0]) {
+                snprintf(job, sizeof(job), "%s %s %3.0f%%", v->job, v->job_state,
+                         v->job_progress * 100);
+            }
+            printf("%-24s %8d  %-12s %-22s %s\n", v->name, v->pid, v->status, job, v->qmp_path);
         }
     }
     if (json) {

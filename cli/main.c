@@ -123,7 +123,7 @@ static int cmd_version(const cli_global *g, int argc, char **argv)
                                                          v % 100);
     if (json) {
         json_object *o = json_object_new_object();
-        json_object_object_add(o, "vmigrate", json_object_new_string(VMIG_VERSION_STRING));
+        json_object_object_add(o, "vmigrate", json_object_new_string(vmig_version()));
         json_object_object_add(o, "qemu", json_object_new_string(path ? path : qemu));
         json_object_object_add(o, "qemu_version", qv ? json_object_new_string(qv) : NULL);
         json_object_object_add(o, "qemu_package", package ? json_object_new_string(package)
@@ -133,7 +133,7 @@ static int cmd_version(const cli_global *g, int argc, char **argv)
         cli_print_json(o);
         json_object_put(o);
     } else {
-        printf("vmigrate %s (event loop: %s)\n", VMIG_VERSION_STRING, vmig_engine_event_loop(e));
+        printf("vmigrate %s (event loop: %s)\n", vmig_version(), vmig_engine_event_loop(e));
         if (qv) {
             printf("QEMU %s %s%s%s%s\n", qv, path ? path : qemu, *package ? " (" : "", package,
                    *package ? ")" : "");
@@ -195,7 +195,7 @@ int main(int argc, char **argv)
         case 'h':
             return help(NULL);
         case 'V':
-            puts("vmigrate " VMIG_VERSION_STRING);
+            printf("vmigrate %s\n", vmig_version());
             return CLI_OK;
         default:
             return cli_bad_option(NULL, c, argv);

@@ -196,6 +196,7 @@ const char cli_migrate_opts_help[] =
     "  --bandwidth MIB_S    cap the migration stream (default: unlimited; QEMU alone\n"
     "                       would cap it at 128 MiB/s)\n"
     "  --timeout S          give up after S seconds, roll back, source keeps running\n"
+    "  --stall-timeout S    give up when no byte moved for S seconds (default 60; none: never)\n"
     "  --verbose            progress: percent, MiB/s, remaining, dirty rate, pass\n"
     "  --json               print one JSON object with the result on stdout\n"
     "  --force              migrate even if the destination's CPU cannot run the VM's\n"
@@ -217,6 +218,13 @@ int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
         return cli_parse_int("--bandwidth", val, 1, 1000000, &a->opts.bandwidth_mib_s) ? 1 : -1;
     case 'T':
         return cli_parse_int("--timeout", val, 1, 86400 * 7, &a->opts.timeout_s) ? 1 : -1;
+    case 'S':
+        if (strcmp(val, "none") == 0) {
+            a->opts.stall_timeout_s = -1;
+            return 1;
+        }
+        return cli_parse_int("--stall-timeout", val, 1, 86400 * 7, &a->opts.stall_timeout_s) ? 1
+                                                                                             : -1;
     case 'v':
         a->verbose = true;
         return 1;

@@ -30,6 +30,17 @@ void vmig_error_free(vmig_error *e)
     g_free(e);
 }
 
+vmig_error *vmig_error_copy(const vmig_error *e)
+{
+    if (!e) {
+        return NULL;
+    }
+    vmig_error *c = g_new0(vmig_error, 1);
+    c->code = e->code;
+    c->message = g_strdup(e->message);
+    return c;
+}
+
 static void set_error_v(vmig_error **errp, vmig_errc code, const char *fmt, va_list ap)
 {
     if (!errp) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "ring/ring.h"
 
 void eng_log(vmig_engine *e, vmig_log_level level, const char *fmt, ...)
 {
@@ -33,13 +34,38 @@ static char *default_state_dir(void)
     return g_strdup_printf("/tmp/vmigrate-%u", (unsigned)getuid());
 }
 
-static void cancel_readable(void *opaque, int fd, int revents)
+#define FREE_DRAIN_MS 30000 /* vmig_engine_free(): the longest wait for jobs to roll back */
+
+const char *vmig_version(void)
+{
+    return VMIG_VERSION_STRING;
+}
+
+static void cancel_read(void *opaque, int res);
+
+static void arm_cancel(vmig_engine *e)
+{
+    int64_t op = ring_read(e->ring, e->cancel_fd, &e->cancel_buf, sizeof(e->cancel_buf), -1,
+                           cancel_read, e);
+    e->cancel_op = op > 0 ? op : 0;
+}
+
+/* vmig_engine_cancel() wrote the eventfd (perhaps from a signal handler): cancel every job. */
+static void cancel_read(void *opaque, int res)
 {
     vmig_engine *e = opaque;
-    uint64_t v;
-    (void)revents;
-    if (read(fd, &v, sizeof(v)) == (ssize_t)sizeof(v)) {
-        e->cancel_requested = 1;
+    e->cancel_op = 0;
+    if (res == -ECANCELED) {
+        return;
+    }
+    arm_cancel(e);
+    if (!e->cancel_requested) {
+        return;
+    }
+    e->cancel_requested = 0;
+    g_autoptr(GPtrArray) jobs = g_ptr_array_copy(e->jobs, NULL, NULL);
+    for (guint i = 0; i < jobs->len; i++) {
+        vmig_job_cancel(g_ptr_array_index(jobs, i));
     }
 }
 
@@ -55,8 +81,9 @@ vmig_engine *vmig_engine_new(const char *state_dir, vmig_error **errp)
     const char *q = g_getenv("VMIG_QEMU");
     e->qemu = g_strdup(q && *q ? q : VMIG_DEFAULT_QEMU);
     e->cancel_fd = -1;
-    e->loop = eng_loop_new(errp);
-    if (!e->loop) {
+    e->jobs = g_ptr_array_new();
+    e->ring = ring_new(RING_BACKEND_AUTO, errp);
+    if (!e->ring) {
         vmig_engine_free(e);
         return NULL;
     }
@@ -66,8 +93,31 @@ vmig_engine *vmig_engine_new(const char *state_dir, vmig_error **errp)
         vmig_engine_free(e);
         return NULL;
     }
-    e->cancel_watch = eng_loop_watch(e->loop, e->cancel_fd, POLLIN, cancel_readable, e);
+    arm_cancel(e);
     return e;
+}
+
+static bool no_jobs_run(void *opaque)
+{
+    vmig_engine *e = opaque;
+    for (guint i = 0; i < e->jobs->len; i++) {
+        if (!vmig_job_finished(g_ptr_array_index(e->jobs, i))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void drain_timer(void *opaque, int res)
+{
+    *(bool *)opaque = true;
+    (void)res;
+}
+
+static bool drained_or_late(void *opaque)
+{
+    void **p = opaque;
+    return no_jobs_run(p[0]) || *(bool *)p[1];
 }
 
 void vmig_engine_free(vmig_engine *e)
@@ -75,13 +125,91 @@ void vmig_engine_free(vmig_engine *e)
     if (!e) {
         return;
     }
-    eng_loop_free(e->loop);
+    if (e->ring && e->jobs->len) {
+        /* Running jobs roll back first: freeing the engine must not lose a VM. */
+        g_autoptr(GPtrArray) jobs = g_ptr_array_copy(e->jobs, NULL, NULL);
+        for (guint i = 0; i < jobs->len; i++) {
+            vmig_job_cancel(g_ptr_array_index(jobs, i));
+        }
+        bool late = false;
+        int64_t t = ring_timer(e->ring, FREE_DRAIN_MS, drain_timer, &late);
+        void *p[2] = {e, &late};
+        eng_run_until(e, drained_or_late, p, NULL);
+        ring_detach(e->ring, t, NULL, NULL);
+        if (!no_jobs_run(e)) {
+            eng_log(e, VMIG_LOG_ERROR, "freeing the engine while a job still runs");
+        }
+    }
+    if (e->jobs) {
+        eng_jobs_detach(e);
+    }
+    ring_free(e->ring);
     if (e->cancel_fd >= 0) {
         close(e->cancel_fd);
+    }
+    if (e->jobs) {
+        g_ptr_array_free(e->jobs, TRUE);
     }
     g_free(e->qemu);
     g_free(e->state_dir);
     g_free(e);
+}
+
+int vmig_engine_fd(vmig_engine *e)
+{
+    return ring_fd(e->ring);
+}
+
+int vmig_engine_dispatch(vmig_engine *e, vmig_error **errp)
+{
+    int r = ring_dispatch(e->ring, 0);
+    if (r < 0 && r != -EINTR) {
+        vmig_set_error_errno(errp, -r, "the engine's event loop (%s)",
+                             ring_backend_reason(e->ring));
+        return -1;
+    }
+    return r < 0 ? 0 : r;
+}
+
+int vmig_engine_timeout_ms(vmig_engine *e)
+{
+    return ring_timeout_ms(e->ring);
+}
+
+bool eng_run_until(vmig_engine *e, bool (*pred)(void *), void *opaque, vmig_error **errp)
+{
+    while (!pred(opaque)) {
+        int r = ring_dispatch(e->ring, -1);
+        if (r < 0 && r != -EINTR) {
+            vmig_set_error_errno(errp, -r, "the engine's event loop (%s)",
+                                 ring_backend_reason(e->ring));
+            return false;
+        }
+    }
+    return true;
+}
+
+typedef struct run_wait {
+    vmig_engine *e;
+    bool expired;
+    bool until_idle;
+} run_wait;
+
+static bool run_over(void *opaque)
+{
+    run_wait *w = opaque;
+    return w->expired || (w->until_idle && no_jobs_run(w->e));
+}
+
+int vmig_engine_run(vmig_engine *e, int timeout_ms, vmig_error **errp)
+{
+    run_wait w = {.e = e, .until_idle = timeout_ms < 0};
+    int64_t t = timeout_ms >= 0 ? ring_timer(e->ring, timeout_ms, drain_timer, &w.expired) : 0;
+    bool ok = eng_run_until(e, run_over, &w, errp);
+    if (t > 0) {
+        ring_detach(e->ring, t, NULL, NULL);
+    }
+    return ok ? 0 : -1;
 }
 
 const char *vmig_engine_state_dir(const vmig_engine *e)
@@ -95,13 +223,13 @@ void vmig_engine_set_log(vmig_engine *e, vmig_log_fn fn, void *opaque)
     e->log_opaque = opaque;
     if (fn && !e->loop_logged) {
         e->loop_logged = true; /* said once, to the first log sink */
-        eng_log(e, VMIG_LOG_INFO, "event loop: %s", eng_loop_backend(e->loop));
+        eng_log(e, VMIG_LOG_INFO, "event loop: %s", ring_backend_reason(e->ring));
     }
 }
 
 const char *vmig_engine_event_loop(const vmig_engine *e)
 {
-    return eng_loop_backend(e->loop);
+    return ring_backend_reason(e->ring);
 }
 
 void vmig_engine_set_qemu(vmig_engine *e, const char *qemu_binary)
@@ -145,11 +273,11 @@ void vmig_engine_cancel(vmig_engine *e)
     (void)w;
 }
 
-void vmig_migrate_opts_init(vmig_migrate_opts *o)
+void vmig_migrate_opts_init_sized(vmig_migrate_opts *o, size_t size)
 {
-    memset(o, 0, sizeof(*o));
-    o->live = true;
-    o->dest = "local";
+    vmig_migrate_opts d = {.size = (uint32_t)size, .live = true, .dest = "local"};
+    /* Only what the caller's struct has room for: an older program's is smaller. */
+    memcpy(o, &d, MIN(size, sizeof(d)));
 }
 
 const char *vmig_guest_kernel(void)

@@ -7,7 +7,6 @@
 #include <signal.h>
 
 #include "common/error.h"
-#include "engine/loop.h"
 #include "guest/guest-abi.h"
 #include "qmp/qmp.h"
 #include "vmigrate.h"
@@ -16,14 +15,18 @@
 #define ENG_CONNECT_TIMEOUT_MS 5000
 #define ENG_START_TIMEOUT_MS 30000 /* QEMU up and its monitor answering */
 #define ENG_INCOMING_SUFFIX ".incoming"
+#define ENG_READER_SOCK "qmp-read.sock" /* the monitor left to readers (vm list) */
+#define ENG_JOB_FILE "job.json"         /* a job's state, for other processes */
 
 struct vmig_engine {
     char *state_dir;
     char *qemu;
-    eng_loop *loop;
+    ring *ring;
     int cancel_fd; /* eventfd written by vmig_engine_cancel() */
-    int cancel_watch;
+    int64_t cancel_op;
+    uint64_t cancel_buf;
     volatile sig_atomic_t cancel_requested;
+    GPtrArray *jobs; /* every job not yet released, running or not */
     vmig_log_fn log_fn;
     void *log_opaque;
     bool loop_logged;
@@ -31,6 +34,92 @@ struct vmig_engine {
 
 void eng_log(vmig_engine *e, vmig_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Runs the ring until @pred(@opaque) holds (waiting, for the blocking calls). */
+bool eng_run_until(vmig_engine *e, bool (*pred)(void *), void *opaque, vmig_error **errp);
+
+/* ---- job.c: what every job shares ---------------------------------------------------------
+ *
+ * A job runs as a chain of steps.  A step starts asynchronous work (QMP calls, a QEMU
+ * starting or stopping) and names the step to run when all of it has finished: a fork and a
+ * join.  A failure anywhere ends the chain: once nothing is in flight, the job's fail step
+ * runs (a migration rolls back).  A step may also wait for a condition that events make true,
+ * with a deadline.  Every change of state goes through eng_job_set_state(from, to).
+ */
+typedef void (*eng_step_fn)(vmig_job *j);
+/* A QMP reply for the job: @ret borrowed; return false with an error to fail the job. */
+typedef bool (*eng_reply_fn)(vmig_job *j, json_object *ret, vmig_error **errp);
+/* The same for calls whose failure is not the job's: @err says why (borrowed), @ret NULL. */
+typedef void (*eng_reply_opt_fn)(vmig_job *j, json_object *ret, const vmig_error *err);
+typedef bool (*eng_pred_fn)(vmig_job *j);
+
+typedef struct eng_job_ops {
+    const char *name;        /* "migrate", "vm-start", ... */
+    const char *what;        /* "migration", in "migration cancelled" */
+    bool (*may_cancel)(vmig_job *j); /* NULL: always */
+    eng_step_fn fail;        /* runs once when the job fails: roll back, then eng_job_end() */
+    void (*free)(vmig_job *j); /* the kind's own data */
+} eng_job_ops;
+
+struct vmig_job {
+    vmig_engine *e;
+    vmig_job_kind kind;
+    const eng_job_ops *ops;
+    vmig_job_state state;
+    vmig_error *err;
+    vmig_job_done_fn done;
+    void *done_opaque;
+    bool orphan;    /* the caller let go: the engine frees it when it ends */
+    bool cancelled; /* vmig_job_cancel() or vmig_engine_cancel() */
+    bool failing;   /* the fail step has been scheduled or runs */
+    bool ended;
+    int pending;    /* asynchronous work the current step waits for */
+    eng_step_fn next;
+    eng_pred_fn wait_pred;
+    eng_step_fn wait_next;
+    int64_t wait_timer;
+    char *wait_what; /* names the condition in a timeout error */
+    int wait_ms;
+    int64_t tick_timer;
+    int tick_ms;
+    eng_step_fn tick;
+    char *state_file; /* where the job's state is kept for other processes, or NULL */
+    int64_t state_written_ms;
+    void *data; /* the kind's own state */
+};
+
+vmig_job *eng_job_new(vmig_engine *e, vmig_job_kind kind, const eng_job_ops *ops, void *data,
+                      vmig_job_done_fn done, void *opaque);
+/* Compare-and-set: false (and a logged bug) when the job is not in @from. */
+bool eng_job_set_state(vmig_job *j, vmig_job_state from, vmig_job_state to);
+/* Runs @next once nothing the current step started is in flight. */
+void eng_job_then(vmig_job *j, eng_step_fn next);
+/* Starts a QMP call the step waits for; @fn stores what it needs from the reply. */
+void eng_job_call(vmig_job *j, qmp_conn *c, const char *cmd, json_object *args, eng_reply_fn fn);
+/* The same, for a call whose failure is left to @fn. */
+void eng_job_call_opt(vmig_job *j, qmp_conn *c, const char *cmd, json_object *args,
+                      eng_reply_opt_fn fn);
+/* Asynchronous work of another kind: begin before starting it, end when it finished. */
+void eng_job_hold(vmig_job *j);
+void eng_job_release(vmig_job *j);
+/* Fails the job with @err (stolen); the first error wins.  The fail step runs once nothing is
+ * in flight. */
+void eng_job_fail(vmig_job *j, vmig_error *err);
+/* Waits until @pred holds (checked now, and at each eng_job_kick()) and then runs @next;
+ * after @timeout_ms (0: none) the job fails with VMIG_E_TIMEOUT naming @what. */
+void eng_job_wait(vmig_job *j, eng_pred_fn pred, int timeout_ms, const char *what,
+                  eng_step_fn next);
+/* Something happened (an event): re-checks the condition waited for. */
+void eng_job_kick(vmig_job *j);
+/* Runs @tick every @ms until eng_job_stop_tick(). */
+void eng_job_start_tick(vmig_job *j, int ms, eng_step_fn tick);
+void eng_job_stop_tick(vmig_job *j);
+/* The job reached its final state (COMPLETED, FAILED or CANCELLED): done callback. */
+void eng_job_end(vmig_job *j, vmig_job_state final);
+/* vmig_engine_free(): every job lets go of the engine; those the caller holds stay as shells
+ * for vmig_job_free(). */
+void eng_jobs_detach(vmig_engine *e);
+/* Writes @obj (borrowed) as the job's state file, atomically. */
+void eng_job_write_state(vmig_job *j, json_object *obj);
 
 /* ---- spec.c ------------------------------------------------------------------------------ */
 
@@ -70,52 +159,73 @@ typedef struct eng_launch {
     bool incoming;   /* -incoming defer -S */
 } eng_launch;
 
-/* The QEMU argv (NULL-terminated, owned strings) for @s under @l. */
+/* The QEMU argv (NULL-terminated, owned strings) for @s under @l: the engine's monitor
+ * (qmp.sock) and the readers' (qmp-read.sock). */
 GPtrArray *eng_spec_argv(const vmig_spec *s, const eng_launch *l);
 
 /* ---- vm.c -------------------------------------------------------------------------------- */
 
-/* A running QEMU the engine knows: an instance directory under a state directory. */
+/* A QEMU the engine knows: an instance directory under a state directory. */
 typedef struct eng_vm {
     vmig_engine *e;
     char *name;
     char *dir;
     vmig_spec *spec;
+    vmig_accel accel;
     int pid;
     qmp_conn *qmp;
-    int watch;
 } eng_vm;
 
 void eng_vm_free(eng_vm *vm);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(eng_vm, eng_vm_free)
 
 char *eng_vm_dir(const char *state_dir, const char *name);
-/* Starts QEMU in instance directory @dir (created; must not hold a live VM). */
-eng_vm *eng_vm_launch(vmig_engine *e, const vmig_spec *spec, const char *dir, vmig_accel accel,
-                      bool incoming, vmig_error **errp);
-/* Finds a running VM by its instance directory. */
+/* Finds a running VM by its instance directory (no monitor connection yet). */
 eng_vm *eng_vm_find(vmig_engine *e, const char *dir, vmig_error **errp);
-/* Connects the VM's monitor and puts it on the engine's loop. */
-bool eng_vm_connect(eng_vm *vm, qmp_event_fn ev, void *opaque, vmig_error **errp);
+/* Connects the VM's monitor and starts the handshake; @ready runs when it is done. */
+bool eng_vm_connect(eng_vm *vm, qmp_event_fn ev, void *opaque, qmp_ready_fn ready,
+                    void *ready_opaque, vmig_error **errp);
+/* The same, waiting. */
+bool eng_vm_connect_sync(eng_vm *vm, vmig_error **errp);
 void eng_vm_disconnect(eng_vm *vm);
-/* quit, then SIGKILL after @timeout_ms; waits for the process to be gone. */
-bool eng_vm_kill(eng_vm *vm, int timeout_ms, vmig_error **errp);
-/* QEMU's run state ("running", "paused", ...) into @buf, via query-status. */
-const char *eng_vm_run_state(eng_vm *vm, char *buf, size_t len, vmig_error **errp);
 /* Removes an instance directory and the files in it. */
 void eng_vm_remove_dir(const char *dir);
 /* Whether the VM's QEMU process still exists. */
 bool eng_vm_alive(const eng_vm *vm);
 /* Last lines of the VM's QEMU stderr, for error messages ("" when none). */
 char *eng_vm_log_tail(const eng_vm *vm);
-/* A throwaway QEMU (-machine none) to ask things of, such as its host CPU model; stop it with
- * eng_qemu_probe_end() after freeing the connection. */
+/* QEMU's run state into @buf (waiting). */
+const char *eng_vm_run_state(eng_vm *vm, char *buf, size_t len, vmig_error **errp);
+
+/* Starting a QEMU, asynchronously: spawn it, wait for its monitor, handshake, and a
+ * query-status that names a run state.  @done gets the VM (owned) or an error (borrowed). */
+typedef void (*eng_launch_fn)(void *opaque, eng_vm *vm, const vmig_error *err);
+typedef struct eng_launch_req {
+    const vmig_spec *spec; /* copied */
+    const char *dir;       /* absolute instance directory; created, must not hold a live VM */
+    vmig_accel accel;
+    bool incoming; /* -incoming defer -S */
+    bool probe;    /* -machine none, in a fresh directory below the state directory */
+    qmp_event_fn ev;
+    void *ev_opaque;
+} eng_launch_req;
+bool eng_vm_launch(vmig_engine *e, const eng_launch_req *req, eng_launch_fn done, void *opaque,
+                   vmig_error **errp);
+/* Stopping a QEMU, asynchronously: quit over QMP (SIGTERM without a monitor), SIGKILL after
+ * @timeout_ms, and done when the process is gone.  @vm stays the caller's. */
+typedef void (*eng_kill_fn)(void *opaque, const vmig_error *err);
+void eng_vm_kill(eng_vm *vm, int timeout_ms, eng_kill_fn done, void *opaque);
+/* The same two, waiting (tests, probes). */
+eng_vm *eng_vm_launch_sync(vmig_engine *e, const eng_launch_req *req, vmig_error **errp);
+bool eng_vm_kill_sync(eng_vm *vm, int timeout_ms, vmig_error **errp);
+/* A probe QEMU is done with: killed and its directory removed, without waiting. */
+void eng_vm_discard(eng_vm *vm);
+
+/* A throwaway QEMU (-machine none) to ask things of, waiting; eng_qemu_probe_end() after
+ * freeing the connection. */
 qmp_conn *eng_qemu_probe(vmig_engine *e, vmig_accel accel, int *ret_pid, char **ret_dir,
                          vmig_error **errp);
 void eng_qemu_probe_end(int pid, const char *dir);
-/* Runs the loop until @pred(@opaque) holds or @timeout_ms passed. */
-bool eng_wait_until(vmig_engine *e, bool (*pred)(void *), void *opaque, int timeout_ms);
-/* Frees @vm's accelerator field names: tcg or kvm, for the instance's accel file. */
 const char *eng_accel_name(vmig_accel a);
 bool eng_accel_parse(const char *s, vmig_accel *ret);
 /* Writes @text to @path atomically. */
@@ -134,6 +244,8 @@ const char *eng_qemu_version_str(const eng_qemu_version *v, char *buf, size_t le
 /* Reads a query-version reply, type-checked. */
 bool eng_qemu_version_parse(json_object *reply, eng_qemu_version *ret, vmig_error **errp);
 bool eng_qemu_version_query(qmp_conn *c, eng_qemu_version *ret, vmig_error **errp);
+/* Whether a QEMU runs its guest under TCG, from its query-kvm reply (not enabled). */
+bool eng_qemu_tcg_parse(json_object *reply, bool *ret, vmig_error **errp);
 /* Whether the QEMU at @c runs its guest under TCG (query-kvm: not enabled). */
 bool eng_qemu_uses_tcg(qmp_conn *c, bool *ret, vmig_error **errp);
 /* Whether @machine names one fixed machine version (pc-i440fx-7.2), not an alias (pc). */

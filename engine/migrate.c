@@ -1,133 +1,564 @@
 /*
- * Live (pre-copy) and paused migration of a VM to a destination QEMU, driven over QMP.
- *
- * Phases, after libvirt's Begin/Prepare/Perform/Finish/Confirm:
- *   prepare  check the source (running, not migrating, no blockers) and the destination,
- *            start the destination QEMU with -incoming defer -S, set capabilities (events on
- *            both sides) and parameters before migrate-incoming;
- *   perform  migrate, follow MIGRATION events, poll query-migrate for figures;
- *   finish   wait until the destination has loaded everything, cont it, see RESUME;
+ * Live (pre-copy) and paused migration of a VM to a destination QEMU, as a job on the engine's
+ * ring (job.c).  Its steps, after libvirt's Begin/Prepare/Perform/Finish/Confirm:
+ *   prepare  connect the source; ask it and a probe QEMU (the destination's binary) what they
+ *            are; refuse what cannot work (state, blockers, versions, TCG data loss, CPU);
+ *            start the destination QEMU with -incoming defer -S; capabilities (events on both
+ *            sides) and parameters before migrate-incoming;
+ *   perform  migrate; MIGRATION events drive it, a query-migrate every 250 ms gives figures;
+ *   finish   the destination has loaded everything: cont it, see RESUME;
  *   confirm  quit the source and hand its name over to the destination.
  * Until the destination runs, any failure (or a cancel) rolls back: the migration is
- * cancelled, the source is put back running if it was, the destination is torn down.
+ * cancelled, the source is put back running if it was, the destination is torn down.  QEMU's
+ * status strings become an enum where they are read.  The prepare phase is migrate-prepare.c.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "cpu/format.h"
-#include "engine/cpu-qemu.h"
-#include "engine.h"
+#include "migrate-priv.h"
 
 #define POLL_INTERVAL_MS 250
 #define DEST_LOAD_TIMEOUT_MS 120000 /* source completed -> destination loaded */
-#define RESUME_TIMEOUT_MS 10000
+#define RESUME_WAIT_MS 10000
 #define CANCEL_TIMEOUT_MS 15000
 #define QUIT_TIMEOUT_MS 10000
+#define DEST_KILL_MS 2000
+#define STALL_TIMEOUT_S 60 /* no byte moved for this long: the migration is stuck */
 #define BANDWIDTH_UNLIMITED (UINT64_C(1) << 40) /* 1 TiB/s: no cap worth the name */
 
-typedef struct mig_job {
-    vmig_engine *e;
-    const vmig_migrate_opts *o;
-    eng_vm *src;
-    eng_vm *dst;
-    char *dest_state;
-    char *final_dir; /* where the VM lives after success */
-    char *uri;
-    char *dst_cpu; /* the VM's effective -cpu for the destination */
-    vmig_accel accel;
-    bool was_running;
-    bool dest_took_over; /* past the point of no return */
-    char src_status[24];
-    char dst_status[24];
-    int64_t src_stop_us, dst_resume_us;
-    int64_t t0;
-    vmig_migration_stats st;
-} mig_job;
-
-static const char *const active_states[] = {
-    "setup", "active", "cancelling", "pre-switchover", "device", "wait-unplug",
-    "postcopy-active", "postcopy-paused", "postcopy-recover", "colo",
+const char *const mig_status_names[MS_COUNT] = {
+    [MS_NONE] = "none",
+    [MS_SETUP] = "setup",
+    [MS_ACTIVE] = "active",
+    [MS_CANCELLING] = "cancelling",
+    [MS_PRE_SWITCHOVER] = "pre-switchover",
+    [MS_DEVICE] = "device",
+    [MS_WAIT_UNPLUG] = "wait-unplug",
+    [MS_POSTCOPY_ACTIVE] = "postcopy-active",
+    [MS_POSTCOPY_PAUSED] = "postcopy-paused",
+    [MS_POSTCOPY_RECOVER_SETUP] = "postcopy-recover-setup",
+    [MS_POSTCOPY_RECOVER] = "postcopy-recover",
+    [MS_COLO] = "colo",
+    [MS_COMPLETED] = "completed",
+    [MS_FAILED] = "failed",
+    [MS_CANCELLED] = "cancelled",
+    [MS_UNKNOWN] = "unknown",
 };
 
-static bool is_active(const char *status)
+mig_status mig_status_parse(const char *s)
 {
-    for (size_t i = 0; i < G_N_ELEMENTS(active_states); i++) {
-        if (strcmp(status, active_states[i]) == 0) {
-            return true;
+    for (int i = 0; i < MS_UNKNOWN; i++) {
+        if (strcmp(s, mig_status_names[i]) == 0) {
+            return (mig_status)i;
         }
     }
-    return false;
+    return MS_UNKNOWN;
+}
+
+bool mig_status_active(mig_status s)
+{
+    return s != MS_NONE && s != MS_COMPLETED && s != MS_FAILED && s != MS_CANCELLED;
+}
+
+/* Fails @j with a copy of @err, prefixed. */
+void mig_fail_with(vmig_job *j, const vmig_error *err, const char *fmt, ...)
+{
+    vmig_error *e = vmig_error_copy(err);
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *prefix = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    vmig_prefix_error(&e, "%s", prefix);
+    eng_job_fail(j, e);
+}
+
+void mig_fail_new(vmig_job *j, vmig_errc code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    vmig_error *e = NULL;
+    vmig_set_error(&e, code, "%s", msg);
+    eng_job_fail(j, e);
+}
+
+/* ---- the state other processes read -------------------------------------------------------- */
+
+static json_object *stats_json(const vmig_migration_stats *st)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "status", json_object_new_string(st->status));
+    json_object_object_add(o, "total_ms", json_object_new_int64((int64_t)st->total_ms));
+    json_object_object_add(o, "transferred_bytes",
+                           json_object_new_int64((int64_t)st->transferred_bytes));
+    json_object_object_add(o, "remaining_bytes",
+                           json_object_new_int64((int64_t)st->remaining_bytes));
+    json_object_object_add(o, "total_bytes", json_object_new_int64((int64_t)st->total_bytes));
+    json_object_object_add(o, "dirty_pages_rate",
+                           json_object_new_int64((int64_t)st->dirty_pages_rate));
+    json_object_object_add(o, "passes", json_object_new_int64((int64_t)st->passes));
+    json_object_object_add(o, "mbps", json_object_new_double(st->mbps));
+    json_object_object_add(o, "downtime_ms", json_object_new_int64((int64_t)st->downtime_ms));
+    return o;
+}
+
+static void save_state_as(vmig_job *j, vmig_job_state state)
+{
+    mig *m = M(j);
+    g_strlcpy(m->st.vm_holder, m->dest_took_over ? "destination" : "source",
+              sizeof(m->st.vm_holder));
+    g_autoptr(json_object) o = json_object_new_object();
+    json_object_object_add(o, "job", json_object_new_string("migrate"));
+    json_object_object_add(o, "vm", json_object_new_string(m->name));
+    json_object_object_add(o, "state", json_object_new_string(vmig_job_state_name(state)));
+    json_object_object_add(o, "holder", json_object_new_string(m->st.vm_holder));
+    json_object_object_add(o, "engine_pid", json_object_new_int(getpid()));
+    json_object_object_add(o, "progress", json_object_new_double(m->st.progress));
+    json_object_object_add(o, "stats", stats_json(&m->st));
+    if (j->err) {
+        json_object_object_add(o, "error", json_object_new_string(vmig_error_message(j->err)));
+    }
+    eng_job_write_state(j, o);
+}
+
+static void save_state(vmig_job *j)
+{
+    save_state_as(j, j->state);
+}
+
+/* The last state file, then the end (whose done callback may free the job).  The job lets go
+ * of both monitors: QEMU serves one client per monitor, and the VM is the caller's again. */
+static void end(vmig_job *j, vmig_job_state final)
+{
+    mig *m = M(j);
+    save_state_as(j, final);
+    if (m->src) {
+        eng_vm_disconnect(m->src);
+    }
+    if (m->dst) {
+        eng_vm_disconnect(m->dst);
+    }
+    eng_job_end(j, final);
+}
+
+static void set_state(vmig_job *j, vmig_job_state from, vmig_job_state to)
+{
+    if (eng_job_set_state(j, from, to)) {
+        save_state(j);
+    }
+}
+
+/* ---- events ------------------------------------------------------------------------------------ */
+
+static void on_status_event(vmig_job *j, json_object *data, mig_status *ret, const char *side)
+{
+    const char *status = NULL;
+    static const vmig_jfield fields[] = {{"status", VJ_STRING, 0, VJ_MANDATORY}, {NULL}};
+    vmig_error *err = NULL;
+    if (!vmig_json_read(data, fields, &status, "MIGRATION event", &err)) {
+        eng_log(j->e, VMIG_LOG_WARN, "%s: %s", side, vmig_error_message(err));
+        vmig_error_free(err);
+        return;
+    }
+    *ret = mig_status_parse(status);
+    eng_log(j->e, VMIG_LOG_DEBUG, "%s: migration %s", side, status);
 }
 
 static void src_event(void *opaque, const char *ev, json_object *data, int64_t ts_us)
 {
-    mig_job *j = opaque;
-    json_object *v = NULL;
-    if (strcmp(ev, "MIGRATION") == 0 && json_object_object_get_ex(data, "status", &v)) {
-        g_strlcpy(j->src_status, json_object_get_string(v), sizeof(j->src_status));
-        eng_log(j->e, VMIG_LOG_DEBUG, "source: migration %s", j->src_status);
-    } else if (strcmp(ev, "MIGRATION_PASS") == 0 && json_object_object_get_ex(data, "pass", &v)) {
-        j->st.passes = (uint64_t)json_object_get_int64(v);
+    vmig_job *j = opaque;
+    mig *m = M(j);
+    if (strcmp(ev, "MIGRATION") == 0) {
+        on_status_event(j, data, &m->src_status, "source");
+    } else if (strcmp(ev, "MIGRATION_PASS") == 0) {
+        int64_t pass = 0;
+        static const vmig_jfield fields[] = {{"pass", VJ_INT64, 0, VJ_MANDATORY}, {NULL}};
+        if (vmig_json_read(data, fields, &pass, "MIGRATION_PASS event", NULL) && pass > 0 &&
+            (uint64_t)pass > m->st.passes) {
+            m->st.passes = (uint64_t)pass;
+        }
     } else if (strcmp(ev, "STOP") == 0) {
-        j->src_stop_us = ts_us;
+        m->src_stop_us = ts_us;
     }
+    eng_job_kick(j);
 }
 
 static void dst_event(void *opaque, const char *ev, json_object *data, int64_t ts_us)
 {
-    mig_job *j = opaque;
-    json_object *v = NULL;
-    if (strcmp(ev, "MIGRATION") == 0 && json_object_object_get_ex(data, "status", &v)) {
-        g_strlcpy(j->dst_status, json_object_get_string(v), sizeof(j->dst_status));
-        eng_log(j->e, VMIG_LOG_DEBUG, "destination: migration %s", j->dst_status);
+    vmig_job *j = opaque;
+    mig *m = M(j);
+    if (strcmp(ev, "MIGRATION") == 0) {
+        on_status_event(j, data, &m->dst_status, "destination");
     } else if (strcmp(ev, "RESUME") == 0) {
-        j->dst_resume_us = ts_us;
+        m->dst_resume_us = ts_us ? ts_us : g_get_real_time();
     }
+    eng_job_kick(j);
 }
 
-static uint64_t get_u64(json_object *o, const char *key)
+void mig_src_closed(void *opaque, const vmig_error *why)
 {
-    json_object *v = NULL;
-    return o && json_object_object_get_ex(o, key, &v) ? (uint64_t)json_object_get_int64(v) : 0;
+    vmig_job *j = opaque;
+    M(j)->src_closed = true;
+    eng_log(j->e, VMIG_LOG_DEBUG, "source: %s", vmig_error_message(why));
+    eng_job_kick(j);
 }
 
-/* query-migrate on the source: figures into j->st, status into j->src_status. */
-static json_object *poll_source(mig_job *j, vmig_error **errp)
+static void dst_closed(void *opaque, const vmig_error *why)
 {
-    json_object *info = qmp_conn_call(j->src->qmp, "query-migrate", NULL, 0, ENG_QMP_TIMEOUT_MS,
-                                      errp);
-    if (!info) {
-        return NULL;
-    }
-    json_object *v = NULL, *ram = NULL;
-    if (json_object_object_get_ex(info, "status", &v)) {
-        g_strlcpy(j->src_status, json_object_get_string(v), sizeof(j->src_status));
-    }
-    if (json_object_object_get_ex(info, "ram", &ram)) {
-        j->st.transferred_bytes = get_u64(ram, "transferred");
-        j->st.remaining_bytes = get_u64(ram, "remaining");
-        j->st.total_bytes = get_u64(ram, "total");
-        j->st.dirty_pages_rate = get_u64(ram, "dirty-pages-rate");
-        uint64_t syncs = get_u64(ram, "dirty-sync-count");
-        if (syncs > j->st.passes) {
-            j->st.passes = syncs;
-        }
-        if (json_object_object_get_ex(ram, "mbps", &v)) {
-            j->st.mbps = json_object_get_double(v);
-        }
-        if (j->st.total_bytes) {
-            double done = 1.0 - (double)j->st.remaining_bytes / (double)j->st.total_bytes;
-            j->st.progress = done < 0 ? 0 : done;
-        }
-    }
-    j->st.qemu_total_ms = get_u64(info, "total-time");
-    j->st.qemu_downtime_ms = get_u64(info, "downtime");
-    return info;
+    vmig_job *j = opaque;
+    M(j)->dst_closed = true;
+    eng_log(j->e, VMIG_LOG_DEBUG, "destination: %s", vmig_error_message(why));
+    eng_job_kick(j);
 }
 
-static bool set_caps_events(eng_vm *vm, vmig_error **errp)
+/* ---- query-migrate -------------------------------------------------------------------------- */
+
+typedef struct qm_ram {
+    uint64_t transferred, remaining, total, dirty_rate, syncs;
+    double mbps;
+} qm_ram;
+
+/* query-migrate into m->st and m->src_status, type-checked. */
+static bool read_query_migrate(mig *m, json_object *info, vmig_error **errp)
+{
+    struct {
+        const char *status, *error_desc;
+        json_object *ram, *blocked;
+        uint64_t total_time, downtime;
+    } q = {0};
+    static const vmig_jfield fields[] = {
+        {"status", VJ_STRING, offsetof(typeof(q), status), 0},
+        {"error-desc", VJ_STRING, offsetof(typeof(q), error_desc), 0},
+        {"ram", VJ_OBJECT, offsetof(typeof(q), ram), 0},
+        {"blocked-reasons", VJ_ARRAY, offsetof(typeof(q), blocked), 0},
+        {"total-time", VJ_UINT64, offsetof(typeof(q), total_time), 0},
+        {"downtime", VJ_UINT64, offsetof(typeof(q), downtime), 0},
+        {NULL},
+    };
+    static const vmig_jfield ram_fields[] = {
+        {"transferred", VJ_UINT64, offsetof(qm_ram, transferred), 0},
+        {"remaining", VJ_UINT64, offsetof(qm_ram, remaining), 0},
+        {"total", VJ_UINT64, offsetof(qm_ram, total), 0},
+        {"dirty-pages-rate", VJ_UINT64, offsetof(qm_ram, dirty_rate), 0},
+        {"dirty-sync-count", VJ_UINT64, offsetof(qm_ram, syncs), 0},
+        {"mbps", VJ_DOUBLE, offsetof(qm_ram, mbps), 0},
+        {NULL},
+    };
+    qm_ram r = {0};
+    if (!vmig_json_read(info, fields, &q, "query-migrate", errp) ||
+        (q.ram && !vmig_json_read(q.ram, ram_fields, &r, "query-migrate: ram", errp))) {
+        return false;
+    }
+    m->src_status = q.status ? mig_status_parse(q.status) : MS_NONE;
+    if (q.error_desc) {
+        g_free(m->fail_desc);
+        m->fail_desc = g_strdup(q.error_desc);
+    }
+    if (q.blocked) {
+        json_object_put(m->blocked);
+        m->blocked = json_object_get(q.blocked);
+    }
+    if (q.ram) {
+        m->st.transferred_bytes = r.transferred;
+        m->st.remaining_bytes = r.remaining;
+        m->st.total_bytes = r.total;
+        m->st.dirty_pages_rate = r.dirty_rate;
+        m->st.passes = MAX(m->st.passes, r.syncs);
+        m->st.mbps = r.mbps;
+        if (r.total) {
+            double done = 1.0 - (double)r.remaining / (double)r.total;
+            m->st.progress = done < 0 ? 0 : done > 1 ? 1 : done;
+        }
+    }
+    m->st.qemu_total_ms = q.total_time;
+    m->st.qemu_downtime_ms = q.downtime;
+    return true;
+}
+
+bool mig_on_query_migrate(vmig_job *j, json_object *ret, vmig_error **errp)
+{
+    return read_query_migrate(M(j), ret, errp);
+}
+
+static void on_query_migrate_opt(vmig_job *j, json_object *ret, const vmig_error *err)
+{
+    vmig_error *perr = NULL;
+    if (err || !read_query_migrate(M(j), ret, &perr)) {
+        eng_log(j->e, VMIG_LOG_DEBUG, "query-migrate: %s",
+                vmig_error_message(err ? err : perr));
+    }
+    vmig_error_free(perr);
+}
+
+/* ---- perform: figures every 250 ms ------------------------------------------------------------- */
+
+static void poll_done(vmig_job *j, json_object *ret, const vmig_error *err)
+{
+    mig *m = M(j);
+    m->poll_in_flight = false;
+    on_query_migrate_opt(j, ret, err);
+    m->st.total_ms = (uint64_t)(vmig_now_ms() - m->t0);
+    g_strlcpy(m->st.status, mig_status_names[m->src_status], sizeof(m->st.status));
+    if (m->progress && j->state == VMIG_JOB_MIGRATING) {
+        m->progress(m->progress_opaque, &m->st);
+    }
+    save_state(j);
+    eng_job_kick(j);
+}
+
+/* A poll that is not a step: nothing waits for it, and its failure is only logged. */
+static void poll_reply(void *opaque, json_object *ret, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    poll_done(j, ret, err);
+    eng_job_release(j);
+}
+
+/* No byte moved for stall_timeout_s: QEMU is stuck (a destination that stopped reading, a
+ * source stopped by a signal), and no deadline of QEMU's own would end it. */
+static bool stalled(vmig_job *j)
+{
+    mig *m = M(j);
+    int64_t now = vmig_now_ms();
+    if (m->st.transferred_bytes > m->progress_bytes || !m->progress_ms) {
+        m->progress_bytes = m->st.transferred_bytes;
+        m->progress_ms = now;
+        return false;
+    }
+    if (m->o.stall_timeout_s < 0 || now - m->progress_ms < (int64_t)m->o.stall_timeout_s * 1000) {
+        return false;
+    }
+    mig_fail_new(j, VMIG_E_TIMEOUT, "the migration made no progress for %d s (QEMU moved no byte "
+                                "since %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT "; status %s)",
+             m->o.stall_timeout_s, m->st.transferred_bytes, m->st.total_bytes,
+             mig_status_names[m->src_status]);
+    return true;
+}
+
+/* Every 250 ms for the job's whole life: figures while QEMU moves memory (or rolls back), the
+ * job file always, and the clock for deadlines that are not failures. */
+static void tick(vmig_job *j)
+{
+    mig *m = M(j);
+    if (m->o.timeout_s && j->state == VMIG_JOB_MIGRATING &&
+        vmig_now_ms() - m->t_migrate > (int64_t)m->o.timeout_s * 1000) {
+        mig_fail_new(j, VMIG_E_TIMEOUT, "migration did not finish within %d s (remaining %" G_GUINT64_FORMAT " bytes, pass %" G_GUINT64_FORMAT ")",
+                 m->o.timeout_s, m->st.remaining_bytes, m->st.passes);
+        return;
+    }
+    if (j->state == VMIG_JOB_MIGRATING && stalled(j)) {
+        return;
+    }
+    bool poll = j->state == VMIG_JOB_MIGRATING || j->state == VMIG_JOB_SWITCHOVER ||
+                j->state == VMIG_JOB_ROLLING_BACK;
+    if (poll && !m->poll_in_flight && m->src->qmp && qmp_conn_ready(m->src->qmp)) {
+        m->poll_in_flight = true;
+        eng_job_hold(j);
+        qmp_call(m->src->qmp, "query-migrate", NULL, 0, ENG_QMP_TIMEOUT_MS, poll_reply, j);
+    } else if (!m->poll_in_flight) {
+        save_state(j);
+    }
+    eng_job_kick(j);
+}
+
+/* ---- confirm ------------------------------------------------------------------------------------- */
+
+static void finish(vmig_job *j)
+{
+    mig *m = M(j);
+    eng_vm_remove_dir(m->src->dir);
+    if (rename(m->dst->dir, m->final_dir) < 0) {
+        eng_log(j->e, VMIG_LOG_ERROR, "renaming %s to %s: %s", m->dst->dir, m->final_dir,
+                g_strerror(errno));
+    } else {
+        g_free(m->dst->dir);
+        m->dst->dir = g_strdup(m->final_dir);
+    }
+    g_free(j->state_file);
+    j->state_file = g_build_filename(m->dst->dir, ENG_JOB_FILE, NULL);
+    g_strlcpy(m->st.status, "completed", sizeof(m->st.status));
+    m->st.progress = 1.0;
+    end(j, VMIG_JOB_COMPLETED);
+}
+
+static void src_retired(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    if (err) {
+        /* the destination runs: the migration succeeded, whatever the source does now */
+        eng_log(j->e, VMIG_LOG_ERROR, "retiring the source: %s", vmig_error_message(err));
+    }
+    eng_job_release(j);
+}
+
+/* The destination runs: retire the source and give the destination the VM's name. */
+static void confirm(vmig_job *j)
+{
+    mig *m = M(j);
+    /* total: up to the destination running, not the clean-up after it */
+    m->st.total_ms = (uint64_t)(vmig_now_ms() - m->t0);
+    if (m->src_stop_us && m->dst_resume_us > m->src_stop_us) {
+        m->st.downtime_ms = (uint64_t)((m->dst_resume_us - m->src_stop_us + 500) / 1000);
+    }
+    set_state(j, VMIG_JOB_SWITCHOVER, VMIG_JOB_FINISHING);
+    eng_job_hold(j);
+    eng_vm_kill(m->src, QUIT_TIMEOUT_MS, src_retired, j);
+    eng_job_then(j, finish);
+}
+
+static bool resumed(vmig_job *j)
+{
+    mig *m = M(j);
+    if (m->dst_resume_us || m->dst_closed || vmig_ms_left(m->resume_deadline) == 0) {
+        if (!m->dst_resume_us) {
+            eng_log(j->e, VMIG_LOG_WARN, "no RESUME event from the destination within %d ms",
+                    RESUME_WAIT_MS);
+        }
+        return true;
+    }
+    return false;
+}
+
+static bool on_cont(vmig_job *j, json_object *ret, vmig_error **errp)
+{
+    (void)ret;
+    (void)errp;
+    M(j)->dest_took_over = true;
+    return true;
+}
+
+static void wait_resume(vmig_job *j)
+{
+    M(j)->resume_deadline = vmig_now_ms() + RESUME_WAIT_MS;
+    eng_job_wait(j, resumed, 0, NULL, confirm);
+}
+
+/* ---- finish: the destination has loaded ----------------------------------------------------- */
+
+static void cont_destination(vmig_job *j)
+{
+    mig *m = M(j);
+    if (!m->was_running) {
+        m->dest_took_over = true; /* stays paused, as the source was */
+        confirm(j);
+        return;
+    }
+    eng_job_call(j, m->dst->qmp, "cont", NULL, on_cont);
+    eng_job_then(j, wait_resume);
+}
+
+static bool dst_gone(vmig_job *j)
+{
+    mig *m = M(j);
+    if (!m->dst_closed && eng_vm_alive(m->dst)) {
+        return false;
+    }
+    g_autofree char *tail = eng_vm_log_tail(m->dst);
+    mig_fail_new(j, VMIG_E_QEMU, "the destination QEMU exited: %s", *tail ? tail : "(no output)");
+    return true;
+}
+
+static void dst_loaded(vmig_job *j)
+{
+    mig *m = M(j);
+    if (dst_gone(j)) {
+        return;
+    }
+    if (m->dst_status != MS_COMPLETED) {
+        mig_fail_new(j, VMIG_E_QEMU, "the destination failed to load the migration stream");
+        return;
+    }
+    /* Final figures.  QEMU 7.2 announces completed a moment before it computes downtime,
+     * so they are read once the destination has loaded, not at the source's event. */
+    eng_job_call_opt(j, m->src->qmp, "query-migrate", NULL, on_query_migrate_opt);
+    eng_job_then(j, cont_destination);
+}
+
+static bool dst_settled(vmig_job *j)
+{
+    mig *m = M(j);
+    return m->dst_status == MS_COMPLETED || m->dst_status == MS_FAILED || m->dst_closed;
+}
+
+static void fail_from_qemu(vmig_job *j)
+{
+    mig *m = M(j);
+    const char *what = mig_status_names[m->src_status];
+    if (m->fail_desc) {
+        mig_fail_new(j, VMIG_E_QEMU, "migration %s: %s", what, m->fail_desc);
+    } else {
+        mig_fail_new(j, VMIG_E_QEMU, "migration %s", what);
+    }
+}
+
+static void src_final(vmig_job *j)
+{
+    mig *m = M(j);
+    if (dst_gone(j)) {
+        return;
+    }
+    if (m->src_closed) {
+        mig_fail_new(j, VMIG_E_IO, "the source QEMU's monitor closed during the migration");
+        return;
+    }
+    if (m->src_status == MS_FAILED || m->src_status == MS_CANCELLED) {
+        eng_job_call_opt(j, m->src->qmp, "query-migrate", NULL, on_query_migrate_opt);
+        eng_job_then(j, fail_from_qemu);
+        return;
+    }
+    set_state(j, VMIG_JOB_MIGRATING, VMIG_JOB_SWITCHOVER);
+    eng_job_wait(j, dst_settled, DEST_LOAD_TIMEOUT_MS,
+                 "the destination did not finish loading", dst_loaded);
+}
+
+static bool src_settled(vmig_job *j)
+{
+    mig *m = M(j);
+    return m->src_status == MS_COMPLETED || m->src_status == MS_FAILED ||
+           m->src_status == MS_CANCELLED || m->dst_closed || m->src_closed;
+}
+
+/* ---- perform -------------------------------------------------------------------------------------- */
+
+static void wait_source(vmig_job *j)
+{
+    eng_job_wait(j, src_settled, 0, NULL, src_final);
+}
+
+static void start_migrate(vmig_job *j)
+{
+    mig *m = M(j);
+    m->t_migrate = vmig_now_ms();
+    m->st.setup_ms = (uint64_t)(m->t_migrate - m->t0);
+    set_state(j, VMIG_JOB_PREPARING, VMIG_JOB_MIGRATING);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(m->uri));
+    eng_job_call(j, m->src->qmp, "migrate", args, NULL);
+    eng_job_then(j, wait_source);
+}
+
+static void pause_source(vmig_job *j)
+{
+    mig *m = M(j);
+    if (!m->o.live && m->was_running) {
+        eng_job_call(j, m->src->qmp, "stop", NULL, NULL);
+    }
+    eng_job_then(j, start_migrate);
+}
+
+static void incoming(vmig_job *j)
+{
+    mig *m = M(j);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(m->uri));
+    eng_job_call(j, m->dst->qmp, "migrate-incoming", args, NULL);
+    eng_job_then(j, pause_source);
+}
+
+static json_object *caps_events(void)
 {
     json_object *cap = json_object_new_object();
     json_object_object_add(cap, "capability", json_object_new_string("events"));
@@ -136,48 +567,266 @@ static bool set_caps_events(eng_vm *vm, vmig_error **errp)
     json_object_array_add(caps, cap);
     json_object *args = json_object_new_object();
     json_object_object_add(args, "capabilities", caps);
-    return qmp_conn_call_void(vm->qmp, "migrate-set-capabilities", args, ENG_QMP_TIMEOUT_MS,
-                              errp);
+    return args;
 }
 
-static bool set_source_params(mig_job *j, vmig_error **errp)
+static void setup(vmig_job *j)
 {
+    mig *m = M(j);
+    qmp_conn_set_closed_cb(m->dst->qmp, dst_closed, j);
+    eng_job_call(j, m->src->qmp, "migrate-set-capabilities", caps_events(), NULL);
+    eng_job_call(j, m->dst->qmp, "migrate-set-capabilities", caps_events(), NULL);
     json_object *args = json_object_new_object();
-    uint64_t bw = j->o->bandwidth_mib_s ? (uint64_t)j->o->bandwidth_mib_s << 20
-                                        : BANDWIDTH_UNLIMITED;
+    uint64_t bw = m->o.bandwidth_mib_s ? (uint64_t)m->o.bandwidth_mib_s << 20
+                                       : BANDWIDTH_UNLIMITED;
     json_object_object_add(args, "max-bandwidth", json_object_new_int64((int64_t)bw));
-    if (j->o->max_downtime_ms) {
+    if (m->o.max_downtime_ms) {
         json_object_object_add(args, "downtime-limit",
-                               json_object_new_int64(j->o->max_downtime_ms));
+                               json_object_new_int64(m->o.max_downtime_ms));
     }
-    return qmp_conn_call_void(j->src->qmp, "migrate-set-parameters", args, ENG_QMP_TIMEOUT_MS,
-                              errp);
+    eng_job_call(j, m->src->qmp, "migrate-set-parameters", args, NULL);
+    eng_job_then(j, incoming);
 }
 
-static bool check_opts(const vmig_migrate_opts *o, vmig_error **errp)
+static void dst_launched(void *opaque, eng_vm *vm, const vmig_error *err)
 {
-    if (o->max_downtime_ms < 0 || o->max_downtime_ms > 2000000) {
+    vmig_job *j = opaque;
+    M(j)->dst = vm;
+    if (err) {
+        mig_fail_with(j, err, "starting the destination QEMU: ");
+    }
+    eng_job_release(j);
+}
+
+void mig_launch_destination(vmig_job *j)
+{
+    mig *m = M(j);
+    g_autofree char *stage = g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL);
+    g_autoptr(vmig_spec) dspec = eng_spec_copy(m->src->spec);
+    g_free(dspec->cpu);
+    dspec->cpu = g_strdup(m->dst_cpu);
+    eng_launch_req req = {.spec = dspec, .dir = stage, .accel = m->src->accel, .incoming = true,
+                          .ev = dst_event, .ev_opaque = j};
+    m->uri = g_strdup_printf("unix:%s/migrate.sock", stage);
+    vmig_error *err = NULL;
+    eng_job_hold(j);
+    if (!eng_vm_launch(j->e, &req, dst_launched, j, &err)) {
+        dst_launched(j, NULL, err);
+        vmig_error_free(err);
+    }
+    eng_job_then(j, setup);
+}
+
+static void src_ready(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    if (err) {
+        eng_job_fail(j, vmig_error_copy(err));
+    } else {
+        qmp_conn_set_closed_cb(M(j)->src->qmp, mig_src_closed, j);
+    }
+    eng_job_release(j);
+}
+
+/* ---- rollback ------------------------------------------------------------------------------------ */
+
+static void rb_end(vmig_job *j)
+{
+    mig *m = M(j);
+    if (m->src->qmp && qmp_conn_ready(m->src->qmp) && m->src_state[0]) {
+        vmig_append_error(&j->err, "; VM '%s' is %s on the source", m->name, m->src_state);
+    }
+    bool cancelled = vmig_error_code(j->err) == VMIG_E_CANCELLED;
+    g_strlcpy(m->st.status, cancelled ? "cancelled" : "failed", sizeof(m->st.status));
+    m->st.total_ms = (uint64_t)(vmig_now_ms() - m->t0);
+    end(j, cancelled ? VMIG_JOB_CANCELLED : VMIG_JOB_FAILED);
+}
+
+static void on_rb_status(vmig_job *j, json_object *ret, const vmig_error *err)
+{
+    mig *m = M(j);
+    const char *status = NULL;
+    static const vmig_jfield fields[] = {{"status", VJ_STRING, 0, VJ_MANDATORY}, {NULL}};
+    m->src_state[0] = '\0';
+    if (!err && vmig_json_read(ret, fields, &status, "query-status", NULL)) {
+        g_strlcpy(m->src_state, status, sizeof(m->src_state));
+    }
+}
+
+static void on_rb_opt(vmig_job *j, json_object *ret, const vmig_error *err)
+{
+    (void)ret;
+    if (err) {
+        eng_log(j->e, VMIG_LOG_ERROR, "rolling back: %s", vmig_error_message(err));
+    }
+}
+
+static void rb_state(vmig_job *j)
+{
+    mig *m = M(j);
+    eng_job_call_opt(j, m->src->qmp, "query-status", NULL, on_rb_status);
+    eng_job_then(j, rb_end);
+}
+
+static void rb_resume(vmig_job *j)
+{
+    mig *m = M(j);
+    if (m->was_running && strcmp(m->src_state, "running") != 0) {
+        eng_job_call_opt(j, m->src->qmp, "cont", NULL, on_rb_opt);
+    }
+    eng_job_then(j, rb_state);
+}
+
+static void rb_source_state(vmig_job *j)
+{
+    mig *m = M(j);
+    if (!m->src->qmp || !qmp_conn_ready(m->src->qmp)) {
+        rb_end(j);
+        return;
+    }
+    eng_job_call_opt(j, m->src->qmp, "query-status", NULL, on_rb_status);
+    eng_job_then(j, rb_resume);
+}
+
+static bool rb_settled(vmig_job *j)
+{
+    mig *m = M(j);
+    return !mig_status_active(m->src_status) || m->src_closed ||
+           vmig_ms_left(m->cancel_deadline) == 0;
+}
+
+static void rb_cancel(vmig_job *j)
+{
+    mig *m = M(j);
+    if (!mig_status_active(m->src_status) || m->src_closed) {
+        rb_source_state(j);
+        return;
+    }
+    eng_job_call_opt(j, m->src->qmp, "migrate_cancel", NULL, on_rb_opt);
+    m->cancel_deadline = vmig_now_ms() + CANCEL_TIMEOUT_MS;
+    eng_job_wait(j, rb_settled, 0, NULL, rb_source_state);
+}
+
+static void dst_torn_down(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    mig *m = M(j);
+    if (err) {
+        eng_log(j->e, VMIG_LOG_ERROR, "tearing down the destination: %s",
+                vmig_error_message(err));
+    }
+    eng_vm_remove_dir(m->dst->dir);
+    eng_job_release(j);
+}
+
+/* Called once the cause is in j->err and nothing is in flight: put the source back and tear
+ * the destination down.  After the destination took over, there is nothing to roll back. */
+static void rollback(vmig_job *j)
+{
+    mig *m = M(j);
+    if (m->dest_took_over) {
+        end(j, VMIG_JOB_FAILED);
+        return;
+    }
+    set_state(j, j->state, VMIG_JOB_ROLLING_BACK);
+    g_clear_pointer(&m->probe, eng_vm_discard);
+    if (m->dst) {
+        eng_job_hold(j);
+        eng_vm_kill(m->dst, DEST_KILL_MS, dst_torn_down, j);
+    }
+    if (!m->src || !m->src->qmp || !qmp_conn_ready(m->src->qmp)) {
+        eng_job_then(j, rb_end);
+        return;
+    }
+    eng_job_call_opt(j, m->src->qmp, "query-migrate", NULL, on_query_migrate_opt);
+    eng_job_then(j, rb_cancel);
+}
+
+/* ---- the job --------------------------------------------------------------------------------------- */
+
+static void mig_free(vmig_job *j)
+{
+    mig *m = j->data;
+    eng_vm_free(m->src);
+    eng_vm_free(m->dst);
+    if (m->probe) {
+        eng_vm_discard(m->probe);
+    }
+    json_object_put(m->blocked);
+    json_object_put(m->src_machines);
+    json_object_put(m->dst_machines);
+    json_object_put(m->qom_words);
+    json_object_put(m->qom_filtered);
+    json_object_put(m->qom_vendor);
+    json_object_put(m->qom_msrs);
+    json_object_put(m->dst_expansion);
+    g_free(m->cpu_path);
+    g_free(m->host_cpu_file);
+    g_free(m->fail_desc);
+    g_free(m->dest);
+    g_free(m->name);
+    g_free(m->dest_state);
+    g_free(m->final_dir);
+    g_free(m->uri);
+    g_free(m->dst_cpu);
+    g_free(m);
+}
+
+static bool mig_may_cancel(vmig_job *j)
+{
+    return !M(j)->dest_took_over;
+}
+
+static const eng_job_ops mig_ops = {
+    .name = "migrate", .what = "migration", .fail = rollback, .free = mig_free,
+    .may_cancel = mig_may_cancel,
+};
+
+static bool read_opts(mig *m, const vmig_migrate_opts *o, vmig_error **errp)
+{
+    vmig_migrate_opts_init(&m->o);
+    if (o) {
+        if (o->size < offsetof(vmig_migrate_opts, live) + sizeof(o->live)) {
+            vmig_set_error(errp, VMIG_E_INVAL, "migration options not set up with "
+                                               "vmig_migrate_opts_init()");
+            return false;
+        }
+        /* An older caller's struct is shorter: the fields it lacks keep their defaults. */
+        memcpy(&m->o, o, MIN((size_t)o->size, sizeof(m->o)));
+        m->o.size = sizeof(m->o);
+    }
+    if (m->o.max_downtime_ms < 0 || m->o.max_downtime_ms > 2000000) {
         vmig_set_error(errp, VMIG_E_INVAL, "max downtime %d ms is out of range 0-2000000",
-                       o->max_downtime_ms);
+                       m->o.max_downtime_ms);
         return false;
     }
-    if (o->bandwidth_mib_s < 0 || o->bandwidth_mib_s > 1000000) {
+    if (m->o.bandwidth_mib_s < 0 || m->o.bandwidth_mib_s > 1000000) {
         vmig_set_error(errp, VMIG_E_INVAL, "bandwidth %d MiB/s is out of range 0-1000000",
-                       o->bandwidth_mib_s);
+                       m->o.bandwidth_mib_s);
         return false;
     }
-    if (o->timeout_s < 0) {
-        vmig_set_error(errp, VMIG_E_INVAL, "timeout %d s is negative", o->timeout_s);
+    if (m->o.timeout_s < 0) {
+        vmig_set_error(errp, VMIG_E_INVAL, "timeout %d s is negative", m->o.timeout_s);
         return false;
     }
+    if (m->o.stall_timeout_s < -1) {
+        vmig_set_error(errp, VMIG_E_INVAL, "stall timeout %d s: give seconds, 0 for the default "
+                                           "or -1 for none", m->o.stall_timeout_s);
+        return false;
+    }
+    if (m->o.stall_timeout_s == 0) {
+        m->o.stall_timeout_s = STALL_TIMEOUT_S;
+    }
+    m->dest = g_strdup(m->o.dest ? m->o.dest : "local");
+    m->o.dest = m->dest;
     return true;
 }
 
-static bool resolve_dest(mig_job *j, vmig_error **errp)
+static bool resolve_dest(vmig_engine *e, mig *m, vmig_error **errp)
 {
-    const char *d = j->o->dest ? j->o->dest : "local";
+    const char *d = m->dest;
     if (strcmp(d, "local") == 0) {
-        j->dest_state = g_strdup(j->e->state_dir);
+        m->dest_state = g_strdup(e->state_dir);
         return true;
     }
     if (!g_str_has_prefix(d, "local:") || !d[6]) {
@@ -190,467 +839,102 @@ static bool resolve_dest(mig_job *j, vmig_error **errp)
                        "destination state directory %s does not exist", d + 6);
         return false;
     }
-    j->dest_state = g_canonicalize_filename(d + 6, NULL);
+    m->dest_state = g_canonicalize_filename(d + 6, NULL);
     return true;
 }
 
-/* The source may move: running or paused, not migrating, nothing blocking it. */
-static bool preflight_source(mig_job *j, vmig_error **errp)
+/* What can be refused before anything runs: options, the destination, the VM. */
+static bool begin(vmig_engine *e, mig *m, vmig_error **errp)
 {
-    char state[32];
-    if (!eng_vm_run_state(j->src, state, sizeof(state), errp)) {
+    if (!eng_spec_name_valid(m->name)) {
+        vmig_set_error(errp, VMIG_E_INVAL, "'%s' is not a valid VM name", m->name);
         return false;
     }
-    if (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0) {
-        vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is %s: only a running or paused VM can "
-                                           "migrate", j->src->name, state);
+    if (!resolve_dest(e, m, errp)) {
         return false;
     }
-    j->was_running = strcmp(state, "running") == 0;
-    g_autoptr(json_object) info = poll_source(j, errp);
-    if (!info) {
+    g_autofree char *src_dir = eng_vm_dir(e->state_dir, m->name);
+    m->src = eng_vm_find(e, src_dir, errp);
+    if (!m->src) {
         return false;
     }
-    if (is_active(j->src_status)) {
-        vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is already migrating (%s)", j->src->name,
-                       j->src_status);
-        return false;
-    }
-    json_object *reasons = NULL;
-    if (json_object_object_get_ex(info, "blocked-reasons", &reasons) &&
-        json_object_array_length(reasons) > 0) {
-        GString *why = g_string_new(NULL);
-        for (size_t i = 0; i < json_object_array_length(reasons); i++) {
-            g_string_append_printf(why, "%s%s", i ? "; " : "",
-                                   json_object_get_string(json_object_array_get_idx(reasons, i)));
-        }
-        vmig_set_error(errp, VMIG_E_STATE, "QEMU refuses to migrate VM '%s': %s", j->src->name,
-                       why->str);
-        g_string_free(why, TRUE);
-        return false;
-    }
-    return true;
-}
-
-/* The destination's CPU: a host-cpu.xml in its state directory (what a destination agent will
- * report for remote hosts), else what a QEMU on this host offers (host under KVM, max under
- * TCG). */
-static bool dest_host_cpu(mig_job *j, cpu_def *ret, char **ret_source, vmig_error **errp)
-{
-    g_autofree char *file = g_build_filename(j->dest_state, "host-cpu.xml", NULL);
-    if (g_file_test(file, G_FILE_TEST_EXISTS)) {
-        g_autoptr(GArray) defs = cpu_defs_load(file, errp);
-        if (!defs) {
-            return false;
-        }
-        *ret = g_array_index(defs, cpu_def, 0);
-        g_array_index(defs, cpu_def, 0).model_name = NULL; /* moved into *ret */
-        *ret_source = g_steal_pointer(&file);
-        return true;
-    }
-    int pid = 0;
-    g_autofree char *dir = NULL;
-    const char *model = j->accel == VMIG_ACCEL_KVM ? "host" : "max";
-    qmp_conn *c = eng_qemu_probe(j->e, j->accel, &pid, &dir, errp);
-    bool ok = c && cpu_host_model_from_qemu(c, model, ret, errp);
-    qmp_conn_free(c);
-    if (dir) {
-        eng_qemu_probe_end(pid, dir);
-    }
-    *ret_source = g_strdup_printf("QEMU's %s model under %s", model, eng_accel_name(j->accel));
-    return ok;
-}
-
-/* Refuses, before anything moves, a migration whose destination cannot run the VM's CPU, and
- * sets the destination's -cpu to the VM's effective CPU (with enforce added at launch). */
-static bool cpu_gate(mig_job *j, vmig_error **errp)
-{
-    cpu_def vm, host;
-    cpu_featset filtered, missing;
-    if (!cpu_vm_from_qemu(j->src->qmp, &vm, &filtered, errp)) {
-        return false;
-    }
-    /* QEMU sets hypervisor for every guest: no host CPU file needs to list it */
-    cpu_featset_del(&vm.require, cpu_feature_index("hypervisor"));
-    g_autofree char *source = NULL;
-    if (!dest_host_cpu(j, &host, &source, errp)) {
-        vmig_prefix_error(errp, "learning the destination's CPU: ");
-        return false;
-    }
-    cpu_models *db = cpu_models_builtin();
-    char *why = NULL;
-    int r = (int)cpu_compare(db, &host, &vm, &missing, &why, errp);
-    cpu_models_free(db);
-    cpu_def_clear(&host);
-    if (r < 0) {
-        return false;
-    }
-    if (r == CPU_CMP_INCOMPATIBLE && !j->o->force) {
-        vmig_set_error(errp, VMIG_E_CPU, "the destination cannot run the CPU of VM '%s' (%s): "
-                                         "%s; --force migrates anyway", j->src->name, source,
-                       why);
-        g_free(why);
-        return false;
-    }
-    if (r == CPU_CMP_INCOMPATIBLE) {
-        eng_log(j->e, VMIG_LOG_WARN, "--force: migrating VM '%s' although the destination "
-                                     "(%s) cannot run its CPU: %s", j->src->name, source, why);
-    }
-    g_strlcpy(j->st.cpu_check, r == CPU_CMP_INCOMPATIBLE ? "forced" : "passed",
-              sizeof(j->st.cpu_check));
-    g_free(why);
-    GString *cpu = g_string_new(j->src->spec->cpu);
-    for (size_t i = 0; i < cpu_features_count; i++) {
-        if (cpu_featset_has(&filtered, (int)i)) {
-            g_string_append_printf(cpu, ",-%s", cpu_features[i].name);
-        }
-    }
-    j->dst_cpu = g_string_free(cpu, FALSE);
-    return true;
-}
-
-/* The machine types a QEMU knows (query-machines), or NULL. */
-static json_object *query_machines(qmp_conn *c, vmig_error **errp)
-{
-    return qmp_conn_call(c, "query-machines", NULL, 0, ENG_QMP_TIMEOUT_MS, errp);
-}
-
-/* What the destination's QEMU (the engine's) is: its version, and whether it has the VM's
- * machine type.  Asked of a QEMU started for the purpose, before any destination starts. */
-static bool probe_destination(mig_job *j, eng_preflight *p, char **ret_dst_machine,
-                              vmig_error **errp)
-{
-    int pid = 0;
-    g_autofree char *dir = NULL;
-    qmp_conn *c = eng_qemu_probe(j->e, j->accel, &pid, &dir, errp);
-    bool ok = c && eng_qemu_version_query(c, &p->dst, errp);
-    if (ok) {
-        g_autoptr(json_object) machines = query_machines(c, NULL);
-        *ret_dst_machine = machines ? eng_machine_resolve(machines, p->machine) : NULL;
-        p->dst_machine_known = !machines          ? ENG_MACHINE_UNCHECKED
-                               : *ret_dst_machine ? ENG_MACHINE_KNOWN
-                                                  : ENG_MACHINE_UNKNOWN;
-    }
-    qmp_conn_free(c);
-    if (dir) {
-        eng_qemu_probe_end(pid, dir);
-    }
-    if (!ok) {
-        vmig_prefix_error(errp, "asking the destination's QEMU (%s): ", j->e->qemu);
-    }
-    return ok;
-}
-
-/* Both QEMUs' versions and the machine type, and QEMU's known TCG data loss: refused before
- * anything starts (engine/preflight.c). */
-static bool preflight_qemus(mig_job *j, vmig_error **errp)
-{
-    eng_preflight p = {.vm = j->src->name, .machine = j->src->spec->machine,
-                       .live = j->o->live, .unsafe = j->o->unsafe};
-    if (!eng_qemu_version_query(j->src->qmp, &p.src, errp) ||
-        !eng_qemu_uses_tcg(j->src->qmp, &p.src_tcg, errp)) {
-        vmig_prefix_error(errp, "asking the source QEMU of VM '%s': ", j->src->name);
-        return false;
-    }
-    g_autoptr(json_object) machines = query_machines(j->src->qmp, NULL);
-    g_autofree char *src_machine = machines ? eng_machine_resolve(machines, p.machine) : NULL;
-    g_autofree char *dst_machine = NULL;
-    p.src_machine = src_machine;
-    if (!probe_destination(j, &p, &dst_machine, errp) || !eng_preflight_versions(&p, errp)) {
-        return false;
-    }
-    bool warn = false;
-    if (!eng_preflight_tcg(&p, &warn, errp)) {
-        return false;
-    }
-    if (warn) {
-        eng_log(j->e, VMIG_LOG_WARN,
-                "--unsafe: migrating VM '%s' live on QEMU %d.%d.%d under TCG, which loses "
-                "guest writes in live migration (fixed in QEMU 9.0, commit 03bfc2188f): the "
-                "destination may hold stale memory", j->src->name, p.src.major, p.src.minor,
-                p.src.micro);
-    }
-    return true;
-}
-
-static bool prepare(mig_job *j, const char *name, vmig_error **errp)
-{
-    if (!check_opts(j->o, errp) || !resolve_dest(j, errp)) {
-        return false;
-    }
-    if (!eng_spec_name_valid(name)) {
-        vmig_set_error(errp, VMIG_E_INVAL, "'%s' is not a valid VM name", name);
-        return false;
-    }
-    g_autofree char *src_dir = eng_vm_dir(j->e->state_dir, name);
-    j->src = eng_vm_find(j->e, src_dir, errp);
-    if (!j->src || !eng_vm_connect(j->src, src_event, j, errp) || !preflight_source(j, errp)) {
-        return false;
-    }
-    j->final_dir = eng_vm_dir(j->dest_state, name);
-    if (strcmp(j->final_dir, src_dir) != 0 && g_file_test(j->final_dir, G_FILE_TEST_EXISTS)) {
+    m->final_dir = eng_vm_dir(m->dest_state, m->name);
+    if (strcmp(m->final_dir, src_dir) != 0 && g_file_test(m->final_dir, G_FILE_TEST_EXISTS)) {
         vmig_set_error(errp, VMIG_E_STATE, "the destination %s already has a VM named '%s'",
-                       j->dest_state, name);
+                       m->dest_state, m->name);
         return false;
-    }
-    g_autofree char *accel_path = g_build_filename(src_dir, "accel", NULL);
-    g_autofree char *accel = NULL;
-    if (g_file_get_contents(accel_path, &accel, NULL, NULL)) {
-        eng_accel_parse(g_strstrip(accel), &j->accel);
-    }
-    if (!preflight_qemus(j, errp)) {
-        return false;
-    }
-    if (j->e->cancel_requested) {
-        vmig_set_error(errp, VMIG_E_CANCELLED, "cancelled");
-        return false;
-    }
-    if (!cpu_gate(j, errp)) {
-        return false;
-    }
-    g_autofree char *stage = g_strconcat(j->final_dir, ENG_INCOMING_SUFFIX, NULL);
-    g_autoptr(vmig_spec) dspec = eng_spec_copy(j->src->spec);
-    g_free(dspec->cpu);
-    dspec->cpu = g_strdup(j->dst_cpu);
-    j->dst = eng_vm_launch(j->e, dspec, stage, j->accel, true, errp);
-    if (!j->dst) {
-        vmig_prefix_error(errp, "starting the destination QEMU: ");
-        return false;
-    }
-    j->uri = g_strdup_printf("unix:%s/migrate.sock", stage);
-    if (!eng_vm_connect(j->dst, dst_event, j, errp) || !set_caps_events(j->src, errp) ||
-        !set_caps_events(j->dst, errp) || !set_source_params(j, errp)) {
-        return false;
-    }
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(j->uri));
-    return qmp_conn_call_void(j->dst->qmp, "migrate-incoming", args, ENG_QMP_TIMEOUT_MS, errp);
-}
-
-static bool dest_gone(mig_job *j, vmig_error **errp)
-{
-    if (qmp_conn_alive(j->dst->qmp) && eng_vm_alive(j->dst)) {
-        return false;
-    }
-    g_usleep(50000); /* let QEMU finish writing why it exited */
-    g_autofree char *tail = eng_vm_log_tail(j->dst);
-    vmig_set_error(errp, VMIG_E_QEMU, "the destination QEMU exited: %s",
-                   *tail ? tail : "(no output)");
-    return true;
-}
-
-static bool perform(mig_job *j, vmig_progress_fn progress, void *opaque, vmig_error **errp)
-{
-    if (!j->o->live && j->was_running &&
-        !qmp_conn_call_void(j->src->qmp, "stop", NULL, ENG_QMP_TIMEOUT_MS, errp)) {
-        return false;
-    }
-    int64_t start = vmig_now_ms();
-    j->st.setup_ms = (uint64_t)(start - j->t0);
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(j->uri));
-    if (!qmp_conn_call_void(j->src->qmp, "migrate", args, ENG_QMP_TIMEOUT_MS, errp)) {
-        return false;
-    }
-    int64_t next_poll = vmig_now_ms();
-    for (;;) {
-        if (j->e->cancel_requested) {
-            vmig_set_error(errp, VMIG_E_CANCELLED, "migration cancelled");
-            return false;
-        }
-        if (j->o->timeout_s && vmig_now_ms() - start > (int64_t)j->o->timeout_s * 1000) {
-            vmig_set_error(errp, VMIG_E_TIMEOUT, "migration did not finish within %d s "
-                                                 "(remaining %" G_GUINT64_FORMAT " bytes, "
-                                                 "pass %" G_GUINT64_FORMAT ")",
-                           j->o->timeout_s, j->st.remaining_bytes, j->st.passes);
-            return false;
-        }
-        if (dest_gone(j, errp)) {
-            return false;
-        }
-        if (strcmp(j->src_status, "completed") == 0) {
-            return true;
-        }
-        if (strcmp(j->src_status, "failed") == 0 || strcmp(j->src_status, "cancelled") == 0) {
-            g_autoptr(json_object) info = poll_source(j, NULL);
-            json_object *desc = NULL;
-            if (info && json_object_object_get_ex(info, "error-desc", &desc)) {
-                vmig_set_error(errp, VMIG_E_QEMU, "migration %s: %s", j->src_status,
-                               json_object_get_string(desc));
-            } else {
-                vmig_set_error(errp, VMIG_E_QEMU, "migration %s", j->src_status);
-            }
-            return false;
-        }
-        if (vmig_now_ms() >= next_poll) {
-            json_object *info = poll_source(j, errp);
-            if (!info) {
-                return false;
-            }
-            json_object_put(info);
-            j->st.total_ms = (uint64_t)(vmig_now_ms() - j->t0);
-            g_strlcpy(j->st.status, j->src_status, sizeof(j->st.status));
-            if (progress) {
-                progress(opaque, &j->st);
-            }
-            next_poll += POLL_INTERVAL_MS;
-            continue; /* the status may have changed while we asked */
-        }
-        eng_loop_run_once(j->e->loop, MAX(1, (int)(next_poll - vmig_now_ms())));
-    }
-}
-
-static bool dst_loaded(void *opaque)
-{
-    mig_job *j = opaque;
-    return strcmp(j->dst_status, "completed") == 0 || strcmp(j->dst_status, "failed") == 0 ||
-           !qmp_conn_alive(j->dst->qmp);
-}
-
-static bool dst_resumed(void *opaque)
-{
-    mig_job *j = opaque;
-    return j->dst_resume_us != 0 || !qmp_conn_alive(j->dst->qmp);
-}
-
-static bool finish(mig_job *j, vmig_error **errp)
-{
-    if (!eng_wait_until(j->e, dst_loaded, j, DEST_LOAD_TIMEOUT_MS)) {
-        vmig_set_error(errp, VMIG_E_TIMEOUT, "the destination did not finish loading within "
-                                             "%d ms", DEST_LOAD_TIMEOUT_MS);
-        return false;
-    }
-    if (dest_gone(j, errp)) {
-        return false;
-    }
-    if (strcmp(j->dst_status, "completed") != 0) {
-        vmig_set_error(errp, VMIG_E_QEMU, "the destination failed to load the migration "
-                                          "stream");
-        return false;
-    }
-    /* Final figures.  QEMU 7.2 announces completed a moment before it computes downtime,
-     * so they are read once the destination has loaded, not at the source's event. */
-    json_object_put(poll_source(j, NULL));
-    if (!j->was_running) {
-        j->dest_took_over = true; /* stays paused, as the source was */
-        return true;
-    }
-    if (!qmp_conn_call_void(j->dst->qmp, "cont", NULL, ENG_QMP_TIMEOUT_MS, errp)) {
-        return false;
-    }
-    j->dest_took_over = true;
-    if (!eng_wait_until(j->e, dst_resumed, j, RESUME_TIMEOUT_MS)) {
-        eng_log(j->e, VMIG_LOG_WARN, "no RESUME event from the destination within %d ms",
-                RESUME_TIMEOUT_MS);
-    }
-    if (j->src_stop_us && j->dst_resume_us > j->src_stop_us) {
-        j->st.downtime_ms = (uint64_t)((j->dst_resume_us - j->src_stop_us + 500) / 1000);
     }
     return true;
 }
 
-/* The destination runs: retire the source and give the destination the VM's name. */
-static void confirm(mig_job *j)
+vmig_job *vmig_migrate_start(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
+                             vmig_progress_fn progress, void *progress_opaque,
+                             vmig_job_done_fn done, void *opaque, vmig_error **errp)
 {
+    mig *m = g_new0(mig, 1);
+    m->t0 = vmig_now_ms();
+    m->name = g_strdup(name ? name : "");
+    m->progress = progress;
+    m->progress_opaque = progress_opaque;
+    g_strlcpy(m->st.status, "none", sizeof(m->st.status));
+    vmig_job *j = eng_job_new(e, VMIG_JOB_MIGRATE, &mig_ops, m, done, opaque);
+    if (!read_opts(m, o, errp) || !begin(e, m, errp)) {
+        j->ended = true;
+        vmig_job_free(j);
+        return NULL;
+    }
+    j->state_file = g_build_filename(m->src->dir, ENG_JOB_FILE, NULL);
+    save_state(j);
+    eng_job_start_tick(j, POLL_INTERVAL_MS, tick);
     vmig_error *err = NULL;
-    if (!eng_vm_kill(j->src, QUIT_TIMEOUT_MS, &err)) {
-        eng_log(j->e, VMIG_LOG_ERROR, "retiring the source: %s", vmig_error_message(err));
+    eng_job_hold(j);
+    if (!eng_vm_connect(m->src, src_event, j, src_ready, j, &err)) {
+        src_ready(j, err);
         vmig_error_free(err);
-        return;
     }
-    eng_vm_remove_dir(j->src->dir);
-    if (rename(j->dst->dir, j->final_dir) < 0) {
-        eng_log(j->e, VMIG_LOG_ERROR, "renaming %s to %s: %s", j->dst->dir, j->final_dir,
-                g_strerror(errno));
-        return;
-    }
-    g_free(j->dst->dir);
-    j->dst->dir = g_strdup(j->final_dir);
+    eng_job_then(j, mig_ask_source);
+    return j;
 }
 
-static bool src_settled(void *opaque)
+bool vmig_job_stats_sized(const vmig_job *job, vmig_migration_stats *ret, size_t size)
 {
-    mig_job *j = opaque;
-    return !is_active(j->src_status) || !qmp_conn_alive(j->src->qmp);
+    if (job->kind != VMIG_JOB_MIGRATE || !job->data) {
+        return false;
+    }
+    const mig *m = job->data;
+    vmig_migration_stats st = m->st;
+    if (!vmig_job_finished(job)) {
+        st.total_ms = (uint64_t)(vmig_now_ms() - m->t0);
+    }
+    memcpy(ret, &st, MIN(size, sizeof(st)));
+    return true;
 }
 
-/* Called with the cause already in *errp: put the source back and tear the destination down. */
-static void rollback(mig_job *j, vmig_error **errp)
+static bool finished(void *opaque)
 {
-    if (j->dst) {
-        vmig_error *err = NULL;
-        eng_vm_kill(j->dst, 2000, &err);
-        vmig_error_free(err);
-        eng_vm_remove_dir(j->dst->dir);
-    }
-    if (!j->src || !j->src->qmp || !qmp_conn_alive(j->src->qmp)) {
-        return;
-    }
-    vmig_error *err = NULL;
-    g_autoptr(json_object) info = poll_source(j, &err);
-    if (info && is_active(j->src_status)) {
-        qmp_conn_call_void(j->src->qmp, "migrate_cancel", NULL, ENG_QMP_TIMEOUT_MS, &err);
-        int64_t deadline = vmig_now_ms() + CANCEL_TIMEOUT_MS;
-        while (!src_settled(j) && vmig_ms_left(deadline) > 0) {
-            eng_wait_until(j->e, src_settled, j, MIN(vmig_ms_left(deadline), POLL_INTERVAL_MS));
-            json_object_put(poll_source(j, NULL));
+    return vmig_job_finished(opaque);
+}
+
+bool vmig_migrate_sized(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
+                        vmig_progress_fn progress, void *opaque,
+                        vmig_migration_stats *ret_stats, size_t stats_size, vmig_error **errp)
+{
+    vmig_job *j = vmig_migrate_start(e, name, o, progress, opaque, NULL, NULL, errp);
+    if (!j) {
+        if (ret_stats) {
+            vmig_migration_stats st = {.status = "failed"};
+            memcpy(ret_stats, &st, MIN(stats_size, sizeof(st)));
         }
+        return false;
     }
-    char state[32];
-    if (j->was_running && eng_vm_run_state(j->src, state, sizeof(state), &err) &&
-        strcmp(state, "running") != 0) {
-        qmp_conn_call_void(j->src->qmp, "cont", NULL, ENG_QMP_TIMEOUT_MS, &err);
-    }
-    if (eng_vm_run_state(j->src, state, sizeof(state), &err)) {
-        vmig_append_error(errp, "; VM '%s' is %s on the source", j->src->name, state);
-    }
-    if (err) {
-        eng_log(j->e, VMIG_LOG_ERROR, "rolling back: %s", vmig_error_message(err));
-        vmig_error_free(err);
-    }
-}
-
-bool vmig_migrate(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
-                  vmig_progress_fn progress, void *opaque, vmig_migration_stats *ret_stats,
-                  vmig_error **errp)
-{
-    vmig_migrate_opts defaults;
-    if (!o) {
-        vmig_migrate_opts_init(&defaults);
-        o = &defaults;
-    }
-    uint64_t drain;
-    while (read(e->cancel_fd, &drain, sizeof(drain)) > 0) {
-    }
-    e->cancel_requested = 0;
-    mig_job j = {.e = e, .o = o, .t0 = vmig_now_ms()};
-    g_strlcpy(j.src_status, "none", sizeof(j.src_status));
-    vmig_error *err = NULL;
-    bool ok = prepare(&j, name, &err) && perform(&j, progress, opaque, &err) &&
-              finish(&j, &err);
-    /* total: up to the destination running (or the failure), not the clean-up after it */
-    j.st.total_ms = (uint64_t)(vmig_now_ms() - j.t0);
-    if (ok) {
-        confirm(&j);
-    } else if (!j.dest_took_over) {
-        rollback(&j, &err);
-    }
-    const char *status = ok                                                 ? "completed"
-                         : vmig_error_code(err) == VMIG_E_CANCELLED         ? "cancelled"
-                                                                            : "failed";
-    g_strlcpy(j.st.status, status, sizeof(j.st.status));
-    if (ok) {
-        j.st.progress = 1.0;
-    }
+    bool ok = eng_run_until(e, finished, j, errp);
     if (ret_stats) {
-        *ret_stats = j.st;
+        vmig_job_stats_sized(j, ret_stats, stats_size);
     }
-    eng_vm_free(j.dst);
-    eng_vm_free(j.src);
-    g_free(j.dest_state);
-    g_free(j.final_dir);
-    g_free(j.uri);
-    g_free(j.dst_cpu);
-    vmig_propagate_error(errp, err);
+    if (ok && vmig_job_get_state(j) != VMIG_JOB_COMPLETED) {
+        vmig_propagate_error(errp, vmig_error_copy(vmig_job_error(j)));
+        ok = false;
+    }
+    vmig_job_free(j);
     return ok;
 }

@@ -70,21 +70,21 @@ bool eng_qemu_version_query(qmp_conn *c, eng_qemu_version *ret, vmig_error **err
     return r && eng_qemu_version_parse(r, ret, errp);
 }
 
+bool eng_qemu_tcg_parse(json_object *reply, bool *ret, vmig_error **errp)
+{
+    bool enabled = false;
+    static const vmig_jfield fields[] = {{"enabled", VJ_BOOL, 0, VJ_MANDATORY}, {NULL}};
+    if (!vmig_json_read(reply, fields, &enabled, "query-kvm", errp)) {
+        return false;
+    }
+    *ret = !enabled;
+    return true;
+}
+
 bool eng_qemu_uses_tcg(qmp_conn *c, bool *ret, vmig_error **errp)
 {
     g_autoptr(json_object) r = qmp_conn_call(c, "query-kvm", NULL, 0, ENG_QMP_TIMEOUT_MS, errp);
-    json_object *en = NULL;
-    if (!r) {
-        return false;
-    }
-    if (!json_object_is_type(r, json_type_object) ||
-        !json_object_object_get_ex(r, "enabled", &en) ||
-        !json_object_is_type(en, json_type_boolean)) {
-        vmig_set_error(errp, VMIG_E_PROTO, "query-kvm: 'enabled' is not a boolean");
-        return false;
-    }
-    *ret = !json_object_get_boolean(en);
-    return true;
+    return r && eng_qemu_tcg_parse(r, ret, errp);
 }
 
 bool eng_machine_is_versioned(const char *machine)

@@ -444,6 +444,12 @@ GPtrArray *eng_spec_argv(const vmig_spec *s, const eng_launch *l)
     addf(a, "socket,id=vmig-qmp,path=%s/qmp.sock,server=on,wait=off", dir);
     add(a, "-mon");
     add(a, "chardev=vmig-qmp,mode=control");
+    /* A second monitor for readers (vm list, other processes): QEMU serves one client per
+     * monitor, and the engine holds the first for the whole migration. */
+    add(a, "-chardev");
+    addf(a, "socket,id=vmig-qmp-read,path=%s/" ENG_READER_SOCK ",server=on,wait=off", dir);
+    add(a, "-mon");
+    add(a, "chardev=vmig-qmp-read,mode=control");
     add(a, "-chardev");
     addf(a, "file,id=vmig-serial,path=%s/serial.log", dir);
     add(a, "-serial");

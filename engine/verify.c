@@ -213,7 +213,7 @@ static eng_vm *open_vm(vmig_engine *e, const char *name, vmig_error **errp)
     }
     g_autofree char *dir = eng_vm_dir(e->state_dir, name);
     g_autoptr(eng_vm) vm = eng_vm_find(e, dir, errp);
-    if (!vm || !eng_vm_connect(vm, NULL, NULL, errp)) {
+    if (!vm || !eng_vm_connect_sync(vm, errp)) {
         return NULL;
     }
     return g_steal_pointer(&vm);
@@ -247,7 +247,7 @@ bool vmig_guest_wait_ready(vmig_engine *e, const char *name, int timeout_ms, vmi
             return false;
         }
         vmig_error_free(err);
-        eng_loop_run_once(e->loop, MIN(left, 100));
+        vmig_engine_run(e, MIN(left, 100), NULL); /* other jobs go on meanwhile */
     }
 }
 

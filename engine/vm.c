@@ -2,29 +2,35 @@
  * VM instances.  Each running VM owns a directory under a state directory:
  *   spec.json  the effective spec (with the UUID a destination must reuse)
  *   accel      tcg or kvm
- *   qmp.sock   its QMP monitor       qemu.pid   written by QEMU
- *   qemu.log   QEMU's stdout/stderr  serial.log the guest's COM1
+ *   qmp.sock   the engine's QMP monitor   qmp-read.sock  the readers' monitor (vm list)
+ *   qemu.pid   written by QEMU            job.json       a job's state, while one runs
+ *   qemu.log   QEMU's stdout/stderr       serial.log     the guest's COM1
  * QEMU is started by a double fork so it is never our child (no zombies for the embedding
  * program to reap) and not daemonized by QEMU itself, because -daemonize would send its
  * stderr to /dev/null, and QEMU 7.2's destination writes why an incoming migration failed
  * there just before it exits.
+ *
+ * Starting and stopping are asynchronous: timers on the engine's ring look for the monitor
+ * socket and for the process to be gone; nothing here sleeps.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "engine.h"
 
-#define POLL_STEP_US 5000 /* QEMU opens its monitor ~30 ms after exec */
+#define LAUNCH_STEP_MS 5  /* QEMU opens its monitor ~30 ms after exec */
+#define KILL_STEP_MS 10
+#define KILL_GRACE_MS 5000 /* after SIGKILL */
+#define EXIT_GRACE_MS 1000 /* monitor closed at start: the process is about to be gone */
+#define LIST_TIMEOUT_MS 100
 
 const char *eng_accel_name(vmig_accel a)
 {
@@ -77,18 +83,6 @@ static bool pid_alive(int pid)
     return rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
 }
 
-static bool pid_wait_gone(int pid, int timeout_ms)
-{
-    int64_t deadline = vmig_now_ms() + timeout_ms;
-    while (pid_alive(pid)) {
-        if (vmig_ms_left(deadline) == 0) {
-            return false;
-        }
-        g_usleep(POLL_STEP_US / 2);
-    }
-    return true;
-}
-
 /* Whether @pid is the QEMU of instance @name (guards against a recycled pid). */
 static bool pid_is_instance(int pid, const char *name)
 {
@@ -120,26 +114,32 @@ static int read_pidfile(const char *dir)
 
 void eng_vm_remove_dir(const char *dir)
 {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-                g_autofree char *p = g_build_filename(dir, de->d_name, NULL);
-                unlink(p);
-            }
+    /* Never through a symlink: a planted link must not make us delete files elsewhere. */
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        struct stat st;
+        if (lstat(dir, &st) == 0 && S_ISLNK(st.st_mode)) {
+            unlink(dir);
         }
-        closedir(d);
+        return;
     }
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            unlinkat(dirfd(d), de->d_name, 0); /* a subdirectory is left: rmdir then fails */
+        }
+    }
+    closedir(d);
     rmdir(dir);
 }
 
 void eng_vm_disconnect(eng_vm *vm)
 {
-    if (vm->watch > 0) {
-        eng_loop_unwatch(vm->e->loop, vm->watch);
-        vm->watch = 0;
-    }
     g_clear_pointer(&vm->qmp, qmp_conn_free);
 }
 
@@ -203,6 +203,29 @@ static bool check_spec_files(const vmig_spec *s, vmig_error **errp)
     return true;
 }
 
+static ssize_t read_full(int fd, void *buf, size_t len)
+{
+    ssize_t r;
+    do {
+        r = read(fd, buf, len);
+    } while (r < 0 && errno == EINTR);
+    return r;
+}
+
+/* In the grandchild, before exec: nothing the embedding program holds open reaches QEMU but
+ * stdio and fd 3, the pipe that reports an exec failure (close-on-exec). */
+static void close_inherited(void)
+{
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, 4U, ~0U, 0U) == 0) {
+        return;
+    }
+#endif
+    for (int fd = 4; fd < 65536; fd++) {
+        close(fd);
+    }
+}
+
 /* Forks twice; the grandchild execs QEMU.  Returns its pid, or 0 with an error. */
 static int spawn_detached(char **argv, const char *logpath, vmig_error **errp)
 {
@@ -223,16 +246,25 @@ static int spawn_detached(char **argv, const char *logpath, vmig_error **errp)
         if (gc == 0) {
             setsid();
             int in = open("/dev/null", O_RDONLY);
-            int out = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0600);
-            if (in >= 0 && out >= 0) {
-                dup2(in, 0);
-                dup2(out, 1);
-                dup2(out, 2);
+            int out = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0600);
+            if (in < 0 || out < 0) {
+                int err = errno;
+                ssize_t w = write(p[1], &err, sizeof(err));
+                (void)w;
+                _exit(127);
+            }
+            dup2(in, 0);
+            dup2(out, 1);
+            dup2(out, 2);
+            int keep = dup2(p[1], 3); /* the pipe survives close_inherited as fd 3 */
+            close_inherited();
+            if (keep == 3) {
+                fcntl(3, F_SETFD, FD_CLOEXEC);
             }
             signal(SIGPIPE, SIG_DFL);
             execvp(argv[0], argv);
             int err = errno;
-            ssize_t w = write(p[1], &err, sizeof(err));
+            ssize_t w = write(3, &err, sizeof(err));
             (void)w;
             _exit(127);
         }
@@ -242,11 +274,13 @@ static int spawn_detached(char **argv, const char *logpath, vmig_error **errp)
         _exit(0);
     }
     close(p[1]);
-    waitpid(child, NULL, 0);
+    while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {
+    }
     int32_t pid = 0;
     int err = 0;
-    ssize_t r = read(p[0], &pid, sizeof(pid));
-    if (r == (ssize_t)sizeof(pid) && pid > 0 && read(p[0], &err, sizeof(err)) == sizeof(err)) {
+    ssize_t r = read_full(p[0], &pid, sizeof(pid));
+    if (r == (ssize_t)sizeof(pid) && pid > 0 && read_full(p[0], &err, sizeof(err)) ==
+                                                    (ssize_t)sizeof(err)) {
         vmig_set_error_errno(errp, err, "cannot run %s", argv[0]);
         pid = 0;
     } else if (r != (ssize_t)sizeof(pid) || pid <= 0) {
@@ -257,49 +291,11 @@ static int spawn_detached(char **argv, const char *logpath, vmig_error **errp)
     return pid;
 }
 
-static bool socket_accepts(const char *path)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(sa.sun_path)) {
-        return false;
-    }
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        return false;
-    }
-    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    close(fd);
-    return ok;
-}
-
-static bool wait_started(eng_vm *vm, vmig_error **errp)
-{
-    g_autofree char *sock = g_build_filename(vm->dir, "qmp.sock", NULL);
-    int64_t deadline = vmig_now_ms() + ENG_START_TIMEOUT_MS;
-    for (;;) {
-        if (!pid_alive(vm->pid)) {
-            g_autofree char *tail = eng_vm_log_tail(vm);
-            vmig_set_error(errp, VMIG_E_QEMU, "QEMU exited at start: %s",
-                           *tail ? tail : "(no output)");
-            return false;
-        }
-        if (socket_accepts(sock)) {
-            return true;
-        }
-        if (vmig_ms_left(deadline) == 0) {
-            vmig_set_error(errp, VMIG_E_TIMEOUT, "QEMU did not open its monitor within %d ms",
-                           ENG_START_TIMEOUT_MS);
-            return false;
-        }
-        g_usleep(POLL_STEP_US);
-    }
-}
-
 static bool prepare_dir(const char *dir, const char *name, vmig_error **errp)
 {
-    if (g_file_test(dir, G_FILE_TEST_IS_DIR)) {
-        int pid = read_pidfile(dir);
+    struct stat st;
+    if (lstat(dir, &st) == 0) {
+        int pid = S_ISDIR(st.st_mode) ? read_pidfile(dir) : 0;
         if (pid_alive(pid) && pid_is_instance(pid, name)) {
             vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is already running (pid %d, %s)", name,
                            pid, dir);
@@ -307,51 +303,283 @@ static bool prepare_dir(const char *dir, const char *name, vmig_error **errp)
         }
         eng_vm_remove_dir(dir); /* left over from a VM that died */
     }
-    if (g_mkdir_with_parents(dir, 0700) < 0) {
+    if (mkdir(dir, 0700) < 0) {
         vmig_set_error_errno(errp, errno, "creating %s", dir);
         return false;
     }
     return true;
 }
 
-eng_vm *eng_vm_launch(vmig_engine *e, const vmig_spec *spec, const char *dir, vmig_accel accel,
-                      bool incoming, vmig_error **errp)
+/* ---- starting ------------------------------------------------------------------------------ */
+
+typedef struct launcher {
+    vmig_engine *e;
+    eng_vm *vm;
+    eng_launch_fn done;
+    void *opaque;
+    qmp_event_fn ev;
+    void *ev_opaque;
+    int64_t timer;
+    int64_t deadline;
+    vmig_error *err; /* the monitor failed: waiting for the process to be gone */
+} launcher;
+
+static void launch_tick(void *opaque, int res);
+
+static void launch_arm(launcher *l, int ms)
 {
-    if (!check_spec_files(spec, errp) || !prepare_dir(dir, spec->name, errp)) {
-        return NULL;
+    int64_t op = ring_timer(l->e->ring, ms, launch_tick, l);
+    l->timer = op > 0 ? op : 0;
+}
+
+static void launch_finish(launcher *l, vmig_error *err)
+{
+    if (err) {
+        if (pid_alive(l->vm->pid) && pid_is_instance(l->vm->pid, l->vm->name)) {
+            kill(l->vm->pid, SIGKILL);
+        }
+        eng_vm_remove_dir(l->vm->dir);
+        g_clear_pointer(&l->vm, eng_vm_free);
     }
-    g_autoptr(eng_vm) vm = g_new0(eng_vm, 1);
+    l->done(l->opaque, g_steal_pointer(&l->vm), err);
+    vmig_error_free(err);
+    vmig_error_free(l->err);
+    g_free(l);
+}
+
+static vmig_error *exited_error(const eng_vm *vm)
+{
+    g_autofree char *tail = eng_vm_log_tail(vm);
+    vmig_error *err = NULL;
+    vmig_set_error(&err, VMIG_E_QEMU, "QEMU exited at start: %s", *tail ? tail : "(no output)");
+    return err;
+}
+
+static void launch_status(void *opaque, json_object *ret, const vmig_error *err)
+{
+    launcher *l = opaque;
+    const char *status = NULL;
+    vmig_error *perr = NULL;
+    static const vmig_jfield fields[] = {{"status", VJ_STRING, 0, VJ_MANDATORY}, {NULL}};
+    if (err || !vmig_json_read(ret, fields, &status, "query-status", &perr)) {
+        vmig_error_free(perr);
+        /* the monitor broke: QEMU is on its way out, and its log says why */
+        l->err = err ? vmig_error_copy(err) : vmig_error_copy(perr);
+        l->deadline = vmig_now_ms() + EXIT_GRACE_MS;
+        launch_arm(l, KILL_STEP_MS);
+        return;
+    }
+    launch_finish(l, NULL);
+}
+
+static void launch_ready(void *opaque, const vmig_error *err)
+{
+    launcher *l = opaque;
+    if (err) {
+        l->err = vmig_error_copy(err);
+        l->deadline = vmig_now_ms() + EXIT_GRACE_MS;
+        launch_arm(l, KILL_STEP_MS);
+        return;
+    }
+    qmp_call(l->vm->qmp, "query-status", NULL, 0, ENG_QMP_TIMEOUT_MS, launch_status, l);
+}
+
+static void launch_tick(void *opaque, int res)
+{
+    launcher *l = opaque;
+    l->timer = 0;
+    (void)res;
+    if (!pid_alive(l->vm->pid)) {
+        eng_vm_disconnect(l->vm);
+        launch_finish(l, exited_error(l->vm));
+        return;
+    }
+    if (l->err) { /* the monitor failed and the process stays: report the monitor's error */
+        if (vmig_ms_left(l->deadline) == 0) {
+            launch_finish(l, g_steal_pointer(&l->err));
+        } else {
+            launch_arm(l, KILL_STEP_MS);
+        }
+        return;
+    }
+    if (vmig_ms_left(l->deadline) == 0) {
+        vmig_error *err = NULL;
+        vmig_set_error(&err, VMIG_E_TIMEOUT, "QEMU did not open its monitor within %d ms",
+                       ENG_START_TIMEOUT_MS);
+        launch_finish(l, err);
+        return;
+    }
+    if (!eng_vm_connect(l->vm, l->ev, l->ev_opaque, launch_ready, l, NULL)) {
+        launch_arm(l, LAUNCH_STEP_MS); /* not listening yet */
+    }
+}
+
+static eng_vm *new_instance(vmig_engine *e, const vmig_spec *spec, const char *dir,
+                            vmig_accel accel)
+{
+    eng_vm *vm = g_new0(eng_vm, 1);
     vm->e = e;
-    vm->name = g_strdup(spec->name);
+    vm->name = g_strdup(spec ? spec->name : "probe");
     vm->dir = g_strdup(dir);
-    vm->spec = eng_spec_copy(spec);
-    if (!vm->spec->uuid) {
-        vm->spec->uuid = g_uuid_string_random();
+    vm->spec = spec ? eng_spec_copy(spec) : NULL;
+    vm->accel = accel;
+    return vm;
+}
+
+/* The argv of a throwaway QEMU with no machine, to ask things of. */
+static GPtrArray *probe_argv(vmig_engine *e, const char *dir, vmig_accel accel)
+{
+    g_autofree char *chardev = g_strdup_printf("socket,id=m,path=%s/qmp.sock,server=on,wait=off",
+                                               dir);
+    const char *const words[] = {e->qemu, "-name", "guest=probe", "-machine", "none", "-accel",
+                                 eng_accel_name(accel), "-nodefaults", "-display", "none",
+                                 "-chardev", chardev, "-mon", "chardev=m,mode=control"};
+    GPtrArray *argv = g_ptr_array_new_with_free_func(g_free);
+    for (size_t i = 0; i < G_N_ELEMENTS(words); i++) {
+        g_ptr_array_add(argv, g_strdup(words[i]));
     }
-    g_autofree char *json = vmig_spec_to_json(vm->spec);
-    g_autofree char *spec_path = g_build_filename(dir, "spec.json", NULL);
-    g_autofree char *accel_path = g_build_filename(dir, "accel", NULL);
-    g_autofree char *log_path = g_build_filename(dir, "qemu.log", NULL);
-    if (!eng_write_file(spec_path, json, errp) ||
-        !eng_write_file(accel_path, eng_accel_name(accel), errp)) {
-        eng_vm_remove_dir(dir);
-        return NULL;
+    g_ptr_array_add(argv, NULL);
+    return argv;
+}
+
+/* Creates the directory and spawns QEMU; the VM (owned) or NULL with an error. */
+static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, vmig_error **errp)
+{
+    g_autofree char *dir = NULL;
+    if (req->probe) {
+        dir = g_build_filename(e->state_dir, ".probe-XXXXXX", NULL);
+        if (!g_mkdtemp(dir)) {
+            vmig_set_error_errno(errp, errno, "creating %s", dir);
+            return NULL;
+        }
+    } else {
+        dir = g_strdup(req->dir);
+        if (!check_spec_files(req->spec, errp) || !prepare_dir(dir, req->spec->name, errp)) {
+            return NULL;
+        }
     }
-    eng_launch l = {.qemu = e->qemu, .dir = dir, .accel = accel, .incoming = incoming};
-    g_autoptr(GPtrArray) argv = eng_spec_argv(vm->spec, &l);
+    g_autoptr(eng_vm) vm = new_instance(e, req->probe ? NULL : req->spec, dir, req->accel);
+    g_autoptr(GPtrArray) argv = NULL;
+    if (req->probe) {
+        argv = probe_argv(e, dir, req->accel);
+    } else {
+        if (!vm->spec->uuid) {
+            vm->spec->uuid = g_uuid_string_random();
+        }
+        g_autofree char *json = vmig_spec_to_json(vm->spec);
+        g_autofree char *spec_path = g_build_filename(dir, "spec.json", NULL);
+        g_autofree char *accel_path = g_build_filename(dir, "accel", NULL);
+        if (!eng_write_file(spec_path, json, errp) ||
+            !eng_write_file(accel_path, eng_accel_name(req->accel), errp)) {
+            eng_vm_remove_dir(dir);
+            return NULL;
+        }
+        eng_launch l = {.qemu = e->qemu, .dir = dir, .accel = req->accel,
+                        .incoming = req->incoming};
+        argv = eng_spec_argv(vm->spec, &l);
+    }
     g_autofree char *cmdline = g_strjoinv(" ", (char **)argv->pdata);
+    g_autofree char *log_path = g_build_filename(dir, "qemu.log", NULL);
     eng_log(e, VMIG_LOG_DEBUG, "starting %s", cmdline);
     vm->pid = spawn_detached((char **)argv->pdata, log_path, errp);
-    if (!vm->pid || !wait_started(vm, errp)) {
-        if (vm->pid) {
-            kill(vm->pid, SIGKILL);
-            pid_wait_gone(vm->pid, 5000);
-        }
+    if (!vm->pid) {
         eng_vm_remove_dir(dir);
         return NULL;
     }
     return g_steal_pointer(&vm);
 }
+
+bool eng_vm_launch(vmig_engine *e, const eng_launch_req *req, eng_launch_fn done, void *opaque,
+                   vmig_error **errp)
+{
+    eng_vm *vm = spawn_instance(e, req, errp);
+    if (!vm) {
+        return false;
+    }
+    launcher *l = g_new0(launcher, 1);
+    l->e = e;
+    l->vm = vm;
+    l->done = done;
+    l->opaque = opaque;
+    l->ev = req->ev;
+    l->ev_opaque = req->ev_opaque;
+    l->deadline = vmig_now_ms() + ENG_START_TIMEOUT_MS;
+    launch_arm(l, LAUNCH_STEP_MS);
+    return true;
+}
+
+/* ---- stopping ------------------------------------------------------------------------------ */
+
+typedef struct killer {
+    eng_vm *vm;
+    eng_kill_fn done;
+    void *opaque;
+    int64_t deadline;
+    bool killed;
+} killer;
+
+static void kill_tick(void *opaque, int res)
+{
+    killer *k = opaque;
+    eng_vm *vm = k->vm;
+    (void)res;
+    vmig_error *err = NULL;
+    if (pid_alive(vm->pid) && vmig_ms_left(k->deadline) == 0) {
+        if (k->killed) {
+            vmig_set_error(&err, VMIG_E_TIMEOUT, "VM '%s' (pid %d) survived SIGKILL", vm->name,
+                           vm->pid);
+        } else {
+            eng_log(vm->e, VMIG_LOG_WARN, "VM '%s' (pid %d) did not quit in time: killing it",
+                    vm->name, vm->pid);
+            if (pid_is_instance(vm->pid, vm->name)) {
+                kill(vm->pid, SIGKILL);
+            }
+            k->killed = true;
+            k->deadline = vmig_now_ms() + KILL_GRACE_MS;
+        }
+    }
+    if (pid_alive(vm->pid) && !err) {
+        ring_timer(vm->e->ring, KILL_STEP_MS, kill_tick, k);
+        return;
+    }
+    eng_vm_disconnect(vm);
+    k->done(k->opaque, err);
+    vmig_error_free(err);
+    g_free(k);
+}
+
+void eng_vm_kill(eng_vm *vm, int timeout_ms, eng_kill_fn done, void *opaque)
+{
+    killer *k = g_new0(killer, 1);
+    k->vm = vm;
+    k->done = done;
+    k->opaque = opaque;
+    k->deadline = vmig_now_ms() + timeout_ms;
+    if (vm->qmp && qmp_conn_ready(vm->qmp)) {
+        /* QEMU may close the socket before its reply to quit arrives: not an error. */
+        qmp_conn_set_event_cb(vm->qmp, NULL, NULL);
+        qmp_conn_set_closed_cb(vm->qmp, NULL, NULL);
+        qmp_call(vm->qmp, "quit", NULL, 0, timeout_ms, NULL, NULL);
+    } else if (pid_alive(vm->pid) && pid_is_instance(vm->pid, vm->name)) {
+        kill(vm->pid, SIGTERM);
+    }
+    ring_timer(vm->e->ring, 0, kill_tick, k);
+}
+
+void eng_vm_discard(eng_vm *vm)
+{
+    if (!vm) {
+        return;
+    }
+    eng_vm_disconnect(vm);
+    if (pid_alive(vm->pid) && pid_is_instance(vm->pid, vm->name)) {
+        kill(vm->pid, SIGKILL);
+    }
+    eng_vm_remove_dir(vm->dir);
+    eng_vm_free(vm);
+}
+
+/* ---- finding and connecting ------------------------------------------------------------------ */
 
 eng_vm *eng_vm_find(vmig_engine *e, const char *dir, vmig_error **errp)
 {
@@ -361,14 +589,16 @@ eng_vm *eng_vm_find(vmig_engine *e, const char *dir, vmig_error **errp)
         vmig_set_error(errp, VMIG_E_NOTFOUND, "no VM named '%s' in %s", base, e->state_dir);
         return NULL;
     }
-    g_autoptr(eng_vm) vm = g_new0(eng_vm, 1);
-    vm->e = e;
-    vm->dir = g_strdup(dir);
-    vm->spec = vmig_spec_load(spec_path, errp);
-    if (!vm->spec) {
+    g_autoptr(vmig_spec) spec = vmig_spec_load(spec_path, errp);
+    if (!spec) {
         return NULL;
     }
-    vm->name = g_strdup(vm->spec->name);
+    g_autoptr(eng_vm) vm = new_instance(e, spec, dir, VMIG_ACCEL_TCG);
+    g_autofree char *accel_path = g_build_filename(dir, "accel", NULL);
+    g_autofree char *accel = NULL;
+    if (g_file_get_contents(accel_path, &accel, NULL, NULL)) {
+        eng_accel_parse(g_strstrip(accel), &vm->accel);
+    }
     vm->pid = read_pidfile(dir);
     if (!pid_alive(vm->pid)) {
         vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is not running (its QEMU is gone; "
@@ -379,66 +609,48 @@ eng_vm *eng_vm_find(vmig_engine *e, const char *dir, vmig_error **errp)
     return g_steal_pointer(&vm);
 }
 
-static void vm_readable(void *opaque, int fd, int revents)
-{
-    eng_vm *vm = opaque;
-    (void)fd;
-    (void)revents;
-    if (vm->qmp && qmp_conn_process(vm->qmp, NULL) < 0 && vm->watch > 0) {
-        eng_loop_unwatch(vm->e->loop, vm->watch);
-        vm->watch = 0;
-    }
-}
-
-static int loop_waiter(void *opaque, qmp_conn *c, int timeout_ms)
-{
-    vmig_engine *e = opaque;
-    (void)c;
-    int r = eng_loop_run_once(e->loop, timeout_ms);
-    return r < 0 ? r : 0;
-}
-
-bool eng_vm_connect(eng_vm *vm, qmp_event_fn ev, void *opaque, vmig_error **errp)
+bool eng_vm_connect(eng_vm *vm, qmp_event_fn ev, void *opaque, qmp_ready_fn ready,
+                    void *ready_opaque, vmig_error **errp)
 {
     g_autofree char *sock = g_build_filename(vm->dir, "qmp.sock", NULL);
     g_autofree char *label = g_strdup_printf("%s monitor (%s)", vm->name, sock);
-    g_autoptr(qmp_conn) c = qmp_conn_new(label);
-    if (!qmp_conn_connect_unix(c, sock, errp) ||
-        !qmp_conn_handshake(c, ENG_CONNECT_TIMEOUT_MS, errp)) {
+    g_autoptr(qmp_conn) c = qmp_conn_new(vm->e->ring, label);
+    if (!qmp_conn_connect_unix(c, sock, errp)) {
         return false;
     }
     qmp_conn_set_event_cb(c, ev, opaque);
-    qmp_conn_set_waiter(c, loop_waiter, vm->e);
-    int w = eng_loop_watch(vm->e->loop, qmp_conn_fd(c), POLLIN, vm_readable, vm);
-    if (w < 0) {
-        vmig_set_error_errno(errp, -w, "watching %s", label);
-        return false;
-    }
+    eng_vm_disconnect(vm);
     vm->qmp = g_steal_pointer(&c);
-    vm->watch = w;
+    qmp_conn_start(vm->qmp, ENG_CONNECT_TIMEOUT_MS, ready, ready_opaque);
     return true;
 }
 
-bool eng_vm_kill(eng_vm *vm, int timeout_ms, vmig_error **errp)
+typedef struct sync_flag {
+    bool done;
+    vmig_error *err;
+} sync_flag;
+
+static void sync_ready(void *opaque, const vmig_error *err)
 {
-    if (vm->qmp && qmp_conn_alive(vm->qmp)) {
-        /* QEMU may close the socket before its reply to quit arrives: not an error. */
-        json_object_put(qmp_conn_call(vm->qmp, "quit", NULL, 0, 2000, NULL));
-    } else if (pid_alive(vm->pid) && pid_is_instance(vm->pid, vm->name)) {
-        kill(vm->pid, SIGTERM);
+    sync_flag *f = opaque;
+    f->done = true;
+    f->err = vmig_error_copy(err);
+}
+
+static bool flag_done(void *opaque)
+{
+    return ((sync_flag *)opaque)->done;
+}
+
+bool eng_vm_connect_sync(eng_vm *vm, vmig_error **errp)
+{
+    sync_flag f = {0};
+    if (!eng_vm_connect(vm, NULL, NULL, sync_ready, &f, errp) ||
+        !eng_run_until(vm->e, flag_done, &f, errp)) {
+        return false;
     }
-    eng_vm_disconnect(vm);
-    if (pid_wait_gone(vm->pid, timeout_ms)) {
-        return true;
-    }
-    eng_log(vm->e, VMIG_LOG_WARN, "VM '%s' (pid %d) did not quit within %d ms: killing it",
-            vm->name, vm->pid, timeout_ms);
-    if (pid_is_instance(vm->pid, vm->name)) {
-        kill(vm->pid, SIGKILL);
-    }
-    if (!pid_wait_gone(vm->pid, 5000)) {
-        vmig_set_error(errp, VMIG_E_TIMEOUT, "VM '%s' (pid %d) survived SIGKILL", vm->name,
-                       vm->pid);
+    if (f.err) {
+        vmig_propagate_error(errp, f.err);
         return false;
     }
     return true;
@@ -448,138 +660,366 @@ const char *eng_vm_run_state(eng_vm *vm, char *buf, size_t len, vmig_error **err
 {
     g_autoptr(json_object) st = qmp_conn_call(vm->qmp, "query-status", NULL, 0,
                                               ENG_QMP_TIMEOUT_MS, errp);
-    json_object *v = NULL;
-    if (!st || !json_object_object_get_ex(st, "status", &v)) {
-        vmig_set_error(errp, VMIG_E_PROTO, "query-status: no status in the reply");
+    const char *status = NULL;
+    static const vmig_jfield fields[] = {{"status", VJ_STRING, 0, VJ_MANDATORY}, {NULL}};
+    if (!st || !vmig_json_read(st, fields, &status, "query-status", errp)) {
         return NULL;
     }
-    g_strlcpy(buf, json_object_get_string(v), len);
+    g_strlcpy(buf, status, len);
     return buf;
 }
 
-bool eng_wait_until(vmig_engine *e, bool (*pred)(void *), void *opaque, int timeout_ms)
+/* ---- probes ---------------------------------------------------------------------------------- */
+
+typedef struct sync_launch {
+    bool done;
+    eng_vm *vm;
+    vmig_error *err;
+} sync_launch;
+
+static void sync_launched(void *opaque, eng_vm *vm, const vmig_error *err)
 {
-    int64_t deadline = vmig_now_ms() + timeout_ms;
-    while (!pred(opaque)) {
-        int left = vmig_ms_left(deadline);
-        if (left == 0) {
-            return false;
-        }
-        eng_loop_run_once(e->loop, left);
+    sync_launch *s = opaque;
+    s->done = true;
+    s->vm = vm;
+    s->err = vmig_error_copy(err);
+}
+
+static bool launch_done(void *opaque)
+{
+    return ((sync_launch *)opaque)->done;
+}
+
+eng_vm *eng_vm_launch_sync(vmig_engine *e, const eng_launch_req *req, vmig_error **errp)
+{
+    sync_launch s = {0};
+    if (!eng_vm_launch(e, req, sync_launched, &s, errp) ||
+        !eng_run_until(e, launch_done, &s, errp)) {
+        return NULL;
     }
-    return true;
+    if (s.err) {
+        vmig_propagate_error(errp, s.err);
+        return NULL;
+    }
+    return s.vm;
 }
 
 qmp_conn *eng_qemu_probe(vmig_engine *e, vmig_accel accel, int *ret_pid, char **ret_dir,
                          vmig_error **errp)
 {
-    g_autofree char *dir = g_build_filename(e->state_dir, ".probe-XXXXXX", NULL);
-    if (!g_mkdtemp(dir)) {
-        vmig_set_error_errno(errp, errno, "creating %s", dir);
+    eng_launch_req req = {.accel = accel, .probe = true};
+    eng_vm *vm = eng_vm_launch_sync(e, &req, errp);
+    if (!vm) {
         return NULL;
     }
-    g_autofree char *sock = g_build_filename(dir, "qmp.sock", NULL);
-    g_autofree char *log = g_build_filename(dir, "qemu.log", NULL);
-    g_autofree char *chardev = g_strdup_printf("socket,id=m,path=%s,server=on,wait=off", sock);
-    const char *const words[] = {e->qemu, "-machine", "none", "-accel", eng_accel_name(accel),
-                                 "-nodefaults", "-display", "none", "-chardev", chardev,
-                                 "-mon", "chardev=m,mode=control"};
-    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
-    for (size_t i = 0; i < G_N_ELEMENTS(words); i++) {
-        g_ptr_array_add(argv, g_strdup(words[i]));
-    }
-    g_ptr_array_add(argv, NULL);
-    g_autofree char *pname = g_strdup("probe");
-    eng_vm probe = {.e = e, .name = pname, .dir = dir};
-    probe.pid = spawn_detached((char **)argv->pdata, log, errp);
-    qmp_conn *c = NULL;
-    if (probe.pid && wait_started(&probe, errp)) {
-        c = qmp_conn_open_unix(sock, ENG_CONNECT_TIMEOUT_MS, errp);
-    }
-    if (!c) {
-        eng_qemu_probe_end(probe.pid, dir);
-        return NULL;
-    }
-    *ret_pid = probe.pid;
-    *ret_dir = g_steal_pointer(&dir);
+    qmp_conn *c = g_steal_pointer(&vm->qmp);
+    *ret_pid = vm->pid;
+    *ret_dir = g_steal_pointer(&vm->dir);
+    eng_vm_free(vm);
     return c;
+}
+
+static void sync_killed(void *opaque, const vmig_error *err)
+{
+    sync_flag *f = opaque;
+    f->done = true;
+    f->err = vmig_error_copy(err);
+}
+
+bool eng_vm_kill_sync(eng_vm *vm, int timeout_ms, vmig_error **errp)
+{
+    sync_flag f = {0};
+    eng_vm_kill(vm, timeout_ms, sync_killed, &f);
+    if (!eng_run_until(vm->e, flag_done, &f, errp)) {
+        return false;
+    }
+    if (f.err) {
+        vmig_propagate_error(errp, f.err);
+        return false;
+    }
+    return true;
 }
 
 void eng_qemu_probe_end(int pid, const char *dir)
 {
-    if (pid > 0 && pid_alive(pid)) {
+    if (pid > 0 && pid_alive(pid) && pid_is_instance(pid, "probe")) {
         kill(pid, SIGKILL);
-        pid_wait_gone(pid, 5000);
     }
     eng_vm_remove_dir(dir);
 }
 
-/* ---- public -------------------------------------------------------------------------------- */
+/* ---- the start and stop jobs ------------------------------------------------------------------ */
 
-bool vmig_vm_start(vmig_engine *e, const vmig_spec *spec, vmig_accel accel, vmig_error **errp)
+typedef struct vm_job {
+    vmig_spec *spec;
+    char *name;
+    char *dir;
+    eng_vm *vm;
+    int timeout_ms;
+} vm_job;
+
+static void vm_job_free(vmig_job *j)
 {
-    g_autofree char *dir = eng_vm_dir(e->state_dir, spec->name);
-    g_autoptr(eng_vm) vm = eng_vm_launch(e, spec, dir, accel, false, errp);
-    if (!vm) {
-        vmig_prefix_error(errp, "starting VM '%s': ", spec->name);
-        return false;
-    }
-    return true;
+    vm_job *v = j->data;
+    eng_vm_free(v->vm);
+    vmig_spec_free(v->spec);
+    g_free(v->name);
+    g_free(v->dir);
+    g_free(v);
 }
 
-bool vmig_vm_stop(vmig_engine *e, const char *name, int timeout_ms, vmig_error **errp)
+static void vm_job_killed(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    vm_job *v = j->data;
+    if (err) {
+        eng_log(j->e, VMIG_LOG_WARN, "%s", vmig_error_message(err));
+    } else if (v->vm) {
+        eng_vm_remove_dir(v->vm->dir);
+    }
+    eng_job_release(j);
+}
+
+static void end_failed(vmig_job *j)
+{
+    eng_job_end(j, vmig_error_code(j->err) == VMIG_E_CANCELLED ? VMIG_JOB_CANCELLED
+                                                              : VMIG_JOB_FAILED);
+}
+
+/* A start that failed after QEMU came up (cancelled): it goes again. */
+static void start_fail(vmig_job *j)
+{
+    vm_job *v = j->data;
+    eng_job_set_state(j, j->state, VMIG_JOB_ROLLING_BACK);
+    if (v->vm) {
+        eng_job_hold(j);
+        eng_vm_kill(v->vm, 2000, vm_job_killed, j);
+    }
+    eng_job_then(j, end_failed);
+}
+
+static void start_done(vmig_job *j)
+{
+    eng_job_end(j, VMIG_JOB_COMPLETED);
+}
+
+static void started(void *opaque, eng_vm *vm, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    vm_job *v = j->data;
+    v->vm = vm;
+    if (err) {
+        vmig_error *e = vmig_error_copy(err);
+        vmig_prefix_error(&e, "starting VM '%s': ", v->name);
+        eng_job_fail(j, e);
+    }
+    eng_job_release(j);
+}
+
+static const eng_job_ops start_ops = {
+    .name = "vm-start", .what = "starting the VM", .fail = start_fail, .free = vm_job_free,
+};
+
+vmig_job *vmig_vm_start_async(vmig_engine *e, const vmig_spec *spec, vmig_accel accel,
+                              vmig_job_done_fn done, void *opaque, vmig_error **errp)
+{
+    g_autofree char *dir = eng_vm_dir(e->state_dir, spec->name);
+    eng_launch_req req = {.spec = spec, .dir = dir, .accel = accel};
+    vm_job *v = g_new0(vm_job, 1);
+    v->name = g_strdup(spec->name);
+    vmig_job *j = eng_job_new(e, VMIG_JOB_VM_START, &start_ops, v, done, opaque);
+    eng_job_hold(j);
+    if (!eng_vm_launch(e, &req, started, j, errp)) {
+        vmig_prefix_error(errp, "starting VM '%s': ", spec->name);
+        j->ended = true;
+        vmig_job_free(j);
+        return NULL;
+    }
+    eng_job_then(j, start_done);
+    return j;
+}
+
+static void stop_done(vmig_job *j)
+{
+    eng_job_end(j, VMIG_JOB_COMPLETED);
+}
+
+static void stop_fail(vmig_job *j)
+{
+    end_failed(j);
+}
+
+static void stop_connected(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    vm_job *v = j->data;
+    if (err) {
+        eng_log(j->e, VMIG_LOG_WARN, "%s: stopping by signal", vmig_error_message(err));
+        eng_vm_disconnect(v->vm);
+    }
+    eng_vm_kill(v->vm, v->timeout_ms, vm_job_killed, j);
+}
+
+static bool stop_may_cancel(vmig_job *j)
+{
+    (void)j;
+    return false; /* a quit is on its way */
+}
+
+static const eng_job_ops stop_ops = {
+    .name = "vm-stop", .what = "stopping the VM", .fail = stop_fail, .free = vm_job_free,
+    .may_cancel = stop_may_cancel,
+};
+
+vmig_job *vmig_vm_stop_async(vmig_engine *e, const char *name, int timeout_ms,
+                             vmig_job_done_fn done, void *opaque, vmig_error **errp)
 {
     if (!eng_spec_name_valid(name) && !g_str_has_suffix(name, ENG_INCOMING_SUFFIX)) {
         vmig_set_error(errp, VMIG_E_INVAL, "'%s' is not a valid VM name", name);
-        return false;
+        return NULL;
     }
     g_autofree char *dir = eng_vm_dir(e->state_dir, name);
-    if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+    struct stat st;
+    if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
         vmig_set_error(errp, VMIG_E_NOTFOUND, "no VM named '%s' in %s", name, e->state_dir);
-        return false;
+        return NULL;
     }
+    vm_job *v = g_new0(vm_job, 1);
+    v->name = g_strdup(name);
+    v->timeout_ms = timeout_ms;
+    vmig_job *j = eng_job_new(e, VMIG_JOB_VM_STOP, &stop_ops, v, done, opaque);
     vmig_error *err = NULL;
-    g_autoptr(eng_vm) vm = eng_vm_find(e, dir, &err);
-    if (!vm) {
+    v->vm = eng_vm_find(e, dir, &err);
+    if (!v->vm) {
         /* Already dead or half-created: cleaning up is all that is left to do. */
         eng_log(e, VMIG_LOG_INFO, "%s", vmig_error_message(err));
         vmig_error_free(err);
         eng_vm_remove_dir(dir);
-        return true;
+        eng_job_then(j, stop_done);
+        return j;
     }
-    if (!eng_vm_connect(vm, NULL, NULL, &err)) {
-        eng_log(e, VMIG_LOG_WARN, "%s: stopping by signal", vmig_error_message(err));
+    eng_job_hold(j);
+    if (!eng_vm_connect(v->vm, NULL, NULL, stop_connected, j, &err)) {
+        stop_connected(j, err);
         vmig_error_free(err);
     }
-    if (!eng_vm_kill(vm, timeout_ms, errp)) {
-        return false;
-    }
-    eng_vm_remove_dir(dir);
-    return true;
+    eng_job_then(j, stop_done);
+    return j;
 }
 
-static void fill_info(vmig_engine *e, const char *dir, const char *entry, vmig_vm_info *info)
+/* ---- waiting versions -------------------------------------------------------------------------- */
+
+static bool job_finished(void *opaque)
 {
-    memset(info, 0, sizeof(*info));
-    g_strlcpy(info->name, entry, sizeof(info->name));
+    return vmig_job_finished(opaque);
+}
+
+static bool wait_job(vmig_engine *e, vmig_job *j, vmig_error **errp)
+{
+    if (!j) {
+        return false;
+    }
+    bool ok = eng_run_until(e, job_finished, j, errp);
+    if (ok && j->state != VMIG_JOB_COMPLETED) {
+        vmig_propagate_error(errp, vmig_error_copy(j->err));
+        ok = false;
+    }
+    vmig_job_free(j);
+    return ok;
+}
+
+bool vmig_vm_start(vmig_engine *e, const vmig_spec *spec, vmig_accel accel, vmig_error **errp)
+{
+    return wait_job(e, vmig_vm_start_async(e, spec, accel, NULL, NULL, errp), errp);
+}
+
+bool vmig_vm_stop(vmig_engine *e, const char *name, int timeout_ms, vmig_error **errp)
+{
+    return wait_job(e, vmig_vm_stop_async(e, name, timeout_ms, NULL, NULL, errp), errp);
+}
+
+/* ---- listing ------------------------------------------------------------------------------------ */
+
+typedef struct list_probe {
+    vmig_vm_info *info;
+    qmp_conn *c;
+    bool done;
+} list_probe;
+
+static void list_status(void *opaque, json_object *ret, const vmig_error *err)
+{
+    list_probe *p = opaque;
+    const char *status = NULL;
+    static const vmig_jfield fields[] = {{"status", VJ_STRING, 0, VJ_MANDATORY}, {NULL}};
+    if (!err && vmig_json_read(ret, fields, &status, "query-status", NULL)) {
+        g_strlcpy(p->info->status, status, sizeof(p->info->status));
+    }
+    p->done = true;
+}
+
+static void list_ready(void *opaque, const vmig_error *err)
+{
+    list_probe *p = opaque;
+    if (err) {
+        p->done = true;
+        return;
+    }
+    qmp_call(p->c, "query-status", NULL, 0, LIST_TIMEOUT_MS, list_status, p);
+}
+
+/* The job a migration keeps in the VM's directory, while it runs. */
+static void read_job_file(const char *dir, vmig_vm_info *info)
+{
+    g_autofree char *path = g_build_filename(dir, ENG_JOB_FILE, NULL);
+    g_autofree char *text = NULL;
+    if (!g_file_get_contents(path, &text, NULL, NULL)) {
+        return;
+    }
+    g_autoptr(json_object) o = json_tokener_parse(text);
+    struct {
+        const char *job, *state;
+        double progress;
+    } f = {0};
+    static const vmig_jfield fields[] = {
+        {"job", VJ_STRING, offsetof(typeof(f), job), VJ_MANDATORY},
+        {"state", VJ_STRING, offsetof(typeof(f), state), VJ_MANDATORY},
+        {"progress", VJ_DOUBLE, offsetof(typeof(f), progress), 0},
+        {NULL},
+    };
+    if (!o || !vmig_json_read(o, fields, &f, path, NULL)) {
+        return;
+    }
+    if (!strcmp(f.state, "completed") || !strcmp(f.state, "failed") ||
+        !strcmp(f.state, "cancelled")) {
+        return;
+    }
+    g_strlcpy(info->job, f.job, sizeof(info->job));
+    g_strlcpy(info->job_state, f.state, sizeof(info->job_state));
+    info->job_progress = f.progress < 0 ? 0 : f.progress > 1 ? 1 : f.progress;
+}
+
+static void list_start(vmig_engine *e, const char *name, vmig_vm_info *info, list_probe *p)
+{
+    g_autofree char *dir = eng_vm_dir(e->state_dir, name);
+    g_strlcpy(info->name, name, sizeof(info->name));
     g_autofree char *sock = g_build_filename(dir, "qmp.sock", NULL);
     g_strlcpy(info->qmp_path, sock, sizeof(info->qmp_path));
+    p->info = info;
+    p->done = true;
     int pid = read_pidfile(dir);
     if (!pid_alive(pid)) {
         g_strlcpy(info->status, "dead", sizeof(info->status));
         return;
     }
     info->pid = pid;
-    g_autoptr(qmp_conn) c = qmp_conn_open_unix(sock, 1000, NULL);
-    g_autoptr(json_object) st = c ? qmp_conn_call(c, "query-status", NULL, 0, 1000, NULL) : NULL;
-    json_object *v = NULL;
-    if (st && json_object_object_get_ex(st, "status", &v)) {
-        g_strlcpy(info->status, json_object_get_string(v), sizeof(info->status));
-    } else {
-        /* QEMU serves one monitor client at a time: a migration may hold it. */
-        g_strlcpy(info->status, "busy", sizeof(info->status));
+    g_strlcpy(info->status, "busy", sizeof(info->status)); /* until the monitor answers */
+    read_job_file(dir, info);
+    g_autofree char *rsock = g_build_filename(dir, ENG_READER_SOCK, NULL);
+    p->c = qmp_conn_new(e->ring, rsock);
+    if (qmp_conn_connect_unix(p->c, rsock, NULL)) {
+        p->done = false;
+        qmp_conn_start(p->c, LIST_TIMEOUT_MS, list_ready, p);
     }
-    (void)e;
 }
 
 static gint cmp_str(gconstpointer a, gconstpointer b)
@@ -587,7 +1027,31 @@ static gint cmp_str(gconstpointer a, gconstpointer b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int vmig_vm_list(vmig_engine *e, vmig_vm_info *out, int max, vmig_error **errp)
+typedef struct list_wait {
+    list_probe *probes;
+    guint n;
+    int64_t deadline;
+} list_wait;
+
+static bool list_done(void *opaque)
+{
+    list_wait *w = opaque;
+    for (guint i = 0; i < w->n; i++) {
+        if (!w->probes[i].done) {
+            return vmig_ms_left(w->deadline) == 0;
+        }
+    }
+    return true;
+}
+
+static void list_deadline(void *opaque, int res)
+{
+    (void)opaque;
+    (void)res; /* wakes eng_run_until to look at the clock */
+}
+
+int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, size_t size,
+                       vmig_error **errp)
 {
     DIR *d = opendir(e->state_dir);
     if (!d) {
@@ -604,10 +1068,20 @@ int vmig_vm_list(vmig_engine *e, vmig_vm_info *out, int max, vmig_error **errp)
     }
     closedir(d);
     g_ptr_array_sort(names, cmp_str);
-    for (guint i = 0; i < names->len && (int)i < max; i++) {
-        const char *n = g_ptr_array_index(names, i);
-        g_autofree char *dir = eng_vm_dir(e->state_dir, n);
-        fill_info(e, dir, n, &out[i]);
+    guint n = MIN(names->len, (guint)MAX(max, 0));
+    /* Every monitor is asked at once; one that does not answer in time shows as busy. */
+    g_autofree vmig_vm_info *infos = g_new0(vmig_vm_info, MAX(n, 1));
+    g_autofree list_probe *probes = g_new0(list_probe, MAX(n, 1));
+    for (guint i = 0; i < n; i++) {
+        list_start(e, g_ptr_array_index(names, i), &infos[i], &probes[i]);
     }
-    return (int)names->len;
+    list_wait w = {.probes = probes, .n = n, .deadline = vmig_now_ms() + LIST_TIMEOUT_MS};
+    int64_t timer = ring_timer(e->ring, LIST_TIMEOUT_MS, list_deadline, NULL);
+    bool ok = eng_run_until(e, list_done, &w, errp);
+    ring_detach(e->ring, timer, NULL, NULL);
+    for (guint i = 0; i < n; i++) {
+        qmp_conn_free(probes[i].c);
+        memcpy((char *)out + i * size, &infos[i], MIN(size, sizeof(vmig_vm_info)));
+    }
+    return ok ? (int)names->len : -1;
 }

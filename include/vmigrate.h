@@ -5,10 +5,13 @@
  * pre-copy or paused) and know, with figures, what happened.  The source VM keeps running
  * unless the destination has taken over: a failed or cancelled migration puts it back.
  *
- * Threads: vmigrate starts none.  Call everything from the thread that created the engine;
- * nothing blocks except the calls documented as waiting, and every wait has a deadline.
+ * Threads: vmigrate starts none.  Call everything from the thread that created the engine.
  * vmig_engine_cancel() is the exception: it may be called from a signal handler or another
  * thread while a migration runs.
+ *
+ * Loops: the engine runs inside the caller's event loop (one fd, a dispatch call that never
+ * blocks, a timeout: see "running the engine inside your own event loop" below).  The calls
+ * documented as waiting are thin loops over the same, and every wait has a deadline.
  *
  * Errors: every fallible call takes `vmig_error **errp` last (may be NULL) and signals failure
  * by its return value (false, NULL or negative).  On success *errp is untouched; on failure it
@@ -36,7 +39,7 @@ extern "C" {
 #define VMIG_EXPORT
 #endif
 
-#define VMIG_VERSION_STRING "0.1.0"
+#define VMIG_VERSION_STRING "0.2.0"
 
 /* ---- errors ------------------------------------------------------------------------------ */
 
@@ -89,10 +92,15 @@ typedef enum vmig_log_level {
 
 typedef void (*vmig_log_fn)(void *opaque, vmig_log_level level, const char *msg);
 
-/* @state_dir holds one directory per VM (QMP socket, pid file, logs); it is created when
- * missing.  NULL picks $VMIG_STATE_DIR, else $XDG_RUNTIME_DIR/vmigrate, else
+/* vmigrate's version, "MAJOR.MINOR.MICRO": the library's, not the header's. */
+VMIG_EXPORT const char *vmig_version(void);
+
+/* @state_dir holds one directory per VM (QMP sockets, pid file, logs, job state); it is
+ * created when missing.  NULL picks $VMIG_STATE_DIR, else $XDG_RUNTIME_DIR/vmigrate, else
  * /tmp/vmigrate-$UID. */
 VMIG_EXPORT vmig_engine *vmig_engine_new(const char *state_dir, vmig_error **errp);
+/* Jobs still running are cancelled and rolled back first (this waits, at most about 30 s):
+ * freeing the engine never loses a VM.  Accepts NULL. */
 VMIG_EXPORT void vmig_engine_free(vmig_engine *e);
 VMIG_EXPORT const char *vmig_engine_state_dir(const vmig_engine *e);
 /* Debug output goes here, nowhere else.  @fn may be NULL to silence it.  The first sink set
@@ -105,12 +113,84 @@ VMIG_EXPORT const char *vmig_engine_event_loop(const vmig_engine *e);
  * chosen at build time (VMIG_DEFAULT_QEMU, normally "qemu-system-x86_64" from $PATH). */
 VMIG_EXPORT void vmig_engine_set_qemu(vmig_engine *e, const char *qemu_binary);
 VMIG_EXPORT const char *vmig_engine_qemu(const vmig_engine *e);
-/* Starts the engine's QEMU for a moment and asks its version (query-version).  Returns
+/* Starts the engine's QEMU for a moment and asks its version (query-version); waits.  Returns
  * major * 10000 + minor * 100 + micro, or -1.  @ret_package (may be NULL) receives QEMU's
  * package string, owned by the caller (free()). */
 VMIG_EXPORT int vmig_engine_qemu_version(vmig_engine *e, char **ret_package, vmig_error **errp);
-/* Ask a running migration to stop and roll back.  Async-signal-safe. */
+/* Asks every running job to stop and roll back.  Async-signal-safe. */
 VMIG_EXPORT void vmig_engine_cancel(vmig_engine *e);
+
+/* ---- running the engine inside your own event loop ------------------------------------------
+ *
+ * The engine has one event source, its completion ring (io_uring, or epoll where io_uring is
+ * refused), and one fd that stands for it.  Poll that fd for POLLIN together with your own
+ * sources; when it is readable, or when vmig_engine_timeout_ms() has passed, call
+ * vmig_engine_dispatch().  Nothing else is needed: the async calls below (vmig_migrate_start,
+ * vmig_vm_start_async, vmig_vm_stop_async) make progress only inside dispatch.
+ *
+ *     struct pollfd p = {.fd = vmig_engine_fd(e), .events = POLLIN};
+ *     while (!done) {
+ *         poll(&p, 1, vmig_engine_timeout_ms(e));
+ *         vmig_engine_dispatch(e, NULL);
+ *     }
+ *
+ * In a GLib program, g_unix_fd_add() on the fd and a timeout source of timeout_ms do the same
+ * (examples/glib-loop.c).
+ */
+
+/* Readable (POLLIN) when vmig_engine_dispatch() has work. */
+VMIG_EXPORT int vmig_engine_fd(vmig_engine *e);
+/* Does what is ready and returns without waiting: >0 work was done, 0 none, <0 the ring
+ * failed (then the error says why; the engine is unusable). */
+VMIG_EXPORT int vmig_engine_dispatch(vmig_engine *e, vmig_error **errp);
+/* When to call vmig_engine_dispatch() at the latest even if the fd stays quiet: milliseconds,
+ * 0 for now, -1 for no deadline. */
+VMIG_EXPORT int vmig_engine_timeout_ms(vmig_engine *e);
+/* Waits on the fd and dispatches until @timeout_ms passed (-1: until no job runs). */
+VMIG_EXPORT int vmig_engine_run(vmig_engine *e, int timeout_ms, vmig_error **errp);
+
+/* ---- jobs --------------------------------------------------------------------------------
+ *
+ * Anything that takes time is a job: a migration, a VM starting, a VM stopping.  A job is
+ * created running; its done callback runs once, from vmig_engine_dispatch(), when it has
+ * reached a final state (COMPLETED, FAILED or CANCELLED).  The caller owns the job and frees
+ * it with vmig_job_free(), in the done callback or later.  Freeing a job that still runs
+ * cancels it; the engine finishes the roll-back on its own.
+ */
+typedef struct vmig_job vmig_job;
+
+typedef enum vmig_job_kind {
+    VMIG_JOB_MIGRATE,
+    VMIG_JOB_VM_START,
+    VMIG_JOB_VM_STOP,
+} vmig_job_kind;
+
+typedef enum vmig_job_state {
+    VMIG_JOB_PREPARING,    /* checks; a destination or a VM starting */
+    VMIG_JOB_MIGRATING,    /* memory moving while the source runs (or sits paused) */
+    VMIG_JOB_SWITCHOVER,   /* the source has stopped; the destination loads and takes over */
+    VMIG_JOB_FINISHING,    /* the destination runs; the source is being retired */
+    VMIG_JOB_ROLLING_BACK, /* failed or cancelled: the source is being put back */
+    VMIG_JOB_COMPLETED,
+    VMIG_JOB_FAILED,
+    VMIG_JOB_CANCELLED,
+    VMIG_JOB_STATE_COUNT,
+} vmig_job_state;
+
+typedef void (*vmig_job_done_fn)(vmig_job *job, void *opaque);
+
+VMIG_EXPORT vmig_job_kind vmig_job_get_kind(const vmig_job *job);
+VMIG_EXPORT vmig_job_state vmig_job_get_state(const vmig_job *job);
+/* "preparing", "migrating", ... */
+VMIG_EXPORT const char *vmig_job_state_name(vmig_job_state s);
+/* Whether the job has reached COMPLETED, FAILED or CANCELLED. */
+VMIG_EXPORT bool vmig_job_finished(const vmig_job *job);
+/* Why it failed or was cancelled; NULL otherwise.  Owned by the job. */
+VMIG_EXPORT const vmig_error *vmig_job_error(const vmig_job *job);
+/* Asks the job to stop and roll back (no effect once the destination has taken over). */
+VMIG_EXPORT void vmig_job_cancel(vmig_job *job);
+/* Accepts NULL.  A job that still runs is cancelled and left to the engine to finish. */
+VMIG_EXPORT void vmig_job_free(vmig_job *job);
 
 /* ---- VMs ---------------------------------------------------------------------------------- */
 
@@ -119,30 +199,54 @@ typedef enum vmig_accel {
     VMIG_ACCEL_KVM,
 } vmig_accel;
 
-/* Starts QEMU for @spec, detached, with its QMP socket under the state directory.  Waits
- * (up to 30 s) until QEMU is up.  Fails when a VM of that name runs already. */
+/* Starts QEMU for @spec, detached, with its QMP sockets under the state directory.  The job
+ * completes when QEMU answers query-status with a run state; if QEMU exits first, the job
+ * fails with QEMU's own message.  Fails at once when a VM of that name runs already. */
+VMIG_EXPORT vmig_job *vmig_vm_start_async(vmig_engine *e, const vmig_spec *spec,
+                                          vmig_accel accel, vmig_job_done_fn done,
+                                          void *opaque, vmig_error **errp);
+/* Stops the VM (QMP quit, then SIGKILL after @timeout_ms) and removes its directory. */
+VMIG_EXPORT vmig_job *vmig_vm_stop_async(vmig_engine *e, const char *name, int timeout_ms,
+                                         vmig_job_done_fn done, void *opaque,
+                                         vmig_error **errp);
+/* The same, waiting (starting waits at most 30 s). */
 VMIG_EXPORT bool vmig_vm_start(vmig_engine *e, const vmig_spec *spec, vmig_accel accel,
                                vmig_error **errp);
-/* Stops the VM (QMP quit, then SIGKILL after @timeout_ms) and removes its directory. */
 VMIG_EXPORT bool vmig_vm_stop(vmig_engine *e, const char *name, int timeout_ms, vmig_error **errp);
 
+/*
+ * What vmig_vm_list() reports of one VM.  It asks each QEMU through its reader monitor (a
+ * second QMP socket the engine never uses), and reads the job state file a migration keeps
+ * up to date, so it answers quickly while a migration runs in another process.
+ */
 typedef struct vmig_vm_info {
     char name[128];
     int pid;          /* 0 when the QEMU process is gone */
-    char status[32];  /* QMP run state ("running", "paused", "inmigrate", ...) or "dead" */
+    char status[32];  /* QMP run state ("running", "paused", "inmigrate", ...), "dead", or
+                       * "busy" when the monitor did not answer within 100 ms */
     char qmp_path[4096];
+    char job[16];       /* the job on this VM ("migrate"), "" when none */
+    char job_state[16]; /* vmig_job_state_name() of that job */
+    double job_progress; /* 0..1 */
 } vmig_vm_info;
 
-/* Fills up to @max entries, returns how many VMs there are (may exceed @max), or -1. */
-VMIG_EXPORT int vmig_vm_list(vmig_engine *e, vmig_vm_info *out, int max, vmig_error **errp);
+/* Fills up to @max entries of @out, each @size bytes (the caller's sizeof(vmig_vm_info), which
+ * the macro passes, so a program built against an older, smaller struct keeps working).
+ * Returns how many VMs there are (may exceed @max), or -1. */
+VMIG_EXPORT int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, size_t size,
+                                   vmig_error **errp);
+#define vmig_vm_list(e, out, max, errp)                                                          \
+    vmig_vm_list_sized((e), (out), (max), sizeof(vmig_vm_info), (errp))
 
 /* ---- migration ---------------------------------------------------------------------------- */
 
 /*
- * Options are a plain struct rather than an opaque handle: appliance code fills it in one
- * place, and new fields are only ever appended, initialised by vmig_migrate_opts_init().
+ * Options are a plain struct that carries its own size: vmig_migrate_opts_init() (a macro)
+ * records the caller's sizeof, and the library reads no further, so a program built against
+ * an older header keeps working with a newer library.  New fields are only ever appended.
  */
 typedef struct vmig_migrate_opts {
+    uint32_t size;           /* set by vmig_migrate_opts_init(); do not touch */
     bool live;               /* pre-copy while the VM runs; false pauses the VM first */
     int max_downtime_ms;     /* 0: QEMU's default (300 ms) */
     int bandwidth_mib_s;     /* 0: unlimited (QEMU 7.2 would cap at 128 MiB/s) */
@@ -151,13 +255,17 @@ typedef struct vmig_migrate_opts {
     bool force;              /* migrate even if the destination's CPU cannot run the VM's */
     bool unsafe;             /* migrate live although the source QEMU is known to lose guest
                               * writes doing so (QEMU < 9.0 under TCG); warns */
+    int stall_timeout_s;     /* no byte moved for this long rolls back: 0 the default (60 s),
+                              * -1 never */
 } vmig_migrate_opts;
 
-VMIG_EXPORT void vmig_migrate_opts_init(vmig_migrate_opts *o);
+/* Fills in the defaults for a struct of @size bytes (the caller's sizeof). */
+VMIG_EXPORT void vmig_migrate_opts_init_sized(vmig_migrate_opts *o, size_t size);
+#define vmig_migrate_opts_init(o) vmig_migrate_opts_init_sized((o), sizeof(vmig_migrate_opts))
 
 typedef struct vmig_migration_stats {
     char status[24];            /* QEMU's MigrationStatus name */
-    uint64_t total_ms;          /* our clock: from the call to the destination running */
+    uint64_t total_ms;          /* our clock: from the start to the destination running */
     uint64_t setup_ms;          /* preparing the destination up to `migrate` */
     uint64_t downtime_ms;       /* STOP on the source to RESUME on the destination */
     uint64_t qemu_downtime_ms;  /* QEMU's own figure */
@@ -170,19 +278,38 @@ typedef struct vmig_migration_stats {
     double mbps;                /* QEMU's last throughput figure, megabits/s */
     double progress;            /* 0..1: 1 - remaining / total while running */
     char cpu_check[16];         /* "passed", "forced" (--force over a mismatch), or "" */
+    char vm_holder[16];         /* which side holds the VM: "source" or "destination" */
 } vmig_migration_stats;
 
+/* @st is the library's own struct, borrowed for the call; read only the fields you know. */
 typedef void (*vmig_progress_fn)(void *opaque, const vmig_migration_stats *st);
 
 /*
- * Migrates VM @name to @o->dest and waits until it is done: the destination runs and the
- * source is gone, or the migration failed and the source runs as before (or stays paused if
- * it was paused).  @progress (may be NULL) is called about four times a second.  @ret_stats
- * (may be NULL) receives the final figures, on failure too.
+ * Starts migrating VM @name to @o->dest (NULL: defaults) and returns at once.  The job moves
+ * through PREPARING, MIGRATING, SWITCHOVER and FINISHING to COMPLETED: the destination runs
+ * and the source is gone.  On failure or cancel it goes through ROLLING_BACK to FAILED or
+ * CANCELLED, and the source runs as before (or stays paused if it was paused).  @progress
+ * (may be NULL) is called about four times a second while memory moves.
  */
-VMIG_EXPORT bool vmig_migrate(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
-                              vmig_progress_fn progress, void *opaque,
-                              vmig_migration_stats *ret_stats, vmig_error **errp);
+VMIG_EXPORT vmig_job *vmig_migrate_start(vmig_engine *e, const char *name,
+                                         const vmig_migrate_opts *o, vmig_progress_fn progress,
+                                         void *progress_opaque, vmig_job_done_fn done,
+                                         void *opaque, vmig_error **errp);
+/* The job's figures so far (final ones once it finished) into @ret of @size bytes (the
+ * caller's sizeof: use the macro).  False when @job is not a migration. */
+VMIG_EXPORT bool vmig_job_stats_sized(const vmig_job *job, vmig_migration_stats *ret,
+                                      size_t size);
+#define vmig_job_stats(job, ret) vmig_job_stats_sized((job), (ret), sizeof(vmig_migration_stats))
+
+/* vmig_migrate_start() and a loop until the job finishes.  @ret_stats (may be NULL) receives
+ * the final figures, on failure too. */
+VMIG_EXPORT bool vmig_migrate_sized(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
+                                    vmig_progress_fn progress, void *opaque,
+                                    vmig_migration_stats *ret_stats, size_t stats_size,
+                                    vmig_error **errp);
+#define vmig_migrate(e, name, o, progress, opaque, ret_stats, errp)                              \
+    vmig_migrate_sized((e), (name), (o), (progress), (opaque), (ret_stats),                     \
+                       sizeof(vmig_migration_stats), (errp))
 
 /* ---- CPUs ---- */
 
@@ -252,6 +379,14 @@ VMIG_EXPORT vmig_cpu_cmp vmig_cpu_compare(const vmig_cpu_models *m, const vmig_c
 /* "incompatible", "identical", "superset" or "error"; libvirt's "Intel" for "GenuineIntel". */
 VMIG_EXPORT const char *vmig_cpu_cmp_name(vmig_cpu_cmp r);
 VMIG_EXPORT const char *vmig_cpu_vendor_name(const char *cpuid_vendor);
+
+/* ---- QMP ------------------------------------------------------------------------------------ */
+
+/* Runs one QMP command on the monitor at @socket_path (greeting, capabilities, the command),
+ * waiting up to @timeout_ms for each.  @args_json is a JSON object or NULL.  Returns the
+ * reply's "return" value as pretty JSON (free()), or NULL with an error. */
+VMIG_EXPORT char *vmig_qmp_call(const char *socket_path, const char *cmd, const char *args_json,
+                                int timeout_ms, vmig_error **errp);
 
 /* ---- the built-in test guest --------------------------------------------------------------- */
 

@@ -1,12 +1,15 @@
 /*
- * A QMP client: talks to QEMU's monitor over a unix or TCP socket.
+ * A QMP client: talks to QEMU's monitor over a unix or TCP socket, on the completion ring.
  *
- * The connection is non-blocking and does no I/O on its own: qmp_conn_process() reads what
- * the socket has, parses complete messages, matches replies to the commands that asked (by
- * "id") and hands events to the event callback.  qmp_conn_call() sends a command and waits
- * for its reply with a deadline; how it waits is the waiter's business: by default poll() on
- * the socket, and the engine plugs in its io_uring loop so one thread can serve several
- * monitors at once.
+ * Everything is asynchronous.  The connection keeps one receive in flight on the ring, parses
+ * complete messages, matches replies to the calls that asked (by "id") and hands events to the
+ * event callback.  qmp_call() queues a command and returns; its callback runs once, from
+ * ring_dispatch(), with the reply or an error (QEMU refused, the deadline passed, the
+ * connection broke).  Any number of calls may be in flight, and callbacks, event handlers
+ * included, may issue more calls or free the connection.
+ *
+ * The blocking calls (qmp_conn_handshake, qmp_conn_call) are thin loops over the async ones
+ * for the CLI, tests and one-shot probes; nothing on a job's path uses them.
  *
  * Limits: one message may not exceed max_msg bytes (default QMP_MSG_MAX) nor nest deeper than
  * QMP_DEPTH_MAX; a peer that breaks either is disconnected with a protocol error.
@@ -20,6 +23,7 @@
 #include <stdint.h>
 
 #include "common/json.h"
+#include "ring/ring.h"
 #include "vmigrate.h"
 
 #define QMP_MSG_MAX (10u * 1024u * 1024u) /* libvirt's bound too */
@@ -47,48 +51,59 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(qmp_parser, qmp_parser_free)
 typedef struct qmp_conn qmp_conn;
 
 /* @data is borrowed (may be NULL); @ts_us is QEMU's event timestamp, microseconds since the
- * epoch.  Must not call qmp_conn_call(): note what happened and act after it returns. */
+ * epoch (0 when absent or out of range).  May issue calls and free the connection. */
 typedef void (*qmp_event_fn)(void *opaque, const char *event, json_object *data, int64_t ts_us);
+/* The "return" value of a call (borrowed until the callback returns), or NULL with @err
+ * (borrowed): VMIG_E_QEMU with "cmd: description (Class)" when QEMU refused, VMIG_E_TIMEOUT,
+ * or VMIG_E_IO/VMIG_E_PROTO when the connection broke. */
+typedef void (*qmp_reply_fn)(void *opaque, json_object *ret, const vmig_error *err);
+/* The greeting and capabilities are done (@err NULL), or failed. */
+typedef void (*qmp_ready_fn)(void *opaque, const vmig_error *err);
+/* The connection broke after it was ready; every call in flight has failed already. */
+typedef void (*qmp_closed_fn)(void *opaque, const vmig_error *why);
 
-/* Waits until @c may have input or @timeout_ms passed; returns <0 only on a fatal error.
- * Must end up calling qmp_conn_process() on @c when its socket is readable. */
-typedef int (*qmp_waiter_fn)(void *opaque, qmp_conn *c, int timeout_ms);
-
-qmp_conn *qmp_conn_new(const char *label);
+qmp_conn *qmp_conn_new(ring *r, const char *label);
+/* Callbacks of calls in flight are not run.  Accepts NULL; safe inside any callback. */
 void qmp_conn_free(qmp_conn *c);
 
+/* Connecting a unix socket does not wait (the peer is on this host). */
 bool qmp_conn_connect_unix(qmp_conn *c, const char *path, vmig_error **errp);
+/* Waits up to @timeout_ms for the TCP connection, on the ring. */
 bool qmp_conn_connect_tcp(qmp_conn *c, const char *host, int port, int timeout_ms,
                           vmig_error **errp);
 /* Takes ownership of connected socket @fd (stolen, even on failure). */
 bool qmp_conn_attach_fd(qmp_conn *c, int fd, vmig_error **errp);
-/* Reads the greeting, negotiates capabilities (OOB when offered) within @timeout_ms. */
+/* Reads the greeting and negotiates capabilities (OOB when offered) within @timeout_ms, then
+ * runs @cb once.  Calls made before that are sent after the negotiation. */
+void qmp_conn_start(qmp_conn *c, int timeout_ms, qmp_ready_fn cb, void *opaque);
+/* The same, waiting. */
 bool qmp_conn_handshake(qmp_conn *c, int timeout_ms, vmig_error **errp);
-/* connect_unix + handshake. */
-qmp_conn *qmp_conn_open_unix(const char *path, int timeout_ms, vmig_error **errp);
+/* connect_unix + handshake, waiting. */
+qmp_conn *qmp_conn_open_unix(ring *r, const char *path, int timeout_ms, vmig_error **errp);
 
-int qmp_conn_fd(const qmp_conn *c);
+const char *qmp_conn_label(const qmp_conn *c);
 bool qmp_conn_alive(const qmp_conn *c);
+bool qmp_conn_ready(const qmp_conn *c);
 bool qmp_conn_has_oob(const qmp_conn *c);
 /* QEMU's version from the greeting: major * 10000 + minor * 100 + micro, 0 before it. */
 int qmp_conn_version(const qmp_conn *c);
+/* Calls sent and not yet answered. */
+size_t qmp_conn_pending(const qmp_conn *c);
 
 void qmp_conn_set_event_cb(qmp_conn *c, qmp_event_fn fn, void *opaque);
-/* NULL restores the default poll()-based waiter. */
-void qmp_conn_set_waiter(qmp_conn *c, qmp_waiter_fn fn, void *opaque);
-
-/* Reads and dispatches what is available without blocking.  Returns the number of messages
- * handled (0: none), or -1 when the connection broke or the peer broke the protocol. */
-int qmp_conn_process(qmp_conn *c, vmig_error **errp);
+void qmp_conn_set_closed_cb(qmp_conn *c, qmp_closed_fn fn, void *opaque);
 
 enum {
     QMP_CALL_OOB = 1u << 0, /* exec-oob (needs qmp_conn_has_oob) */
 };
 
-/* Runs @cmd with @args (stolen; may be NULL) and waits up to @timeout_ms for its reply.
- * Returns the "return" value (a new reference), or NULL with an error: VMIG_E_QEMU with
- * "cmd: description (Class)" when QEMU refused, VMIG_E_TIMEOUT, or VMIG_E_IO/VMIG_E_PROTO
- * when the connection broke. */
+/* Queues @cmd with @args (stolen; may be NULL); @cb (may be NULL) runs once with the reply
+ * or an error within @timeout_ms, never from inside this call. */
+void qmp_call(qmp_conn *c, const char *cmd, json_object *args, unsigned flags, int timeout_ms,
+              qmp_reply_fn cb, void *opaque);
+
+/* Blocking: runs @cmd and waits for its reply.  Returns the "return" value (a new
+ * reference), or NULL with an error as qmp_reply_fn describes. */
 json_object *qmp_conn_call(qmp_conn *c, const char *cmd, json_object *args, unsigned flags,
                            int timeout_ms, vmig_error **errp);
 /* The same for commands whose reply is not needed. */

@@ -25,6 +25,9 @@ typedef struct ring_req {
     bool cancelled;  /* ring_cancel() was asked */
     bool completed;  /* its result is in the done queue */
     bool connecting; /* epoll: connect() returned EINPROGRESS */
+    bool detached;   /* ring_detach(): no callback; release(release_data) when done */
+    GDestroyNotify release;
+    void *release_data;
 } ring_req;
 
 typedef struct ring_backend_ops {

@@ -35,11 +35,20 @@ int64_t ring_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void req_free(void *p)
+{
+    ring_req *q = p;
+    if (q->detached && q->release) {
+        q->release(q->release_data);
+    }
+    g_free(q);
+}
+
 static ring *ring_alloc(const ring_backend_ops *ops)
 {
     ring *r = g_new0(ring, 1);
     r->ops = ops;
-    r->reqs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
+    r->reqs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, req_free);
     r->done = g_array_new(FALSE, FALSE, sizeof(ring_done));
     r->next_id = 1;
     return r;
@@ -245,6 +254,21 @@ bool ring_cancel(ring *r, int64_t id)
     return true;
 }
 
+void ring_detach(ring *r, int64_t id, GDestroyNotify release, void *data)
+{
+    ring_req *q = id > 0 ? ring_req_find(r, id) : NULL;
+    if (!q) {
+        if (release) {
+            release(data);
+        }
+        return;
+    }
+    q->detached = true;
+    q->release = release;
+    q->release_data = data;
+    ring_cancel(r, id);
+}
+
 int ring_timeout_ms(const ring *r)
 {
     if (r->done->len > 0) {
@@ -283,10 +307,12 @@ int ring_dispatch(ring *r, int timeout_ms)
         if (!q) {
             continue;
         }
-        ring_done_fn cb = q->cb;
+        ring_done_fn cb = q->detached ? NULL : q->cb;
         void *opaque = q->opaque;
-        g_hash_table_remove(r->reqs, &d.id);
-        cb(opaque, d.res);
+        g_hash_table_remove(r->reqs, &d.id); /* releases a detached operation's data */
+        if (cb) {
+            cb(opaque, d.res);
+        }
     }
     r->dispatching--;
     r->ops->flush(r);

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <glib.h>
 
 #include "vmigrate.h"
 
@@ -86,6 +87,13 @@ int64_t ring_write(ring *r, int fd, const void *buf, size_t len, int64_t offset,
 /* Asks operation @id to stop.  False when no such operation is in flight (it completed, or
  * its callback already ran).  Its callback still runs exactly once. */
 bool ring_cancel(ring *r, int64_t id);
+
+/* Cancels operation @id and forgets its callback, which will never run; @release(@data)
+ * (either may be NULL) runs once the kernel has let go of the operation's buffer, at the
+ * latest in ring_free().  For an owner that goes away while its I/O is in flight (a closed
+ * connection whose receive buffer the kernel may still write).  An unknown @id releases at
+ * once. */
+void ring_detach(ring *r, int64_t id, GDestroyNotify release, void *data);
 
 /* Waits up to @timeout_ms (0: not at all, -1: until something completes) and runs the
  * callbacks of what completed.  Returns how many ran, or -errno. */

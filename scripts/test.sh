@@ -3,6 +3,7 @@
 # -Werror build, then all of them again under ASan+UBSan.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+bash "$ROOT/scripts/check-banned.sh"
 vmig_build build-asan -DVMIG_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 
 status=0

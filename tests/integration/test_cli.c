@@ -100,6 +100,11 @@ Test(cli, bad_files_and_paths, .timeout = 60)
     g_file_set_contents(spec, "{\"name\": \"x\", \"memory_mib\": 64, \"kernel\": \"/etc/hostname\","
                               " \"machine\": \"no-such-machine\"}", -1, NULL);
     expect_fail(RUN("--state-dir", dir, "vm", "start", spec), 1, "unsupported machine type");
+    /* QEMU opens its monitor, then finds the CPU model unknown and exits: not "started" */
+    g_file_set_contents(spec, "{\"name\": \"x\", \"memory_mib\": 64, \"kernel\": \"/etc/hostname\","
+                              " \"cpu\": \"NoSuchCPU\"}", -1, NULL);
+    expect_fail(RUN("--state-dir", dir, "vm", "start", spec), 1,
+                "unable to find CPU model 'NoSuchCPU'");
     unlink(spec);
     t_state_dir_check_clean(dir);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/json.h"
 #include "engine/engine.h"
 #include "tests/support/t_util.h"
 
@@ -49,17 +50,16 @@ static void start_guest(const char *name, int mem, int rate)
     start_guest_ex(name, mem, rate, "");
 }
 
+/* The VM's run state, asked over the engine's monitor with the usual deadline (vm list gives
+ * a monitor 100 ms, and a loaded test machine may take longer). */
 static const char *run_state(const char *name, char *buf, size_t len)
 {
-    vmig_vm_info infos[8];
-    int n = vmig_vm_list(eng, infos, 8, NULL);
-    for (int i = 0; i < n && i < 8; i++) {
-        if (strcmp(infos[i].name, name) == 0) {
-            g_strlcpy(buf, infos[i].status, len);
-            return buf;
-        }
+    g_autofree char *dir = g_build_filename(state, name, NULL);
+    g_autoptr(eng_vm) vm = eng_vm_find(eng, dir, NULL);
+    if (!vm || !eng_vm_connect_sync(vm, NULL) || !eng_vm_run_state(vm, buf, len, NULL)) {
+        return "absent";
     }
-    return "absent";
+    return buf;
 }
 
 static void expect_only(const char *name, const char *status)
@@ -68,7 +68,8 @@ static void expect_only(const char *name, const char *status)
     int n = vmig_vm_list(eng, infos, 8, NULL);
     cr_assert(eq(int, n, 1), "one VM after the migration, found %d", n);
     cr_assert(eq(str, infos[0].name, (char *)name));
-    cr_assert(eq(str, infos[0].status, (char *)status));
+    char buf[32];
+    cr_assert(eq(str, (char *)run_state(name, buf, sizeof(buf)), (char *)status));
 }
 
 Test(migrate, idle_guest)
@@ -135,6 +136,92 @@ Test(migrate, guest_dirtying_memory)
     cr_assert(vmig_guest_verify(eng, "busy", &pages, &err), "%s", vmig_error_message(err));
 }
 
+/* ---- one engine, many jobs ----------------------------------------------------------------- */
+
+Test(migrate, two_vms_at_once_on_one_engine)
+{
+    start_guest("first", 256, 20);
+    start_guest("second", 256, 20);
+    vmig_migrate_opts o;
+    t_live_opts(&o);
+    o.bandwidth_mib_s = 200; /* both move at the same time, for several passes */
+    vmig_error *err = NULL;
+    vmig_job *a = vmig_migrate_start(eng, "first", &o, NULL, NULL, NULL, NULL, &err);
+    cr_assert_not_null(a, "%s", vmig_error_message(err));
+    vmig_job *b = vmig_migrate_start(eng, "second", &o, NULL, NULL, NULL, NULL, &err);
+    cr_assert_not_null(b, "%s", vmig_error_message(err));
+    bool overlapped = false;
+    while (!vmig_job_finished(a) || !vmig_job_finished(b)) {
+        cr_assert(eq(int, vmig_engine_run(eng, 50, &err), 0), "%s", vmig_error_message(err));
+        overlapped |= vmig_job_get_state(a) == VMIG_JOB_MIGRATING &&
+                      vmig_job_get_state(b) == VMIG_JOB_MIGRATING;
+    }
+    cr_assert(overlapped, "both jobs were migrating at the same time");
+    cr_assert(eq(int, vmig_job_get_state(a), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(a)));
+    cr_assert(eq(int, vmig_job_get_state(b), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(b)));
+    vmig_migration_stats st;
+    cr_assert(vmig_job_stats(a, &st));
+    cr_assert(eq(str, st.vm_holder, "destination"));
+    vmig_job_free(a);
+    vmig_job_free(b);
+    cr_assert(vmig_guest_verify(eng, "first", NULL, &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_guest_verify(eng, "second", NULL, &err), "%s", vmig_error_message(err));
+}
+
+/* vm list from another process while a migration runs: the reader monitor and the job file. */
+Test(migrate, vm_list_sees_a_running_migration)
+{
+    start_guest("watched", 512, 10);
+    vmig_migrate_opts o;
+    t_live_opts(&o);
+    o.bandwidth_mib_s = 32; /* ~16 s */
+    vmig_error *err = NULL;
+    vmig_job *j = vmig_migrate_start(eng, "watched", &o, NULL, NULL, NULL, NULL, &err);
+    cr_assert_not_null(j, "%s", vmig_error_message(err));
+    vmig_migration_stats st = {0};
+    while (vmig_job_get_state(j) != VMIG_JOB_MIGRATING || st.transferred_bytes == 0) {
+        cr_assert(not(vmig_job_finished(j)), "%s", vmig_error_message(vmig_job_error(j)));
+        vmig_engine_run(eng, 100, NULL);
+        vmig_job_stats(j, &st);
+    }
+    vmig_engine_run(eng, 600, NULL); /* a state file with figures */
+    int64_t t0 = vmig_now_ms();
+    const char *const args[] = {"--state-dir", state, "vm", "list", "--json", NULL};
+    t_run_result r = t_cli(args);
+    int64_t took = vmig_now_ms() - t0;
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    cr_log_info("vm list took %" G_GINT64_FORMAT " ms (process start included)", took);
+    g_autoptr(json_object) list = json_tokener_parse(r.out);
+    cr_assert(json_object_is_type(list, json_type_array), "%s", r.out);
+    json_object *vm = NULL;
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *e = json_object_array_get_idx(list, i), *n = NULL;
+        if (json_object_object_get_ex(e, "name", &n) &&
+            strcmp(json_object_get_string(n), "watched") == 0) {
+            vm = e;
+        }
+    }
+    cr_assert_not_null(vm, "%s", r.out);
+    json_object *v = NULL, *job = NULL;
+    cr_assert(json_object_object_get_ex(vm, "state", &v));
+    cr_assert(eq(str, (char *)json_object_get_string(v), "running"),
+              "the reader monitor answers while the engine holds the other: %s", r.out);
+    cr_assert(json_object_object_get_ex(vm, "job", &job), "the job is shown: %s", r.out);
+    cr_assert(json_object_object_get_ex(job, "state", &v));
+    cr_assert(eq(str, (char *)json_object_get_string(v), "migrating"), "%s", r.out);
+    cr_assert(json_object_object_get_ex(job, "progress", &v));
+    cr_assert(gt(dbl, json_object_get_double(v), 0.0), "progress is shown: %s", r.out);
+    t_run_result_clear(&r);
+    vmig_job_cancel(j);
+    while (!vmig_job_finished(j)) {
+        vmig_engine_run(eng, 100, NULL);
+    }
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_CANCELLED));
+    vmig_job_free(j);
+}
+
 typedef struct killer {
     const char *stage;
     int killed_pid;
@@ -180,6 +267,50 @@ Test(migrate, destination_killed_midway)
     uint64_t pages = 0;
     cr_assert(vmig_guest_verify(eng, "victim", &pages, &err), "the source lost nothing: %s",
               vmig_error_message(err));
+}
+
+typedef struct stopper {
+    const char *stage;
+    int pid;
+} stopper;
+
+static void stop_destination(void *opaque, const vmig_migration_stats *st)
+{
+    stopper *k = opaque;
+    if (!k->pid && st->transferred_bytes > 0) {
+        k->pid = t_instance_pid(k->stage);
+        if (k->pid > 0) {
+            kill(k->pid, SIGSTOP);
+        }
+    }
+}
+
+/* A destination that stops reading: QEMU alone would wait forever (issue 11, item 12). */
+Test(migrate, stalled_migration_rolls_back)
+{
+    start_guest("stuck", 256, 10);
+    g_autofree char *stage = g_build_filename(state, "stuck.incoming", NULL);
+    stopper k = {.stage = stage};
+    vmig_migrate_opts o;
+    t_live_opts(&o);
+    o.bandwidth_mib_s = 16; /* ~16 s: stopped well before the end */
+    o.stall_timeout_s = 3;
+    vmig_migration_stats st;
+    vmig_error *err = NULL;
+    int64_t t0 = vmig_now_ms();
+    cr_assert(not(vmig_migrate(eng, "stuck", &o, stop_destination, &k, &st, &err)));
+    cr_assert(gt(int, k.pid, 0), "the destination was stopped");
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_TIMEOUT), "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "made no progress for 3 s"), "%s",
+                       vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "VM 'stuck' is running on the source"),
+                       "%s", vmig_error_message(err));
+    cr_assert(lt(i64, vmig_now_ms() - t0, 14000), "noticed in seconds, not at the stream's end");
+    vmig_error_free(err);
+    err = NULL;
+    cr_assert(not(g_file_test(stage, G_FILE_TEST_EXISTS)), "the destination is torn down");
+    cr_assert(eq(int, t_qemu_count("stuck.incoming"), 0));
+    cr_assert(vmig_guest_verify(eng, "stuck", NULL, &err), "%s", vmig_error_message(err));
 }
 
 Test(migrate, refused_up_front)
@@ -307,10 +438,10 @@ static eng_vm *migrate_through_proxy(int64_t page, int *ret_hits)
     g_autofree char *stage = g_build_filename(state, "relayed.incoming", NULL);
     g_autoptr(eng_vm) src = eng_vm_find(eng, src_dir, &err);
     cr_assert_not_null(src, "%s", vmig_error_message(err));
-    cr_assert(eng_vm_connect(src, NULL, NULL, &err), "%s", vmig_error_message(err));
-    eng_vm *dst = eng_vm_launch(eng, src->spec, stage, t_accel(), true, &err);
+    cr_assert(eng_vm_connect_sync(src, &err), "%s", vmig_error_message(err));
+    eng_launch_req req = {.spec = src->spec, .dir = stage, .accel = t_accel(), .incoming = true};
+    eng_vm *dst = eng_vm_launch_sync(eng, &req, &err);
     cr_assert_not_null(dst, "%s", vmig_error_message(err));
-    cr_assert(eng_vm_connect(dst, NULL, NULL, &err), "%s", vmig_error_message(err));
 
     g_autofree char *in_sock = g_build_filename(stage, "migrate.sock", NULL);
     g_autofree char *proxy_sock = g_build_filename(state, "proxy.sock", NULL);
@@ -333,7 +464,7 @@ static eng_vm *migrate_through_proxy(int64_t page, int *ret_hits)
     t_proxy_stop(proxy, &bytes, ret_hits);
     unlink(proxy_sock);
     cr_assert(gt(u64, bytes, 32u << 20), "the stream went through the relay");
-    cr_assert(eng_vm_kill(src, 5000, NULL));
+    cr_assert(eng_vm_kill_sync(src, 5000, NULL));
     eng_vm_remove_dir(src_dir);
     return dst;
 }
@@ -347,7 +478,7 @@ Test(migrate, check_passes_after_a_clean_relay)
     uint64_t pages = 0;
     cr_assert(eng_guest_verify(dst, &pages, &err), "%s", vmig_error_message(err));
     cr_assert(gt(u64, pages, 15000));
-    cr_assert(eng_vm_kill(dst, 5000, NULL));
+    cr_assert(eng_vm_kill_sync(dst, 5000, NULL));
     eng_vm_remove_dir(dst->dir);
 }
 
@@ -364,7 +495,7 @@ Test(migrate, check_catches_a_page_corrupted_in_the_stream)
                        vmig_error_message(err));
     cr_assert_not_null(strstr(vmig_error_message(err), "corrupted contents"));
     vmig_error_free(err);
-    cr_assert(eng_vm_kill(dst, 5000, NULL));
+    cr_assert(eng_vm_kill_sync(dst, 5000, NULL));
     eng_vm_remove_dir(dst->dir);
 }
 

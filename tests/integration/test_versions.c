@@ -88,7 +88,7 @@ static void running_version(const char *name, char *buf, size_t len)
 {
     g_autofree char *sock = g_build_filename(state, name, "qmp.sock", NULL);
     vmig_error *err = NULL;
-    g_autoptr(qmp_conn) c = qmp_conn_open_unix(sock, 5000, &err);
+    g_autoptr(qmp_conn) c = qmp_conn_open_unix(t_ring(), sock, 5000, &err);
     cr_assert_not_null(c, "%s", vmig_error_message(err));
     eng_qemu_version v;
     cr_assert(eng_qemu_version_query(c, &v, &err), "%s", vmig_error_message(err));

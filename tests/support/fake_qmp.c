@@ -14,6 +14,7 @@ struct t_fake {
     int fd;
     pthread_t thread;
     char last_id[32];
+    char prev_id[32];
     char *last_args;
     char *failure;
 };
@@ -58,6 +59,7 @@ static void expect(t_fake *f, const char *cmd)
         fail(f, "unexpected command: ", line->str);
     }
     if (o && json_object_object_get_ex(o, "id", &id)) {
+        g_strlcpy(f->prev_id, f->last_id, sizeof(f->prev_id));
         g_strlcpy(f->last_id, json_object_to_json_string(id), sizeof(f->last_id));
     }
     g_free(f->last_args);
@@ -70,6 +72,7 @@ static void expect(t_fake *f, const char *cmd)
 static void send_text(t_fake *f, const char *text)
 {
     g_autoptr(GString) out = g_string_new(text);
+    g_string_replace(out, "$PREV", f->prev_id, 0);
     g_string_replace(out, "$ID", f->last_id, 0);
     for (size_t off = 0; off < out->len;) {
         ssize_t n = send(f->fd, out->str + off, out->len - off, MSG_NOSIGNAL);

@@ -2,7 +2,8 @@
  * A scripted QMP peer for unit tests, like libvirt's mock monitor: it runs on a thread at the
  * other end of a socketpair and plays a script.  An EXPECT step reads one command and fails
  * the script if it is not the one expected; "$ID" in a later SEND is replaced by that
- * command's id, so replies match the way QEMU's do.
+ * command's id, so replies match the way QEMU's do, and "$PREV" by the id of the command
+ * before it (to answer out of order).
  */
 #ifndef VMIG_TEST_FAKE_QMP_H
 #define VMIG_TEST_FAKE_QMP_H

@@ -1,4 +1,5 @@
 #include "t_util.h"
+#include "ring/ring.h"
 
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
@@ -184,4 +185,21 @@ void t_run_result_clear(t_run_result *r)
 {
     g_free(r->out);
     g_free(r->err);
+}
+
+static ring *the_ring;
+
+static void free_ring(void) __attribute__((destructor));
+static void free_ring(void)
+{
+    ring_free(the_ring);
+}
+
+ring *t_ring(void)
+{
+    if (!the_ring) {
+        the_ring = ring_new(RING_BACKEND_AUTO, NULL);
+        cr_assert_not_null(the_ring);
+    }
+    return the_ring;
 }

@@ -8,6 +8,10 @@
 
 #include "vmigrate.h"
 
+/* A completion ring for tests that talk QMP without an engine; freed at exit. */
+struct ring;
+struct ring *t_ring(void);
+
 /* A fresh state directory under /tmp (owned string). */
 char *t_state_dir_new(void);
 /* Removes it, and fails the test if QEMU processes still use it or files are left. */

@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include "qmp/qmp.h"
+#include "ring/ring.h"
 #include "tests/support/fake_qmp.h"
+#include "tests/support/t_util.h"
 
 /* ---- parser ------------------------------------------------------------------------------ */
 
@@ -135,7 +137,7 @@ static qmp_conn *connect_fake(const t_step *script, t_fake **ret_fake)
     int fd = -1;
     *ret_fake = t_fake_start(script, &fd);
     cr_assert_not_null(*ret_fake);
-    qmp_conn *c = qmp_conn_new("fake");
+    qmp_conn *c = qmp_conn_new(t_ring(), "fake");
     cr_assert(qmp_conn_attach_fd(c, fd, NULL));
     return c;
 }
@@ -414,7 +416,7 @@ Test(qmp_conn, silent_peer_gives_no_greeting, .timeout = 10)
 
 Test(qmp_conn, connect_errors_name_the_path)
 {
-    g_autoptr(qmp_conn) c = qmp_conn_new("x");
+    g_autoptr(qmp_conn) c = qmp_conn_new(t_ring(), "x");
     vmig_error *err = NULL;
     cr_assert(not(qmp_conn_connect_unix(c, "/nonexistent/qmp.sock", &err)));
     cr_assert(eq(int, vmig_error_code(err), VMIG_E_NOTFOUND));
@@ -424,4 +426,170 @@ Test(qmp_conn, connect_errors_name_the_path)
     cr_assert(not(qmp_conn_connect_unix(c, "/etc/hostname", &err)));
     cr_assert_not_null(strstr(vmig_error_message(err), "not a socket"));
     vmig_error_free(err);
+}
+
+/* ---- asynchronous calls ---------------------------------------------------------------------- */
+
+typedef struct async_log {
+    qmp_conn *c;
+    GString *order;
+    int done;
+    char status[16];
+    bool cont_ok;
+} async_log;
+
+static void on_status(void *opaque, json_object *ret, const vmig_error *err)
+{
+    async_log *l = opaque;
+    json_object *v = NULL;
+    cr_assert_null(err, "%s", vmig_error_message(err));
+    cr_assert(json_object_object_get_ex(ret, "status", &v));
+    g_strlcpy(l->status, json_object_get_string(v), sizeof(l->status));
+    g_string_append(l->order, "status;");
+    l->done++;
+}
+
+static void on_version(void *opaque, json_object *ret, const vmig_error *err)
+{
+    async_log *l = opaque;
+    cr_assert_null(err, "%s", vmig_error_message(err));
+    cr_assert(json_object_object_get_ex(ret, "qemu", NULL));
+    g_string_append(l->order, "version;");
+    l->done++;
+}
+
+static void on_cont(void *opaque, json_object *ret, const vmig_error *err)
+{
+    async_log *l = opaque;
+    l->cont_ok = ret && !err;
+    g_string_append(l->order, "cont;");
+    l->done++;
+}
+
+/* An event handler may issue calls (a job reacting to STOP, say). */
+static void on_stop_event(void *opaque, const char *ev, json_object *data, int64_t ts)
+{
+    async_log *l = opaque;
+    (void)data;
+    (void)ts;
+    if (strcmp(ev, "STOP") == 0) {
+        g_string_append(l->order, "STOP;");
+        qmp_call(l->c, "cont", NULL, 0, 2000, on_cont, l);
+    }
+}
+
+Test(qmp_conn, calls_in_flight_are_matched_by_id_and_events_may_call, .timeout = 10)
+{
+    static const t_step script[] = {
+        HANDSHAKE,
+        {T_EXPECT, "query-status"},
+        {T_EXPECT, "query-version"},
+        /* answered in the other order, with an event between */
+        {T_SEND, "{\"return\": {\"qemu\": {\"major\": 10, \"minor\": 0, \"micro\": 2}, "
+                 "\"package\": \"\"}, \"id\": $ID}\r\n"
+                 "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"STOP\"}\r\n"
+                 "{\"return\": {\"status\": \"paused\", \"running\": false}, \"id\": $PREV}\r\n"},
+        {T_EXPECT, "cont"},
+        {T_SEND, "{\"return\": {}, \"id\": $ID}\r\n"},
+        {T_END},
+    };
+    t_fake *f;
+    g_autoptr(qmp_conn) c = connect_fake(script, &f);
+    async_log l = {.c = c, .order = g_string_new(NULL)};
+    qmp_conn_set_event_cb(c, on_stop_event, &l);
+    cr_assert(qmp_conn_handshake(c, 2000, NULL));
+    qmp_call(c, "query-status", NULL, 0, 2000, on_status, &l);
+    qmp_call(c, "query-version", NULL, 0, 2000, on_version, &l);
+    cr_assert(eq(sz, qmp_conn_pending(c), 2), "two calls in flight at once");
+    while (l.done < 3) {
+        cr_assert(ge(int, ring_dispatch(t_ring(), 2000), 0));
+    }
+    cr_assert(eq(str, l.order->str, "version;STOP;status;cont;"));
+    cr_assert(eq(str, l.status, "paused"), "each reply reached its own call");
+    cr_assert(l.cont_ok);
+    g_string_free(l.order, TRUE);
+    finish(f);
+}
+
+static void on_event_count(void *opaque, const char *ev, json_object *data, int64_t ts)
+{
+    (void)ev;
+    (void)data;
+    (void)ts;
+    (*(int *)opaque)++;
+}
+
+static void free_in_callback(void *opaque, json_object *ret, const vmig_error *err)
+{
+    qmp_conn **c = opaque;
+    (void)ret;
+    (void)err;
+    qmp_conn_free(*c); /* the rest of this read is for nobody; nothing may touch *c after */
+    *c = NULL;
+}
+
+Test(qmp_conn, a_callback_may_free_the_connection, .timeout = 10)
+{
+    static const t_step script[] = {
+        HANDSHAKE,
+        {T_EXPECT, "query-status"},
+        {T_SEND, "{\"return\": {\"status\": \"running\"}, \"id\": $ID}\r\n"
+                 "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"STOP\"}\r\n"},
+        {T_END},
+    };
+    t_fake *f;
+    qmp_conn *c = connect_fake(script, &f);
+    int n_events = 0;
+    qmp_conn_set_event_cb(c, on_event_count, &n_events);
+    cr_assert(qmp_conn_handshake(c, 2000, NULL));
+    qmp_call(c, "query-status", NULL, 0, 2000, free_in_callback, &c);
+    qmp_call(c, "query-version", NULL, 0, 2000, free_in_callback, &c); /* never answered */
+    while (c) {
+        cr_assert(ge(int, ring_dispatch(t_ring(), 2000), 0));
+    }
+    ring_dispatch(t_ring(), 50); /* what was in flight comes back to nobody */
+    cr_assert(eq(int, n_events, 0), "no event after the free");
+    finish(f);
+}
+
+Test(qmp_conn, event_of_the_wrong_type_is_ignored, .timeout = 10)
+{
+    static const t_step script[] = {
+        HANDSHAKE,
+        {T_SEND, "{\"event\": null}\r\n{\"event\": 5, \"timestamp\": {\"seconds\": "
+                 "99999999999999999, \"microseconds\": -1}}\r\n"
+                 "{\"event\": \"RESUME\", \"timestamp\": {\"seconds\": 9223372036854775807, "
+                 "\"microseconds\": 1}}\r\n"},
+        {T_EXPECT, "query-status"},
+        {T_SEND, "{\"return\": {\"status\": \"running\"}, \"id\": $ID}\r\n"},
+        {T_END},
+    };
+    t_fake *f;
+    g_autoptr(qmp_conn) c = connect_fake(script, &f);
+    events ev = {0};
+    qmp_conn_set_event_cb(c, on_event, &ev);
+    cr_assert(qmp_conn_handshake(c, 2000, NULL));
+    g_autoptr(json_object) r = qmp_conn_call(c, "query-status", NULL, 0, 2000, NULL);
+    cr_assert_not_null(r);
+    cr_assert(eq(int, ev.count, 1), "only the event with a name reached the handler");
+    cr_assert(eq(str, ev.name, "RESUME"));
+    cr_assert(eq(i64, ev.ts_us, 0), "an out-of-range timestamp reads as none, no overflow");
+    finish(f);
+}
+
+/* QEMU sends an event to a client that connected before the machine started, ahead of the
+ * greeting (its monitor's open handler had not run): the client waits for the greeting. */
+Test(qmp_conn, event_before_the_greeting_is_skipped, .timeout = 10)
+{
+    static const t_step script[] = {
+        {T_SEND, "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": "
+                 "\"RESUME\"}\r\n"},
+        HANDSHAKE,
+        {T_END},
+    };
+    t_fake *f;
+    g_autoptr(qmp_conn) c = connect_fake(script, &f);
+    vmig_error *err = NULL;
+    cr_assert(qmp_conn_handshake(c, 2000, &err), "%s", vmig_error_message(err));
+    finish(f);
 }

@@ -1,0 +1,84 @@
+/* What the migration job's files share (migrate.c, migrate-prepare.c).  Not for other files. */
+#ifndef VMIG_ENGINE_MIGRATE_PRIV_H
+#define VMIG_ENGINE_MIGRATE_PRIV_H
+
+#include "engine.h"
+
+typedef enum mig_status {
+    MS_NONE,
+    MS_SETUP,
+    MS_ACTIVE,
+    MS_CANCELLING,
+    MS_PRE_SWITCHOVER,
+    MS_DEVICE,
+    MS_WAIT_UNPLUG,
+    MS_POSTCOPY_ACTIVE,
+    MS_POSTCOPY_PAUSED,
+    MS_POSTCOPY_RECOVER_SETUP,
+    MS_POSTCOPY_RECOVER,
+    MS_COLO,
+    MS_COMPLETED,
+    MS_FAILED,
+    MS_CANCELLED,
+    MS_UNKNOWN, /* a name this QEMU has and we do not: treated as active */
+    MS_COUNT,
+} mig_status;
+
+extern const char *const mig_status_names[MS_COUNT];
+mig_status mig_status_parse(const char *s);
+bool mig_status_active(mig_status s);
+
+typedef struct mig {
+    vmig_migrate_opts o; /* the caller's, at our size; o.dest points at dest */
+    char *dest;
+    char *name;
+    vmig_progress_fn progress;
+    void *progress_opaque;
+    eng_vm *src, *dst, *probe;
+    char *dest_state;
+    char *final_dir; /* where the VM lives after success */
+    char *uri;
+    char *dst_cpu; /* the VM's effective -cpu for the destination */
+    bool was_running;
+    bool dest_took_over; /* past the point of no return */
+    bool src_closed, dst_closed;
+    mig_status src_status, dst_status;
+    int64_t src_stop_us, dst_resume_us;
+    int64_t t0, t_migrate, resume_deadline, cancel_deadline;
+    bool poll_in_flight;
+    uint64_t progress_bytes; /* transferred at the last sign of progress */
+    int64_t progress_ms;
+    vmig_migration_stats st;
+    /* what the pre-flight learns */
+    char src_state[32];
+    json_object *blocked;                  /* query-migrate's blocked-reasons, owned */
+    json_object *src_machines, *dst_machines; /* query-machines, owned */
+    eng_preflight pf;
+    char *cpu_path;
+    json_object *qom_words, *qom_filtered, *qom_vendor, *qom_msrs; /* owned */
+    json_object *dst_expansion;                                    /* owned */
+    char *host_cpu_file; /* the destination's host-cpu.xml, when there is one */
+    char *fail_desc;     /* query-migrate's error-desc after a failure */
+} mig;
+
+static inline mig *M(vmig_job *j)
+{
+    return j->data;
+}
+
+/* Fails @j with a copy of @err, prefixed; or with a new error. */
+void mig_fail_with(vmig_job *j, const vmig_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void mig_fail_new(vmig_job *j, vmig_errc code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* query-migrate into the job's figures and source status. */
+bool mig_on_query_migrate(vmig_job *j, json_object *ret, vmig_error **errp);
+void mig_src_closed(void *opaque, const vmig_error *why);
+
+/* migrate-prepare.c: the source is connected; ask it and a probe QEMU what they are, refuse
+ * what cannot work, then mig_launch_destination(). */
+void mig_ask_source(vmig_job *j);
+/* migrate.c: start the destination QEMU, then set up and perform. */
+void mig_launch_destination(vmig_job *j);
+
+#endif
