@@ -34,6 +34,8 @@ int cli_fail(vmig_error *err);
 int cli_bad_option(const char *cmd, int c, char **argv); /* prints and frees @err, returns CLI_FAILED */
 vmig_engine *cli_engine(const cli_global *g, vmig_error **errp);
 void cli_install_sigint(vmig_engine *e);
+/* Before the engine is freed. */
+void cli_remove_sigint(void);
 bool cli_parse_int(const char *opt, const char *val, int lo, int hi, int *ret);
 void cli_print_json(json_object *o);
 json_object *cli_stats_json(const vmig_migration_stats *st);

@@ -82,6 +82,7 @@ int cmd_migrate(const cli_global *g, int argc, char **argv)
     } else if (ok) {
         print_summary(name, a.opts.dest, &st);
     }
+    cli_remove_sigint();
     vmig_engine_free(e);
     return ok ? CLI_OK : cli_fail(err);
 }
@@ -248,6 +249,7 @@ int cmd_demo(const cli_global *g, int argc, char **argv)
         printf("the VM keeps running: vmigrate --state-dir %s vm stop %s\n",
                vmig_engine_state_dir(e), DEMO_NAME);
     }
+    cli_remove_sigint();
     vmig_engine_free(e);
     vmig_spec_free(spec);
     if (!verified) {

@@ -60,16 +60,23 @@ static int vm_list(const cli_global *g, int argc, char **argv)
 {
     static const struct option opts[] = {
         {"json", no_argument, NULL, 'j'},
+        {"timeout", required_argument, NULL, 't'},
         {0},
     };
     bool json = false;
+    int timeout_ms = VMIG_VM_LIST_TIMEOUT_MS;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+:", opts, NULL)) != -1) {
-        if (c != 'j') {
+        if (c == 'j') {
+            json = true;
+        } else if (c == 't') {
+            if (!cli_parse_int("--timeout", optarg, 1, 60000, &timeout_ms)) {
+                return CLI_USAGE;
+            }
+        } else {
             return cli_bad_option("vm", c, argv);
         }
-        json = true;
     }
     if (optind != argc) {
         return cli_usage_error("vm", "'vm list' takes no arguments");
@@ -80,7 +87,7 @@ static int vm_list(const cli_global *g, int argc, char **argv)
         return cli_fail(err);
     }
     vmig_vm_info *infos = calloc(LIST_MAX, sizeof(*infos));
-    int n = infos ? vmig_vm_list(e, infos, LIST_MAX, &err) : -1;
+    int n = infos ? vmig_vm_list_wait(e, infos, LIST_MAX, timeout_ms, &err) : -1;
     if (n < 0) {
         free(infos);
         vmig_engine_free(e);

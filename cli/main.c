@@ -36,13 +36,15 @@ static const char main_help[] =
 
 static const char vm_help[] =
     "Usage: vmigrate vm start [--accel tcg|kvm] SPEC\n"
-    "       vmigrate vm list [--json]\n"
+    "       vmigrate vm list [--json] [--timeout MS]\n"
     "       vmigrate vm stop [--timeout S] NAME\n"
     "\n"
     "start  starts QEMU for the VM spec in file SPEC (docs/spec.md), detached, with its QMP\n"
     "       socket under the state directory.  --accel picks the accelerator: tcg (the\n"
     "       default, software emulation) or kvm (real hosts).\n"
-    "list   one line per VM: name, pid, QEMU run state, QMP socket.\n"
+    "list   one line per VM: name, pid, QEMU run state, the migration running on it and its\n"
+    "       progress, QMP socket.  Each QEMU's reader monitor gets MS milliseconds to answer\n"
+    "       (default 100) before the VM shows as busy.\n"
     "stop   asks QEMU to quit, kills it after S seconds (default 10), removes its state.\n";
 
 static const char migrate_help[] =

@@ -71,7 +71,7 @@ vmig_engine *cli_engine(const cli_global *g, vmig_error **errp)
     return e;
 }
 
-static vmig_engine *sig_engine;
+static vmig_engine *volatile sig_engine;
 
 static void on_sigint(int sig)
 {
@@ -79,6 +79,18 @@ static void on_sigint(int sig)
     if (sig_engine) {
         vmig_engine_cancel(sig_engine);
     }
+}
+
+void cli_remove_sigint(void)
+{
+    /* The handler first, then the pointer: a signal now finds the default action, never a
+     * freed engine. */
+    struct sigaction sa = {0};
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sig_engine = NULL;
 }
 
 void cli_install_sigint(vmig_engine *e)

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -69,11 +70,45 @@ static void cancel_read(void *opaque, int res)
     }
 }
 
+bool eng_state_dir_check(const char *dir, vmig_error **errp)
+{
+    struct stat st;
+    if (lstat(dir, &st) < 0) {
+        vmig_set_error_errno(errp, errno, "state directory %s", dir);
+        return false;
+    }
+    const char *why = S_ISLNK(st.st_mode)                   ? "is a symbolic link"
+                      : !S_ISDIR(st.st_mode)                ? "is not a directory"
+                      : st.st_mode & (S_IWGRP | S_IWOTH)    ? "may be written by others"
+                                                            : NULL;
+    if (!why && st.st_uid != geteuid()) {
+        vmig_set_error(errp, VMIG_E_STATE, "state directory %s is owned by uid %u, not by this "
+                                           "user (uid %u): whoever owns it controls the VMs' "
+                                           "monitors, pid files and specs; give a directory of "
+                                           "your own with --state-dir or $VMIG_STATE_DIR", dir,
+                       (unsigned)st.st_uid, (unsigned)geteuid());
+        return false;
+    }
+    if (why) {
+        vmig_set_error(errp, VMIG_E_STATE, "state directory %s %s (mode %04o): another user "
+                                           "could plant files or links there that vmigrate "
+                                           "would trust; give a directory only you may write "
+                                           "with --state-dir or $VMIG_STATE_DIR", dir, why,
+                       (unsigned)(st.st_mode & 07777));
+        return false;
+    }
+    return true;
+}
+
 vmig_engine *vmig_engine_new(const char *state_dir, vmig_error **errp)
 {
     g_autofree char *dir = state_dir ? g_strdup(state_dir) : default_state_dir();
     if (g_mkdir_with_parents(dir, 0700) < 0) {
         vmig_set_error_errno(errp, errno, "state directory %s", dir);
+        return NULL;
+    }
+    /* Checked as it is, before it is resolved: a link must not pass for the directory. */
+    if (!eng_state_dir_check(dir, errp)) {
         return NULL;
     }
     vmig_engine *e = g_new0(vmig_engine, 1);

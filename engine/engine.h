@@ -34,6 +34,9 @@ struct vmig_engine {
 
 void eng_log(vmig_engine *e, vmig_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* A state directory vmigrate may trust: a real directory (not a link) owned by this user, that
+ * no one else may write.  The error says which rule failed and what to do. */
+bool eng_state_dir_check(const char *dir, vmig_error **errp);
 /* Runs the ring until @pred(@opaque) holds (waiting, for the blocking calls). */
 bool eng_run_until(vmig_engine *e, bool (*pred)(void *), void *opaque, vmig_error **errp);
 
@@ -83,6 +86,8 @@ struct vmig_job {
     int tick_ms;
     eng_step_fn tick;
     char *state_file; /* where the job's state is kept for other processes, or NULL */
+    int locks[2];     /* eng_job_lock(): held until the job ends; -1 when unused */
+    char *lock_paths[2];
     int64_t state_written_ms;
     void *data; /* the kind's own state */
 };
@@ -115,6 +120,10 @@ void eng_job_start_tick(vmig_job *j, int ms, eng_step_fn tick);
 void eng_job_stop_tick(vmig_job *j);
 /* The job reached its final state (COMPLETED, FAILED or CANCELLED): done callback. */
 void eng_job_end(vmig_job *j, vmig_job_state final);
+/* Takes the lock of VM @name in @state_dir for the job's life (at most two): every operation
+ * that changes a VM's directory holds it, so two vmigrate processes never work on one VM.
+ * Fails at once, naming the VM, when another holds it. */
+bool eng_job_lock(vmig_job *j, const char *state_dir, const char *name, vmig_error **errp);
 /* vmig_engine_free(): every job lets go of the engine; those the caller holds stay as shells
  * for vmig_job_free(). */
 void eng_jobs_detach(vmig_engine *e);
@@ -287,6 +296,10 @@ typedef struct eng_verify_result {
 /* Checks @n pages starting at index @first against @st (pure: for tests). */
 void eng_verify_pages(const struct vmig_guest_status *st, uint32_t first, const uint8_t *buf,
                       uint32_t n, eng_verify_result *res);
+/* Whether a status block the guest wrote fits a VM of @ram_bytes (page size, page range,
+ * cursor): the guest's numbers drive what is read. */
+bool eng_guest_status_check(const struct vmig_guest_status *st, uint64_t ram_bytes,
+                            vmig_error **errp);
 /* Reads the status block of the test guest from @vm's memory. */
 bool eng_guest_status(eng_vm *vm, struct vmig_guest_status *ret, vmig_error **errp);
 bool eng_guest_verify(eng_vm *vm, uint64_t *ret_pages, vmig_error **errp);

@@ -8,7 +8,11 @@
  *     ring and the caller may free it at once.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "engine.h"
 
@@ -40,8 +44,76 @@ vmig_job *eng_job_new(vmig_engine *e, vmig_job_kind kind, const eng_job_ops *ops
     j->done = done;
     j->done_opaque = opaque;
     j->state = VMIG_JOB_PREPARING;
+    j->locks[0] = j->locks[1] = -1;
     g_ptr_array_add(e->jobs, j);
     return j;
+}
+
+/* The lock file is removed when its holder lets go; a waiter that locked the removed file
+ * finds the path gone or new and tries again. */
+static int lock_path(const char *path, vmig_error **errp)
+{
+    for (int tries = 0; tries < 8; tries++) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0) {
+            vmig_set_error_errno(errp, errno, "%s", path);
+            return -1;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+            int err = errno;
+            close(fd);
+            if (err == EWOULDBLOCK) {
+                return -2;
+            }
+            vmig_set_error_errno(errp, err, "locking %s", path);
+            return -1;
+        }
+        struct stat held, now;
+        if (fstat(fd, &held) == 0 && stat(path, &now) == 0 && held.st_ino == now.st_ino &&
+            held.st_dev == now.st_dev) {
+            return fd;
+        }
+        close(fd); /* removed or replaced meanwhile */
+    }
+    vmig_set_error(errp, VMIG_E_STATE, "%s keeps changing", path);
+    return -1;
+}
+
+bool eng_job_lock(vmig_job *j, const char *state_dir, const char *name, vmig_error **errp)
+{
+    int slot = j->locks[0] < 0 ? 0 : 1;
+    if (j->locks[slot] >= 0) {
+        vmig_set_error(errp, VMIG_E_STATE, "bug: a job holds two locks already");
+        return false;
+    }
+    g_autofree char *file = g_strdup_printf(".%s.lock", name);
+    g_autofree char *path = g_build_filename(state_dir, file, NULL);
+    int fd = lock_path(path, errp);
+    if (fd == -2) {
+        vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is busy: another vmigrate is starting, "
+                                           "stopping or migrating it (%s)", name, path);
+        return false;
+    }
+    if (fd < 0) {
+        return false;
+    }
+    j->locks[slot] = fd;
+    j->lock_paths[slot] = g_steal_pointer(&path);
+    return true;
+}
+
+static void unlock_all(vmig_job *j)
+{
+    for (int i = 0; i < 2; i++) {
+        if (j->locks[i] < 0) {
+            continue;
+        }
+        /* Remove the file while still holding it: a waiter that got the old file notices. */
+        unlink(j->lock_paths[i]);
+        close(j->locks[i]);
+        j->locks[i] = -1;
+        g_clear_pointer(&j->lock_paths[i], g_free);
+    }
 }
 
 /* Frees what the job holds on the engine (QEMU connections, its kind's data). */
@@ -58,6 +130,7 @@ static void job_release(vmig_job *j)
     if (j->e) {
         g_ptr_array_remove_fast(j->e->jobs, j);
     }
+    unlock_all(j);
     job_strip(j);
     vmig_error_free(j->err);
     g_free(j->wait_what);
@@ -267,6 +340,7 @@ void eng_job_end(vmig_job *j, vmig_job_state final)
     j->wait_pred = NULL;
     eng_job_set_state(j, j->state, final);
     j->ended = true;
+    unlock_all(j);
     if (j->orphan) {
         job_release(j);
         return;
@@ -296,6 +370,7 @@ void eng_jobs_detach(vmig_engine *e)
         vmig_job *j = g_ptr_array_index(e->jobs, e->jobs->len - 1);
         g_ptr_array_remove_index(e->jobs, e->jobs->len - 1);
         j->e = NULL;
+        unlock_all(j);
         job_strip(j);
         if (!j->ended) {
             j->ended = true;

@@ -44,7 +44,7 @@ typedef struct mig {
     bool src_closed, dst_closed;
     mig_status src_status, dst_status;
     int64_t src_stop_us, dst_resume_us;
-    int64_t t0, t_migrate, resume_deadline, cancel_deadline;
+    int64_t t0, t_migrate, resume_deadline, cancel_deadline, dst_grace_deadline;
     bool poll_in_flight;
     uint64_t progress_bytes; /* transferred at the last sign of progress */
     int64_t progress_ms;

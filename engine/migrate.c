@@ -25,6 +25,7 @@
 #define CANCEL_TIMEOUT_MS 15000
 #define QUIT_TIMEOUT_MS 10000
 #define DEST_KILL_MS 2000
+#define DEST_GRACE_MS 1000 /* the source failed: is the destination the cause? */
 #define STALL_TIMEOUT_S 60 /* no byte moved for this long: the migration is stuck */
 #define BANDWIDTH_UNLIMITED (UINT64_C(1) << 40) /* 1 TiB/s: no cap worth the name */
 
@@ -494,6 +495,20 @@ static void fail_from_qemu(vmig_job *j)
     }
 }
 
+/* After the source failed: the destination is gone too, or a moment has passed. */
+static bool dst_gone_or_late(vmig_job *j)
+{
+    mig *m = M(j);
+    return m->dst_closed || !eng_vm_alive(m->dst) || vmig_ms_left(m->dst_grace_deadline) == 0;
+}
+
+static void src_failed(vmig_job *j)
+{
+    if (!dst_gone(j)) {
+        fail_from_qemu(j);
+    }
+}
+
 static void src_final(vmig_job *j)
 {
     mig *m = M(j);
@@ -505,8 +520,11 @@ static void src_final(vmig_job *j)
         return;
     }
     if (m->src_status == MS_FAILED || m->src_status == MS_CANCELLED) {
+        /* A destination that died makes the source fail with a broken pipe, and the source
+         * may say so before the dying process has left: give it a moment to be the cause. */
+        m->dst_grace_deadline = vmig_now_ms() + DEST_GRACE_MS;
         eng_job_call_opt(j, m->src->qmp, "query-migrate", NULL, on_query_migrate_opt);
-        eng_job_then(j, fail_from_qemu);
+        eng_job_wait(j, dst_gone_or_late, 0, NULL, src_failed);
         return;
     }
     set_state(j, VMIG_JOB_MIGRATING, VMIG_JOB_SWITCHOVER);
@@ -839,18 +857,25 @@ static bool resolve_dest(vmig_engine *e, mig *m, vmig_error **errp)
                        "destination state directory %s does not exist", d + 6);
         return false;
     }
+    if (!eng_state_dir_check(d + 6, errp)) {
+        vmig_prefix_error(errp, "destination: ");
+        return false;
+    }
     m->dest_state = g_canonicalize_filename(d + 6, NULL);
     return true;
 }
 
-/* What can be refused before anything runs: options, the destination, the VM. */
-static bool begin(vmig_engine *e, mig *m, vmig_error **errp)
+/* What can be refused before anything runs: options, the destination, the VM.  The VM's
+ * lock (and its name's lock at the destination) is held from here to the end. */
+static bool begin(vmig_job *j, vmig_engine *e, mig *m, vmig_error **errp)
 {
     if (!eng_spec_name_valid(m->name)) {
         vmig_set_error(errp, VMIG_E_INVAL, "'%s' is not a valid VM name", m->name);
         return false;
     }
-    if (!resolve_dest(e, m, errp)) {
+    if (!resolve_dest(e, m, errp) || !eng_job_lock(j, e->state_dir, m->name, errp) ||
+        (strcmp(m->dest_state, e->state_dir) != 0 &&
+         !eng_job_lock(j, m->dest_state, m->name, errp))) {
         return false;
     }
     g_autofree char *src_dir = eng_vm_dir(e->state_dir, m->name);
@@ -878,7 +903,7 @@ vmig_job *vmig_migrate_start(vmig_engine *e, const char *name, const vmig_migrat
     m->progress_opaque = progress_opaque;
     g_strlcpy(m->st.status, "none", sizeof(m->st.status));
     vmig_job *j = eng_job_new(e, VMIG_JOB_MIGRATE, &mig_ops, m, done, opaque);
-    if (!read_opts(m, o, errp) || !begin(e, m, errp)) {
+    if (!read_opts(m, o, errp) || !begin(j, e, m, errp)) {
         j->ended = true;
         vmig_job_free(j);
         return NULL;

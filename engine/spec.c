@@ -129,6 +129,87 @@ static bool get_uint(spec_ctx *x, json_object *v, const char *field, uint64_t lo
     return true;
 }
 
+/* A word that goes into a QEMU option string as is: letters, digits, '.', '_', '-'.  A comma
+ * or '=' would add options of the user's choosing to what vmigrate builds. */
+static bool is_word(const char *v)
+{
+    if (!*v) {
+        return false;
+    }
+    for (; *v; v++) {
+        if (!g_ascii_isalnum(*v) && *v != '.' && *v != '_' && *v != '-') {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool get_word(spec_ctx *x, json_object *v, const char *field, const char *what,
+                     char **ret)
+{
+    if (!get_string(x, v, field, ret)) {
+        return false;
+    }
+    if (!is_word(*ret)) {
+        g_autofree char *msg = g_strdup_printf("'%s' is not %s (letters, digits, '.', '_', "
+                                               "'-')", *ret, what);
+        return bad(x, field, msg);
+    }
+    return true;
+}
+
+/* -cpu MODEL[,+FEATURE|,-FEATURE...]: the CPU gate and enforce on the destination depend on
+ * it saying nothing else ("qemu64,enforce=off" would switch the gate off). */
+static bool get_cpu(spec_ctx *x, json_object *v, char **ret)
+{
+    if (!get_string(x, v, "cpu", ret)) {
+        return false;
+    }
+    g_auto(GStrv) parts = g_strsplit(*ret, ",", -1);
+    if (!is_word(parts[0])) {
+        return bad(x, "cpu", "must start with a CPU model name (letters, digits, '.', '_', '-')");
+    }
+    for (int i = 1; parts[i]; i++) {
+        const char *f = parts[i];
+        if ((f[0] != '+' && f[0] != '-') || !is_word(f + 1)) {
+            g_autofree char *msg = g_strdup_printf("'%s': after the model, give features as "
+                                                   "+name or -name", f);
+            return bad(x, "cpu", msg);
+        }
+        if (!strcmp(f + 1, "enforce") || !strcmp(f + 1, "check")) {
+            return bad(x, "cpu", "'enforce' and 'check' are vmigrate's to set: the destination "
+                                 "always runs with enforce");
+        }
+    }
+    return true;
+}
+
+/* Options vmigrate owns: the monitors it talks to, the pid file it reads, how the destination
+ * waits, and the VM's identity.  extra_args may not take them over. */
+static const char *const owned_options[] = {
+    "mon", "qmp", "qmp-pretty", "monitor", "incoming", "pidfile", "daemonize", "name", "uuid",
+    "readconfig", "S", "preconfig", "runas", "chroot", "run-with",
+};
+
+static bool check_extra_arg(spec_ctx *x, const char *arg, size_t i)
+{
+    if (arg[0] != '-') {
+        return true; /* an option's value */
+    }
+    const char *opt = arg + (arg[1] == '-' ? 2 : 1);
+    size_t len = strcspn(opt, "=");
+    for (size_t k = 0; k < G_N_ELEMENTS(owned_options); k++) {
+        if (strlen(owned_options[k]) == len && !strncmp(opt, owned_options[k], len)) {
+            g_autofree char *f = g_strdup_printf("extra_args[%zu]", i);
+            g_autofree char *msg = g_strdup_printf("'%s' is vmigrate's to set (monitors, "
+                                                   "incoming, pid file, daemonize, name, uuid)",
+                                                   arg);
+            return bad(x, f, msg);
+        }
+    }
+    return true;
+}
+
 static bool parse_disk(spec_ctx *x, json_object *d, size_t idx, vmig_spec *s)
 {
     g_autofree char *field = g_strdup_printf("disks[%zu]", idx);
@@ -144,9 +225,9 @@ static bool parse_disk(spec_ctx *x, json_object *d, size_t idx, vmig_spec *s)
         if (strcmp(key, "path") == 0) {
             ok = get_path(x, val, f, &disk->path);
         } else if (strcmp(key, "format") == 0) {
-            ok = get_string(x, val, f, &disk->format);
+            ok = get_word(x, val, f, "a disk format", &disk->format);
         } else if (strcmp(key, "interface") == 0) {
-            ok = get_string(x, val, f, &disk->interface);
+            ok = get_word(x, val, f, "a disk interface", &disk->interface);
         } else if (strcmp(key, "readonly") == 0) {
             ok = json_object_is_type(val, json_type_boolean) || bad(x, f, "must be true or false");
             disk->readonly = ok && json_object_get_boolean(val);
@@ -177,6 +258,8 @@ static bool parse_array(spec_ctx *x, json_object *v, const char *field, vmig_spe
         } else if (!json_object_is_type(el, json_type_string)) {
             g_autofree char *f = g_strdup_printf("%s[%zu]", field, i);
             return bad(x, f, "must be a string");
+        } else if (!check_extra_arg(x, json_object_get_string(el), i)) {
+            return false;
         } else {
             g_ptr_array_add(s->extra_args, g_strdup(json_object_get_string(el)));
         }
@@ -210,10 +293,10 @@ static bool parse_field(spec_ctx *x, const char *key, json_object *val, vmig_spe
         return true;
     }
     if (strcmp(key, "machine") == 0) {
-        return get_string(x, val, key, &s->machine);
+        return get_word(x, val, key, "a machine type name", &s->machine);
     }
     if (strcmp(key, "cpu") == 0) {
-        return get_string(x, val, key, &s->cpu);
+        return get_cpu(x, val, &s->cpu);
     }
     if (strcmp(key, "kernel") == 0) {
         return get_path(x, val, key, &s->kernel);
@@ -283,23 +366,12 @@ vmig_spec *eng_spec_from_json(json_object *obj, const char *origin, const char *
     return g_steal_pointer(&s);
 }
 
-vmig_spec *vmig_spec_parse(const char *json, vmig_error **errp)
+/* One JSON value and nothing after it but white space; NULL with an error naming @origin. */
+static json_object *parse_one(const char *text, size_t len, const char *origin,
+                              vmig_error **errp)
 {
-    enum json_tokener_error jerr;
-    g_autoptr(json_object) obj = json_tokener_parse_verbose(json, &jerr);
-    if (!obj) {
-        vmig_set_error(errp, VMIG_E_INVAL, "VM spec is not valid JSON: %s",
-                       json_tokener_error_desc(jerr));
-        return NULL;
-    }
-    return eng_spec_from_json(obj, "VM spec", NULL, errp);
-}
-
-vmig_spec *vmig_spec_load(const char *path, vmig_error **errp)
-{
-    gsize len = 0;
-    g_autofree char *text = vmig_file_read(path, &len, errp);
-    if (!text) {
+    if (len > INT32_MAX) {
+        vmig_set_error(errp, VMIG_E_INVAL, "%s: too large for a VM spec", origin);
         return NULL;
     }
     json_tokener *tok = json_tokener_new();
@@ -309,15 +381,43 @@ vmig_spec *vmig_spec_load(const char *path, vmig_error **errp)
     json_tokener_free(tok);
     if (!obj || jerr != json_tokener_success) {
         json_object_put(obj);
-        vmig_set_error(errp, VMIG_E_INVAL, "%s: not valid JSON (%s near byte %zu)", path,
-                       json_tokener_error_desc(jerr), end);
+        vmig_set_error(errp, VMIG_E_INVAL, "%s: not valid JSON (%s near byte %zu)", origin,
+                       jerr == json_tokener_continue ? "it ends too early"
+                                                     : json_tokener_error_desc(jerr),
+                       end);
+        return NULL;
+    }
+    for (size_t i = end; i < len; i++) {
+        if (!g_ascii_isspace(text[i])) {
+            json_object_put(obj);
+            vmig_set_error(errp, VMIG_E_INVAL, "%s: not valid JSON (data after the spec, at "
+                                               "byte %zu)", origin, i);
+            return NULL;
+        }
+    }
+    return obj;
+}
+
+vmig_spec *vmig_spec_parse(const char *json, vmig_error **errp)
+{
+    g_autoptr(json_object) obj = parse_one(json, strlen(json), "VM spec", errp);
+    return obj ? eng_spec_from_json(obj, "VM spec", NULL, errp) : NULL;
+}
+
+vmig_spec *vmig_spec_load(const char *path, vmig_error **errp)
+{
+    gsize len = 0;
+    g_autofree char *text = vmig_file_read(path, &len, errp);
+    if (!text) {
+        return NULL;
+    }
+    g_autoptr(json_object) obj = parse_one(text, len, path, errp);
+    if (!obj) {
         return NULL;
     }
     g_autofree char *abs = g_canonicalize_filename(path, NULL);
     g_autofree char *base = g_path_get_dirname(abs);
-    vmig_spec *s = eng_spec_from_json(obj, path, base, errp);
-    json_object_put(obj);
-    return s;
+    return eng_spec_from_json(obj, path, base, errp);
 }
 
 static json_object *spec_to_obj(const vmig_spec *s)

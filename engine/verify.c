@@ -90,6 +90,21 @@ static bool read_guest(eng_vm *vm, const char *path, uint64_t addr, size_t len, 
     return true;
 }
 
+bool eng_guest_status_check(const struct vmig_guest_status *st, uint64_t ram_bytes,
+                            vmig_error **errp)
+{
+    /* The guest is untrusted too: its numbers drive how much memory is read and checked. */
+    uint64_t end = (uint64_t)st->range_start + (uint64_t)st->npages * VMIG_GUEST_PAGE_SIZE;
+    if (st->page_size != VMIG_GUEST_PAGE_SIZE || end > ram_bytes || st->cursor > st->npages) {
+        vmig_set_error(errp, VMIG_E_VERIFY,
+                       "the test guest's status block does not fit the VM (page size %u, "
+                       "%u pages from 0x%x, cursor %u, in %" G_GUINT64_FORMAT " MiB of RAM)",
+                       st->page_size, st->npages, st->range_start, st->cursor, ram_bytes >> 20);
+        return false;
+    }
+    return true;
+}
+
 static bool status_at(eng_vm *vm, const char *path, struct vmig_guest_status *st,
                       vmig_error **errp)
 {
@@ -102,7 +117,7 @@ static bool status_at(eng_vm *vm, const char *path, struct vmig_guest_status *st
                        vm->name, VMIG_GUEST_STATUS_ADDR);
         return false;
     }
-    return true;
+    return eng_guest_status_check(st, vm->spec ? vm->spec->memory_mib << 20 : 0, errp);
 }
 
 bool eng_guest_status(eng_vm *vm, struct vmig_guest_status *ret, vmig_error **errp)
@@ -121,8 +136,9 @@ static bool check_range(eng_vm *vm, const char *path, const struct vmig_guest_st
                         eng_verify_result *res, vmig_error **errp)
 {
     g_autofree uint8_t *buf = g_malloc((size_t)CHUNK_PAGES * VMIG_GUEST_PAGE_SIZE);
-    for (uint32_t first = 0; first < st->npages; first += CHUNK_PAGES) {
-        uint32_t n = MIN(CHUNK_PAGES, st->npages - first);
+    for (uint64_t at = 0; at < st->npages; at += CHUNK_PAGES) {
+        uint32_t first = (uint32_t)at;
+        uint32_t n = (uint32_t)MIN((uint64_t)CHUNK_PAGES, st->npages - at);
         uint64_t addr = st->range_start + (uint64_t)first * VMIG_GUEST_PAGE_SIZE;
         if (!read_guest(vm, path, addr, (size_t)n * VMIG_GUEST_PAGE_SIZE, buf, errp)) {
             return false;

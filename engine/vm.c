@@ -30,7 +30,6 @@
 #define KILL_STEP_MS 10
 #define KILL_GRACE_MS 5000 /* after SIGKILL */
 #define EXIT_GRACE_MS 1000 /* monitor closed at start: the process is about to be gone */
-#define LIST_TIMEOUT_MS 100
 
 const char *eng_accel_name(vmig_accel a)
 {
@@ -325,6 +324,8 @@ typedef struct launcher {
 } launcher;
 
 static void launch_tick(void *opaque, int res);
+static bool connect_within(eng_vm *vm, int timeout_ms, qmp_event_fn ev, void *opaque,
+                           qmp_ready_fn ready, void *ready_opaque, vmig_error **errp);
 
 static void launch_arm(launcher *l, int ms)
 {
@@ -409,7 +410,8 @@ static void launch_tick(void *opaque, int res)
         launch_finish(l, err);
         return;
     }
-    if (!eng_vm_connect(l->vm, l->ev, l->ev_opaque, launch_ready, l, NULL)) {
+    int left = MAX(vmig_ms_left(l->deadline), ENG_CONNECT_TIMEOUT_MS);
+    if (!connect_within(l->vm, left, l->ev, l->ev_opaque, launch_ready, l, NULL)) {
         launch_arm(l, LAUNCH_STEP_MS); /* not listening yet */
     }
 }
@@ -609,8 +611,10 @@ eng_vm *eng_vm_find(vmig_engine *e, const char *dir, vmig_error **errp)
     return g_steal_pointer(&vm);
 }
 
-bool eng_vm_connect(eng_vm *vm, qmp_event_fn ev, void *opaque, qmp_ready_fn ready,
-                    void *ready_opaque, vmig_error **errp)
+/* With the handshake's deadline: a QEMU that is starting gets what is left of its start
+ * budget, since a loaded host can take seconds to bring a monitor up. */
+static bool connect_within(eng_vm *vm, int timeout_ms, qmp_event_fn ev, void *opaque,
+                           qmp_ready_fn ready, void *ready_opaque, vmig_error **errp)
 {
     g_autofree char *sock = g_build_filename(vm->dir, "qmp.sock", NULL);
     g_autofree char *label = g_strdup_printf("%s monitor (%s)", vm->name, sock);
@@ -621,8 +625,14 @@ bool eng_vm_connect(eng_vm *vm, qmp_event_fn ev, void *opaque, qmp_ready_fn read
     qmp_conn_set_event_cb(c, ev, opaque);
     eng_vm_disconnect(vm);
     vm->qmp = g_steal_pointer(&c);
-    qmp_conn_start(vm->qmp, ENG_CONNECT_TIMEOUT_MS, ready, ready_opaque);
+    qmp_conn_start(vm->qmp, timeout_ms, ready, ready_opaque);
     return true;
+}
+
+bool eng_vm_connect(eng_vm *vm, qmp_event_fn ev, void *opaque, qmp_ready_fn ready,
+                    void *ready_opaque, vmig_error **errp)
+{
+    return connect_within(vm, ENG_CONNECT_TIMEOUT_MS, ev, opaque, ready, ready_opaque, errp);
 }
 
 typedef struct sync_flag {
@@ -829,7 +839,8 @@ vmig_job *vmig_vm_start_async(vmig_engine *e, const vmig_spec *spec, vmig_accel 
     v->name = g_strdup(spec->name);
     vmig_job *j = eng_job_new(e, VMIG_JOB_VM_START, &start_ops, v, done, opaque);
     eng_job_hold(j);
-    if (!eng_vm_launch(e, &req, started, j, errp)) {
+    if (!eng_job_lock(j, e->state_dir, spec->name, errp) ||
+        !eng_vm_launch(e, &req, started, j, errp)) {
         vmig_prefix_error(errp, "starting VM '%s': ", spec->name);
         j->ended = true;
         vmig_job_free(j);
@@ -889,6 +900,11 @@ vmig_job *vmig_vm_stop_async(vmig_engine *e, const char *name, int timeout_ms,
     v->timeout_ms = timeout_ms;
     vmig_job *j = eng_job_new(e, VMIG_JOB_VM_STOP, &stop_ops, v, done, opaque);
     vmig_error *err = NULL;
+    if (!eng_job_lock(j, e->state_dir, name, errp)) {
+        j->ended = true;
+        vmig_job_free(j);
+        return NULL;
+    }
     v->vm = eng_vm_find(e, dir, &err);
     if (!v->vm) {
         /* Already dead or half-created: cleaning up is all that is left to do. */
@@ -943,6 +959,7 @@ bool vmig_vm_stop(vmig_engine *e, const char *name, int timeout_ms, vmig_error *
 typedef struct list_probe {
     vmig_vm_info *info;
     qmp_conn *c;
+    int timeout_ms;
     bool done;
 } list_probe;
 
@@ -964,7 +981,7 @@ static void list_ready(void *opaque, const vmig_error *err)
         p->done = true;
         return;
     }
-    qmp_call(p->c, "query-status", NULL, 0, LIST_TIMEOUT_MS, list_status, p);
+    qmp_call(p->c, "query-status", NULL, 0, p->timeout_ms, list_status, p);
 }
 
 /* The job a migration keeps in the VM's directory, while it runs. */
@@ -998,7 +1015,8 @@ static void read_job_file(const char *dir, vmig_vm_info *info)
     info->job_progress = f.progress < 0 ? 0 : f.progress > 1 ? 1 : f.progress;
 }
 
-static void list_start(vmig_engine *e, const char *name, vmig_vm_info *info, list_probe *p)
+static void list_start(vmig_engine *e, const char *name, vmig_vm_info *info, list_probe *p,
+                       int timeout_ms)
 {
     g_autofree char *dir = eng_vm_dir(e->state_dir, name);
     g_strlcpy(info->name, name, sizeof(info->name));
@@ -1018,7 +1036,8 @@ static void list_start(vmig_engine *e, const char *name, vmig_vm_info *info, lis
     p->c = qmp_conn_new(e->ring, rsock);
     if (qmp_conn_connect_unix(p->c, rsock, NULL)) {
         p->done = false;
-        qmp_conn_start(p->c, LIST_TIMEOUT_MS, list_ready, p);
+        p->timeout_ms = timeout_ms;
+        qmp_conn_start(p->c, timeout_ms, list_ready, p);
     }
 }
 
@@ -1051,8 +1070,12 @@ static void list_deadline(void *opaque, int res)
 }
 
 int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, size_t size,
-                       vmig_error **errp)
+                       int timeout_ms, vmig_error **errp)
 {
+    if (timeout_ms < 0) {
+        vmig_set_error(errp, VMIG_E_INVAL, "vm list: timeout %d ms is negative", timeout_ms);
+        return -1;
+    }
     DIR *d = opendir(e->state_dir);
     if (!d) {
         vmig_set_error_errno(errp, errno, "%s", e->state_dir);
@@ -1073,10 +1096,10 @@ int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, size_t size,
     g_autofree vmig_vm_info *infos = g_new0(vmig_vm_info, MAX(n, 1));
     g_autofree list_probe *probes = g_new0(list_probe, MAX(n, 1));
     for (guint i = 0; i < n; i++) {
-        list_start(e, g_ptr_array_index(names, i), &infos[i], &probes[i]);
+        list_start(e, g_ptr_array_index(names, i), &infos[i], &probes[i], timeout_ms);
     }
-    list_wait w = {.probes = probes, .n = n, .deadline = vmig_now_ms() + LIST_TIMEOUT_MS};
-    int64_t timer = ring_timer(e->ring, LIST_TIMEOUT_MS, list_deadline, NULL);
+    list_wait w = {.probes = probes, .n = n, .deadline = vmig_now_ms() + timeout_ms};
+    int64_t timer = ring_timer(e->ring, timeout_ms, list_deadline, NULL);
     bool ok = eng_run_until(e, list_done, &w, errp);
     ring_detach(e->ring, timer, NULL, NULL);
     for (guint i = 0; i < n; i++) {

@@ -223,20 +223,25 @@ typedef struct vmig_vm_info {
     char name[128];
     int pid;          /* 0 when the QEMU process is gone */
     char status[32];  /* QMP run state ("running", "paused", "inmigrate", ...), "dead", or
-                       * "busy" when the monitor did not answer within 100 ms */
+                       * "busy" when the monitor did not answer in time */
     char qmp_path[4096];
     char job[16];       /* the job on this VM ("migrate"), "" when none */
     char job_state[16]; /* vmig_job_state_name() of that job */
     double job_progress; /* 0..1 */
 } vmig_vm_info;
 
+#define VMIG_VM_LIST_TIMEOUT_MS 100 /* how long vmig_vm_list() waits for each monitor */
+
 /* Fills up to @max entries of @out, each @size bytes (the caller's sizeof(vmig_vm_info), which
- * the macro passes, so a program built against an older, smaller struct keeps working).
- * Returns how many VMs there are (may exceed @max), or -1. */
+ * the macros pass, so a program built against an older, smaller struct keeps working).  Every
+ * VM's reader monitor is asked at once; one that has not answered within @timeout_ms shows as
+ * "busy".  Returns how many VMs there are (may exceed @max), or -1. */
 VMIG_EXPORT int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, size_t size,
-                                   vmig_error **errp);
+                                   int timeout_ms, vmig_error **errp);
 #define vmig_vm_list(e, out, max, errp)                                                          \
-    vmig_vm_list_sized((e), (out), (max), sizeof(vmig_vm_info), (errp))
+    vmig_vm_list_sized((e), (out), (max), sizeof(vmig_vm_info), VMIG_VM_LIST_TIMEOUT_MS, (errp))
+#define vmig_vm_list_wait(e, out, max, timeout_ms, errp)                                         \
+    vmig_vm_list_sized((e), (out), (max), sizeof(vmig_vm_info), (timeout_ms), (errp))
 
 /* ---- migration ---------------------------------------------------------------------------- */
 

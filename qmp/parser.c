@@ -61,6 +61,57 @@ static char *excerpt(const char *s, size_t len)
     return g_string_free(out, FALSE);
 }
 
+/* How many JSON values @line holds (objects, arrays, strings, numbers, literals; not member
+ * names), stopping past @max.  json-c allocates per value, so bytes alone do not bound memory:
+ * 10 MiB of "{},{}," parses into 2.75 GB.  Malformed text is counted loosely; the parser that
+ * follows refuses it. */
+static size_t count_values(const char *line, size_t len, size_t max)
+{
+    char stack[QMP_DEPTH_MAX + 1];
+    int depth = 0;
+    bool in_str = false, in_scalar = false, want_key = false;
+    size_t n = 0;
+    for (size_t i = 0; i < len && n <= max; i++) {
+        char ch = line[i];
+        if (in_str) {
+            if (ch == '\\') {
+                i++;
+            } else if (ch == '"') {
+                in_str = false;
+            }
+            continue;
+        }
+        bool delim = ch == '{' || ch == '[' || ch == '}' || ch == ']' || ch == ',' ||
+                     ch == ':' || ch == '"' || g_ascii_isspace(ch);
+        if (!delim) {
+            n += !in_scalar; /* the first character of a number or a literal */
+            in_scalar = true;
+            continue;
+        }
+        in_scalar = false;
+        bool in_object = depth > 0 && stack[depth - 1] == '{';
+        if (ch == '"') {
+            n += !(in_object && want_key);
+            want_key = false;
+            in_str = true;
+        } else if (ch == '{' || ch == '[') {
+            n++;
+            if (depth < QMP_DEPTH_MAX) {
+                stack[depth++] = ch;
+            }
+            want_key = ch == '{';
+        } else if (ch == '}' || ch == ']') {
+            depth -= depth > 0;
+            want_key = false;
+        } else if (ch == ',') {
+            want_key = in_object;
+        } else if (ch == ':') {
+            want_key = false;
+        }
+    }
+    return n;
+}
+
 static int parse_line(qmp_parser *p, const char *line, size_t len, qmp_msg_fn cb, void *opaque,
                       vmig_error **errp)
 {
@@ -69,6 +120,12 @@ static int parse_line(qmp_parser *p, const char *line, size_t len, qmp_msg_fn cb
     }
     if (len == 0) {
         return 0;
+    }
+    if (count_values(line, len, QMP_VALUES_MAX) > QMP_VALUES_MAX) {
+        g_autofree char *ex = excerpt(line, len);
+        vmig_set_error(errp, VMIG_E_PROTO, "QMP message holds more than %u values: '%s'",
+                       QMP_VALUES_MAX, ex);
+        return -1;
     }
     json_tokener_reset(p->tok);
     json_object *obj = json_tokener_parse_ex(p->tok, line, (int)len);

@@ -11,8 +11,10 @@
  * The blocking calls (qmp_conn_handshake, qmp_conn_call) are thin loops over the async ones
  * for the CLI, tests and one-shot probes; nothing on a job's path uses them.
  *
- * Limits: one message may not exceed max_msg bytes (default QMP_MSG_MAX) nor nest deeper than
- * QMP_DEPTH_MAX; a peer that breaks either is disconnected with a protocol error.
+ * Limits: one message may not exceed max_msg bytes (default QMP_MSG_MAX), nest deeper than
+ * QMP_DEPTH_MAX, nor hold more than QMP_VALUES_MAX values; a peer that breaks one is
+ * disconnected with a protocol error.  One receive callback handles at most 64 KiB, so timers
+ * (every call's deadline) run between chunks of a flood.
  */
 #ifndef VMIG_QMP_H
 #define VMIG_QMP_H
@@ -28,6 +30,7 @@
 
 #define QMP_MSG_MAX (10u * 1024u * 1024u) /* libvirt's bound too */
 #define QMP_DEPTH_MAX 64
+#define QMP_VALUES_MAX 100000u /* per message: json-c allocates ~800 bytes a value */
 
 /* ---- parser (exposed for tests and fuzzing) ----------------------------------------------- */
 

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -177,7 +178,8 @@ Test(cli, start_list_migrate_stop, .timeout = 240)
     t_run_result_clear(&r);
     expect_fail(RUN("--state-dir", dir, "vm", "start", spec), 1, "already running");
 
-    r = RUN("--state-dir", dir, "vm", "list", "--json");
+    /* a loaded test machine may take QEMU's main loop longer than vm list's default 100 ms */
+    r = RUN("--state-dir", dir, "vm", "list", "--json", "--timeout", "5000");
     cr_assert(eq(int, r.status, 0), "%s", r.err);
     json_object *list = parse_json(r.out);
     cr_assert(eq(sz, json_object_array_length(list), 1));
@@ -207,7 +209,7 @@ Test(cli, start_list_migrate_stop, .timeout = 240)
     json_object_put(res);
     t_run_result_clear(&r);
 
-    r = RUN("--state-dir", dir, "vm", "list");
+    r = RUN("--state-dir", dir, "vm", "list", "--timeout", "5000");
     cr_assert_not_null(strstr(r.out, "cli-vm"));
     cr_assert_not_null(strstr(r.out, "running"));
     t_run_result_clear(&r);
@@ -404,5 +406,89 @@ Test(cli, cpu_models_and_host_model_from_a_live_qemu, .timeout = 120)
     cr_assert_not_null(json_object_object_get(o, "model"));
     json_object_put(o);
     t_run_result_clear(&r);
+    t_state_dir_check_clean(dir);
+}
+
+/* ---- the state directory and the VM lock (issue 11, items 1 to 3) -------------------------- */
+
+Test(cli, a_state_directory_others_control_is_refused, .timeout = 60)
+{
+    g_autofree char *dir = t_state_dir_new();
+    g_autofree char *theirs = g_build_filename(dir, "theirs", NULL);
+    cr_assert(eq(int, mkdir(theirs, 0700), 0));
+    if (geteuid() == 0) {
+        cr_assert(eq(int, chown(theirs, 65534, 65534), 0));
+        expect_fail(RUN("--state-dir", theirs, "vm", "list"), 1, "is owned by uid 65534");
+        expect_fail(RUN("--state-dir", theirs, "vm", "list"), 1, "controls the VMs' monitors");
+        cr_assert(eq(int, chown(theirs, 0, 0), 0));
+    }
+    cr_assert(eq(int, chmod(theirs, 0777), 0));
+    expect_fail(RUN("--state-dir", theirs, "vm", "list"), 1, "may be written by others (mode 0777)");
+    cr_assert(eq(int, chmod(theirs, 0700), 0));
+    g_autofree char *link = g_build_filename(dir, "link", NULL);
+    cr_assert(eq(int, symlink(theirs, link), 0));
+    expect_fail(RUN("--state-dir", link, "vm", "list"), 1, "is a symbolic link");
+    t_run_result r = RUN("--state-dir", theirs, "vm", "list");
+    cr_assert(eq(int, r.status, 0), "a directory of its own is fine: %s", r.err);
+    t_run_result_clear(&r);
+    unlink(link);
+    rmdir(theirs);
+    t_state_dir_check_clean(dir);
+}
+
+/* A VM directory that is a symlink: stopping "it" must not delete the files it points at. */
+Test(cli, stop_never_deletes_through_a_symlink, .timeout = 60)
+{
+    g_autofree char *dir = t_state_dir_new();
+    g_autofree char *victim = t_state_dir_new();
+    g_autofree char *precious = g_build_filename(victim, "precious", NULL);
+    cr_assert(g_file_set_contents(precious, "keep me", -1, NULL));
+    g_autofree char *vmdir = g_build_filename(dir, "evil", NULL);
+    cr_assert(eq(int, symlink(victim, vmdir), 0));
+    t_run_result r = RUN("--state-dir", dir, "vm", "stop", "evil");
+    cr_assert(ne(int, r.status, 0), "there is no VM 'evil': %s", r.out);
+    cr_assert_not_null(strstr(r.err, "no VM named 'evil'"), "%s", r.err);
+    t_run_result_clear(&r);
+    cr_assert(g_file_test(precious, G_FILE_TEST_EXISTS), "the link's target is untouched");
+    unlink(vmdir);
+    unlink(precious);
+    t_state_dir_check_clean(victim);
+    t_state_dir_check_clean(dir);
+}
+
+/* Two starts of one spec 20 ms apart: one VM runs, the other start fails and touches nothing
+ * of the winner's (before the lock, the loser's clean-up deleted its qemu.pid and spec.json). */
+Test(cli, two_starts_of_one_vm_leave_one_running, .timeout = 120)
+{
+    g_autofree char *dir = t_state_dir_new();
+    g_autofree char *spec = g_build_filename(dir, "..", "race-spec.json", NULL);
+    vmig_spec *s = t_guest_spec("race", 64, 0);
+    g_autofree char *json = vmig_spec_to_json(s);
+    vmig_spec_free(s);
+    cr_assert(g_file_set_contents(spec, json, -1, NULL));
+    g_autofree char *sh = g_strdup_printf(
+        "\"$VMIG_CLI\" --state-dir '%s' vm start '%s' 2>&1 & p=$!; sleep 0.02; "
+        "\"$VMIG_CLI\" --state-dir '%s' vm start '%s' 2>&1; b=$?; wait $p; a=$?; "
+        "echo \"exit $a $b\"", dir, spec, dir, spec);
+    const char *const args[] = {"/bin/sh", "-c", sh, NULL};
+    t_run_result r = t_run(args);
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    bool one_won = strstr(r.out, "exit 0 1") || strstr(r.out, "exit 1 0");
+    cr_assert(one_won, "exactly one start succeeds: %s", r.out);
+    cr_assert(strstr(r.out, "is busy") || strstr(r.out, "already running"),
+              "the loser says why: %s", r.out);
+    t_run_result_clear(&r);
+    g_autofree char *pid = g_build_filename(dir, "race", "qemu.pid", NULL);
+    g_autofree char *sj = g_build_filename(dir, "race", "spec.json", NULL);
+    cr_assert(g_file_test(pid, G_FILE_TEST_EXISTS), "the winner's pid file is there");
+    cr_assert(g_file_test(sj, G_FILE_TEST_EXISTS), "the winner's spec is there");
+    r = RUN("--state-dir", dir, "vm", "list", "--timeout", "5000");
+    cr_assert_not_null(strstr(r.out, "race"), "%s", r.out);
+    cr_assert_null(strstr(r.out, "dead"), "%s", r.out);
+    t_run_result_clear(&r);
+    r = RUN("--state-dir", dir, "vm", "stop", "race");
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    t_run_result_clear(&r);
+    unlink(spec);
     t_state_dir_check_clean(dir);
 }

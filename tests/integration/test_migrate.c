@@ -140,6 +140,7 @@ Test(migrate, guest_dirtying_memory)
 
 Test(migrate, two_vms_at_once_on_one_engine)
 {
+    T_SKIP_IF_QEMU_LOSES_WRITES();
     start_guest("first", 256, 20);
     start_guest("second", 256, 20);
     vmig_migrate_opts o;
@@ -188,7 +189,10 @@ Test(migrate, vm_list_sees_a_running_migration)
     }
     vmig_engine_run(eng, 600, NULL); /* a state file with figures */
     int64_t t0 = vmig_now_ms();
-    const char *const args[] = {"--state-dir", state, "vm", "list", "--json", NULL};
+    /* --timeout: the point is that the reader monitor answers at all while the engine holds
+     * the other; how fast is a figure for bench/embed.py, not a pass mark here */
+    const char *const args[] = {"--state-dir", state, "vm", "list", "--json", "--timeout", "5000",
+                                NULL};
     t_run_result r = t_cli(args);
     int64_t took = vmig_now_ms() - t0;
     cr_assert(eq(int, r.status, 0), "%s", r.err);

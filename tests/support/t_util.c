@@ -161,6 +161,18 @@ vmig_engine *t_engine(const char *state_dir)
     return e;
 }
 
+t_run_result t_run(const char *const *argv)
+{
+    t_run_result r = {0};
+    int wait_status = 0;
+    g_autoptr(GError) gerr = NULL;
+    gboolean ok = g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &r.out,
+                               &r.err, &wait_status, &gerr);
+    cr_assert(ok, "spawning %s: %s", argv[0], gerr ? gerr->message : "?");
+    r.status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 128 + WTERMSIG(wait_status);
+    return r;
+}
+
 t_run_result t_cli(const char *const *args)
 {
     const char *cli = getenv("VMIG_CLI");
@@ -171,14 +183,7 @@ t_run_result t_cli(const char *const *args)
         g_ptr_array_add(argv, g_strdup(*a));
     }
     g_ptr_array_add(argv, NULL);
-    t_run_result r = {0};
-    int wait_status = 0;
-    g_autoptr(GError) gerr = NULL;
-    gboolean ok = g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_DEFAULT, NULL, NULL,
-                               &r.out, &r.err, &wait_status, &gerr);
-    cr_assert(ok, "spawning %s: %s", cli, gerr ? gerr->message : "?");
-    r.status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 128 + WTERMSIG(wait_status);
-    return r;
+    return t_run((const char *const *)argv->pdata);
 }
 
 void t_run_result_clear(t_run_result *r)

@@ -53,6 +53,8 @@ typedef struct t_run_result {
     char *out;
     char *err;
 } t_run_result;
+/* Runs @argv (NULL-terminated; argv[0] a path) and collects its output. */
+t_run_result t_run(const char *const *argv);
 /* Runs the vmigrate CLI ($VMIG_CLI) with @args (NULL-terminated). */
 t_run_result t_cli(const char *const *args);
 void t_run_result_clear(t_run_result *r);

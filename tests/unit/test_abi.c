@@ -138,7 +138,7 @@ Test(abi, vm_list_strides_an_older_array, .timeout = 30)
         unsigned char guard[64];
     } b;
     memset(&b, GUARD, sizeof(b));
-    int n = vmig_vm_list_sized(e, (vmig_vm_info *)b.info, 2, sizeof(info_before), NULL);
+    int n = vmig_vm_list_sized(e, (vmig_vm_info *)b.info, 2, sizeof(info_before), 100, NULL);
     cr_assert(eq(int, n, 3), "three VMs, two slots");
     cr_assert(eq(str, b.info[0].name, "alpha"));
     cr_assert(eq(str, b.info[1].name, "beta"), "the second entry is where the caller's stride "

@@ -593,3 +593,118 @@ Test(qmp_conn, event_before_the_greeting_is_skipped, .timeout = 10)
     cr_assert(qmp_conn_handshake(c, 2000, &err), "%s", vmig_error_message(err));
     finish(f);
 }
+
+/* ---- bounded work (issue 11, item 5) ------------------------------------------------------------ */
+
+static void count_msg(void *opaque, json_object *msg)
+{
+    (void)msg;
+    (*(int *)opaque)++;
+}
+
+static char *many_values(size_t n)
+{
+    GString *s = g_string_new("{\"return\": [");
+    for (size_t i = 0; i < n; i++) {
+        g_string_append(s, i ? ",{}" : "{}");
+    }
+    g_string_append(s, "]}\r\n");
+    return g_string_free(s, FALSE);
+}
+
+Test(qmp_parser, a_message_of_too_many_values_is_refused_before_parsing)
+{
+    g_autoptr(qmp_parser) p = qmp_parser_new(0, 0);
+    g_autofree char *big = many_values(QMP_VALUES_MAX + 10); /* ~300 KB, far below 10 MiB */
+    vmig_error *err = NULL;
+    int n = 0;
+    cr_assert(eq(int, qmp_parser_feed(p, big, strlen(big), count_msg, &n, &err), -1));
+    cr_assert_not_null(strstr(vmig_error_message(err), "more than 100000 values"), "%s",
+                       vmig_error_message(err));
+    vmig_error_free(err);
+    g_autoptr(qmp_parser) q = qmp_parser_new(0, 0);
+    g_autofree char *fine = many_values(QMP_VALUES_MAX / 2);
+    cr_assert(eq(int, qmp_parser_feed(q, fine, strlen(fine), count_msg, &n, NULL), 1));
+    /* commas inside strings are not values */
+    g_autofree char *str = g_strnfill(QMP_VALUES_MAX * 2, ',');
+    g_autofree char *line = g_strdup_printf("{\"return\": \"%s\"}\r\n", str);
+    cr_assert(eq(int, qmp_parser_feed(q, line, strlen(line), count_msg, &n, NULL), 1));
+}
+
+typedef struct flood {
+    int events;
+    int events_at_timeout;
+    bool timed_out;
+} flood;
+
+static void flood_event(void *opaque, const char *ev, json_object *data, int64_t ts)
+{
+    (void)ev;
+    (void)data;
+    (void)ts;
+    ((flood *)opaque)->events++;
+}
+
+static void flood_reply(void *opaque, json_object *ret, const vmig_error *err)
+{
+    flood *f = opaque;
+    (void)ret;
+    f->timed_out = vmig_error_code(err) == VMIG_E_TIMEOUT;
+    f->events_at_timeout = f->events;
+}
+
+/* An event flood does not hold a call's deadline back until the flood ends: the deadline
+ * fires while events are still arriving. */
+Test(qmp_conn, an_event_flood_does_not_stretch_a_deadline, .timeout = 60)
+{
+    enum { N = 200000 };
+    GString *ev = g_string_new(NULL);
+    for (int i = 0; i < N; i++) {
+        g_string_append(ev, "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, "
+                            "\"event\": \"BLOCK_IO_ERROR\", \"data\": {}}\r\n");
+    }
+    t_step script[] = {
+        HANDSHAKE,
+        {T_EXPECT, "query-status"},
+        {T_SEND, ev->str}, /* ~16 MB of events, and never a reply */
+        {T_END},
+    };
+    t_fake *f;
+    g_autoptr(qmp_conn) c = connect_fake(script, &f);
+    flood fl = {0};
+    qmp_conn_set_event_cb(c, flood_event, &fl);
+    cr_assert(qmp_conn_handshake(c, 2000, NULL));
+    qmp_call(c, "query-status", NULL, 0, 50, flood_reply, &fl);
+    while (fl.events < N) {
+        cr_assert(ge(int, ring_dispatch(t_ring(), 2000), 0));
+    }
+    cr_assert(fl.timed_out, "the call timed out");
+    cr_assert(lt(int, fl.events_at_timeout, N), "the deadline fired during the flood (%d of %d "
+                                                "events had arrived)", fl.events_at_timeout, N);
+    g_string_free(ev, TRUE);
+    finish(f);
+}
+
+static char *scalars(size_t k)
+{
+    GString *s = g_string_new("{\"return\": [");
+    for (size_t i = 0; i < k; i++) {
+        g_string_append(s, i ? ", 17" : "17");
+    }
+    g_string_append(s, "]}\r\n");
+    return g_string_free(s, FALSE);
+}
+
+/* The object, the array and k numbers are k + 2 values: the bound is exact. */
+Test(qmp_parser, the_value_bound_is_exact)
+{
+    g_autofree char *at = scalars(QMP_VALUES_MAX - 2);
+    g_autofree char *over = scalars(QMP_VALUES_MAX - 1);
+    int n = 0;
+    g_autoptr(qmp_parser) p = qmp_parser_new(0, 0);
+    cr_assert(eq(int, qmp_parser_feed(p, at, strlen(at), count_msg, &n, NULL), 1));
+    vmig_error *err = NULL;
+    cr_assert(eq(int, qmp_parser_feed(p, over, strlen(over), count_msg, &n, &err), -1));
+    cr_assert_not_null(strstr(vmig_error_message(err), "more than"));
+    vmig_error_free(err);
+}

@@ -169,3 +169,61 @@ Test(spec, json_round_trip)
     g_autofree char *json2 = vmig_spec_to_json(back);
     cr_assert(eq(str, json, json2));
 }
+
+/* ---- what reaches QEMU's command line (issue 11, items 7 and 8) ------------------------------ */
+
+#define BASE "\"name\": \"a\", \"memory_mib\": 64, \"kernel\": \"/k\""
+
+Test(spec, option_strings_take_no_injected_options)
+{
+    expect_error("{" BASE ", \"machine\": \"pc,accel=kvm\"}", "is not a machine type name");
+    expect_error("{" BASE ", \"cpu\": \"qemu64,enforce=off\"}", "give features as +name");
+    expect_error("{" BASE ", \"cpu\": \"qemu64,-enforce\"}", "vmigrate's to set");
+    expect_error("{" BASE ", \"cpu\": \"qemu64,+check\"}", "vmigrate's to set");
+    expect_error("{" BASE ", \"cpu\": \"qemu64,,x\"}", "give features as +name");
+    expect_error("{" BASE ", \"disks\": [{\"path\": \"/d\", \"format\": \"raw,file.locking=off\"}]}",
+                 "is not a disk format");
+    expect_error("{" BASE ", \"disks\": [{\"path\": \"/d\", \"interface\": \"virtio,bus=x\"}]}",
+                 "is not a disk interface");
+    vmig_error *err = NULL;
+    g_autoptr(vmig_spec) ok = vmig_spec_parse("{" BASE ", \"machine\": \"pc-i440fx-7.2\", "
+                                              "\"cpu\": \"Skylake-Client,-hle,+pcid\"}", &err);
+    cr_assert_not_null(ok, "plain names and +/- features pass: %s", vmig_error_message(err));
+}
+
+Test(spec, extra_args_cannot_take_over_what_vmigrate_owns)
+{
+    const char *owned[] = {"-pidfile", "-incoming", "-monitor", "-mon", "-qmp", "-daemonize",
+                           "-name", "-uuid", "--pidfile", "-readconfig", "-qmp-pretty"};
+    for (size_t i = 0; i < G_N_ELEMENTS(owned); i++) {
+        g_autofree char *json = g_strdup_printf("{" BASE ", \"extra_args\": [\"-rtc\", \"base=utc\", "
+                                                "\"%s\", \"x\"]}", owned[i]);
+        expect_error(json, "extra_args[2]");
+        expect_error(json, "is vmigrate's to set");
+    }
+    g_autoptr(vmig_spec) ok = vmig_spec_parse("{" BASE ", \"extra_args\": [\"-rtc\", "
+                                              "\"base=utc\", \"-name-of-nothing\", \"-pidfilex\"]}",
+                                              NULL);
+    cr_assert_not_null(ok, "options that only begin like owned ones are QEMU's to judge");
+}
+
+Test(spec, trailing_data_after_the_spec_is_refused)
+{
+    expect_error("{" BASE "} {\"name\": \"b\"}", "data after the spec");
+    expect_error("{" BASE "} garbage", "data after the spec");
+    g_autoptr(vmig_spec) ok = vmig_spec_parse("{" BASE "}  \n\t", NULL);
+    cr_assert_not_null(ok, "trailing white space is fine");
+    char path[] = "/tmp/vmig-spec-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(ge(int, fd, 0));
+    const char text[] = "{" BASE "}\n{}\n";
+    cr_assert(eq(sz, (size_t)write(fd, text, sizeof(text) - 1), sizeof(text) - 1));
+    close(fd);
+    vmig_error *err = NULL;
+    cr_assert_null(vmig_spec_load(path, &err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "data after the spec"), "%s",
+                       vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), path));
+    vmig_error_free(err);
+    unlink(path);
+}

@@ -117,3 +117,26 @@ Test(verify, chunks_add_up)
     cr_assert(eq(u64, r.bad_pages, 1));
     cr_assert(eq(u32, r.first_bad, 60));
 }
+
+/* The guest's status block is untrusted: an npages near 2^32 once made the page loop wrap and
+ * run forever (issue 11, item 13). */
+Test(verify, a_status_block_that_does_not_fit_the_vm_is_refused)
+{
+    struct vmig_guest_status sb = {.page_size = VMIG_GUEST_PAGE_SIZE, .range_start = 0x200000,
+                                   .npages = 1000, .cursor = 10};
+    uint64_t ram = 64u << 20;
+    cr_assert(eng_guest_status_check(&sb, ram, NULL));
+    sb.npages = 0xFFFFC001u;
+    vmig_error *err = NULL;
+    cr_assert(not(eng_guest_status_check(&sb, ram, &err)));
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_VERIFY));
+    cr_assert_not_null(strstr(vmig_error_message(err), "4294950913 pages"), "%s",
+                       vmig_error_message(err));
+    vmig_error_free(err);
+    sb.npages = 1000;
+    sb.page_size = 8192;
+    cr_assert(not(eng_guest_status_check(&sb, ram, NULL)));
+    sb.page_size = VMIG_GUEST_PAGE_SIZE;
+    sb.cursor = 1001;
+    cr_assert(not(eng_guest_status_check(&sb, ram, NULL)));
+}
