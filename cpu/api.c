@@ -7,11 +7,19 @@
 #include "cpu/format.h"
 #include "cpu/raw.h"
 
+/* Why a baseline lacks what it lacks, per input (vmig_cpu_baseline_explain). */
+typedef struct baseline_why {
+    cpu_featset alone;     /* every other input has these, this one does not */
+    cpu_featset shared;    /* it lacks these with some other input */
+    cpu_featset not_guest; /* a host CPU's bits no guest there gets */
+} baseline_why;
+
 struct vmig_cpu {
     cpu_def def;
     cpu_featset all; /* every feature it has, the model's included, when has_all */
     bool has_all;
     cpu_raw *raw;    /* the CPUID it was read from, or NULL */
+    GArray *why;     /* baseline_why per input of a baseline, or NULL */
 };
 
 struct vmig_cpu_list {
@@ -42,6 +50,9 @@ void vmig_cpu_free(vmig_cpu *cpu)
     }
     cpu_def_clear(&cpu->def);
     cpu_raw_free(cpu->raw);
+    if (cpu->why) {
+        g_array_free(cpu->why, TRUE);
+    }
     g_free(cpu);
 }
 
@@ -50,12 +61,13 @@ static vmig_cpu *cpu_copy(const vmig_cpu *cpu)
     vmig_cpu *c = g_memdup2(cpu, sizeof(*cpu));
     c->def.model_name = g_strdup(cpu->def.model_name);
     c->raw = cpu->raw ? cpu_raw_copy(cpu->raw) : NULL;
+    c->why = cpu->why ? g_array_copy(cpu->why) : NULL;
     return c;
 }
 
 static vmig_cpu *cpu_from_raw(cpu_raw *raw /* stolen */)
 {
-    cpu_def d = {0};
+    cpu_def d = {.host = true};
     cpu_raw_vendor(raw, d.vendor);
     cpu_raw_signature(raw, &d.family, &d.model, &d.stepping);
     cpu_raw_features(raw, &d.require);
@@ -87,6 +99,25 @@ char *vmig_cpu_export(const vmig_cpu *cpu, vmig_cpu_dump fmt, vmig_error **errp)
         return NULL;
     }
     return fmt == VMIG_CPU_DUMP_XML ? cpu_raw_to_xml(cpu->raw) : cpu_raw_to_json(cpu->raw);
+}
+
+bool vmig_cpu_is_host(const vmig_cpu *cpu)
+{
+    return cpu->def.host;
+}
+
+char *vmig_cpu_host_only(const vmig_cpu *cpu, int *ret_nested)
+{
+    cpu_featset s;
+    const cpu_featset *src = cpu->has_all ? &cpu->all : &cpu->def.require;
+    s = *src;
+    for (size_t i = 0; i < cpu_features_count; i++) {
+        cpu_featset_del(&s, (int)i);
+    }
+    if (ret_nested) {
+        *ret_nested = cpu->def.nested_ignored;
+    }
+    return cpu_featset_names(&s, true);
 }
 
 /* ---- lists ----------------------------------------------------------------------------------- */
@@ -216,6 +247,15 @@ const char *vmig_cpu_models_get(const vmig_cpu_models *m, size_t i, const char *
     return cm->name;
 }
 
+const char *vmig_cpu_models_alias(const vmig_cpu_models *m, size_t i, size_t k)
+{
+    if (i >= cpu_models_count_get(m->db)) {
+        return NULL;
+    }
+    const cpu_model *cm = cpu_models_at(m->db, i);
+    return k < cm->aliases->len ? g_ptr_array_index(cm->aliases, k) : NULL;
+}
+
 /* ---- decode, baseline, compare --------------------------------------------------------------- */
 
 /* The result of a decode as a CPU: @dec's model plus and minus features, all of @set known. */
@@ -236,19 +276,62 @@ vmig_cpu *vmig_cpu_decode(const vmig_cpu_models *m, const vmig_cpu *cpu, unsigne
                           vmig_error **errp)
 {
     const cpu_def *d = &cpu->def;
+    /* a host CPU decodes as a host's (nothing disabled) unless a guest's view is asked for;
+     * a guest CPU always as a guest's */
+    bool as_guest = (flags & VMIG_CPU_GUEST) || !d->host;
     cpu_featset set;
     cpu_decoded dec;
-    if (!cpu_def_expand(m->db, d, &set, errp)) {
+    bool ok = (flags & VMIG_CPU_GUEST) ? cpu_def_guest_set(m->db, d, &set, errp)
+                                       : cpu_def_expand(m->db, d, &set, errp);
+    if (!ok) {
         return NULL;
     }
     if (flags & VMIG_CPU_MIGRATABLE) {
         cpu_featset_drop_unmigratable(&set);
     }
-    if (!cpu_decode(m->db, &set, d->vendor, d->family, d->model, CPU_DECODE_HOST, NULL, &dec,
-                    errp)) {
+    const char *vendor = cpu_def_vendor(m->db, d);
+    if (!cpu_decode(m->db, &set, vendor, d->family, d->model,
+                    as_guest ? CPU_DECODE_GUEST : CPU_DECODE_HOST, NULL, &dec, errp)) {
         return NULL;
     }
-    return decoded_cpu(&dec, &set, d->vendor, d->family, d->model, d->stepping);
+    vmig_cpu *out = decoded_cpu(&dec, &set, vendor, d->family, d->model, d->stepping);
+    out->def.host = !as_guest;
+    out->def.nested_ignored = d->nested_ignored;
+    return out;
+}
+
+/* Per input of a baseline: what it lacks alone, with others, and what KVM keeps from a guest
+ * on it. */
+static bool baseline_explain(const cpu_models *db, const cpu_def *defs, size_t n, GArray *why,
+                             vmig_error **errp)
+{
+    g_autofree cpu_featset *sets = g_new0(cpu_featset, n);
+    cpu_featset any = {0};
+    for (size_t i = 0; i < n; i++) {
+        if (!cpu_def_guest_set(db, &defs[i], &sets[i], errp)) {
+            return false;
+        }
+        cpu_featset_or(&any, &sets[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        baseline_why w = {0};
+        cpu_featset others = any;
+        for (size_t k = 0; k < n; k++) {
+            if (k != i) {
+                cpu_featset_and(&others, &sets[k]);
+            }
+        }
+        w.alone = n > 1 ? others : (cpu_featset){0};
+        cpu_featset_andnot(&w.alone, &sets[i]);
+        w.shared = any;
+        cpu_featset_andnot(&w.shared, &sets[i]);
+        cpu_featset_andnot(&w.shared, &w.alone);
+        if (defs[i].host && cpu_def_expand(db, &defs[i], &w.not_guest, NULL)) {
+            cpu_featset_andnot(&w.not_guest, &sets[i]);
+        }
+        g_array_append_val(why, w);
+    }
+    return true;
 }
 
 vmig_cpu *vmig_cpu_baseline(const vmig_cpu_models *m, const vmig_cpu_list *cpus,
@@ -266,7 +349,27 @@ vmig_cpu *vmig_cpu_baseline(const vmig_cpu_models *m, const vmig_cpu_list *cpus,
                       vendor, errp)) {
         return NULL;
     }
-    return decoded_cpu(&dec, &set, vendor, -1, -1, -1);
+    GArray *why = g_array_new(FALSE, TRUE, sizeof(baseline_why));
+    if (!baseline_explain(m->db, defs, cpus->cpus->len, why, errp)) {
+        g_array_free(why, TRUE);
+        return NULL;
+    }
+    vmig_cpu *base = decoded_cpu(&dec, &set, vendor, -1, -1, -1);
+    base->why = why;
+    return base;
+}
+
+bool vmig_cpu_baseline_explain(const vmig_cpu *base, size_t i, char **ret_alone,
+                               char **ret_shared, char **ret_not_guest)
+{
+    if (!base->why || i >= base->why->len) {
+        return false;
+    }
+    const baseline_why *w = &g_array_index(base->why, baseline_why, i);
+    *ret_alone = cpu_featset_names(&w->alone, false);
+    *ret_shared = cpu_featset_names(&w->shared, false);
+    *ret_not_guest = cpu_featset_names(&w->not_guest, true);
+    return true;
 }
 
 vmig_cpu_cmp vmig_cpu_compare(const vmig_cpu_models *m, const vmig_cpu *host,

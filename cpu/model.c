@@ -5,7 +5,7 @@
 #include "common/error.h"
 
 struct cpu_models {
-    GPtrArray *list; /* cpu_model *, most features first: the stand-in for "newest first" */
+    GPtrArray *list; /* cpu_model *, newest first */
 };
 
 static const struct {
@@ -67,11 +67,47 @@ const cpu_model *cpu_models_find(const cpu_models *m, const char *name)
     return find_mut(m, name);
 }
 
-static gint by_size(gconstpointer a, gconstpointer b)
+/* QEMU's model families, oldest first within each vendor, as libvirt's cpu_map/index.xml
+ * orders them.  Decoding tries models newest first, so on equal cost the newer one wins. */
+static const char *const generations[] = {
+    "486", "pentium", "pentium2", "pentium3", "coreduo", "n270", "core2duo", "qemu32",
+    "kvm32", "qemu64", "kvm64", "athlon", "phenom", "Conroe", "Penryn", "Nehalem", "Westmere",
+    "SandyBridge", "IvyBridge", "Haswell", "Broadwell", "Skylake-Client", "Skylake-Server",
+    "Cascadelake-Server", "Icelake-Client", "Icelake-Server", "Cooperlake", "Snowridge",
+    "KnightsMill", "Denverton", "SapphireRapids", "SierraForest", "GraniteRapids",
+    "ClearwaterForest", "Opteron_G1", "Opteron_G2", "Opteron_G3", "Opteron_G4", "Opteron_G5",
+    "EPYC", "EPYC-Rome", "EPYC-Milan", "EPYC-Genoa", "EPYC-Turin", "Dhyana", "YongFeng",
+};
+
+/* How new @versioned (IvyBridge-v2) is: its family's place above, then its version.  A family
+ * this list does not know came after it. */
+static int age(const char *versioned)
+{
+    const char *v = strrchr(versioned, '-');
+    int version = 0;
+    size_t base_len = strlen(versioned);
+    if (v && v[1] == 'v' && g_ascii_isdigit(v[2])) {
+        version = (int)MIN(g_ascii_strtoll(v + 2, NULL, 10), 999);
+        base_len = (size_t)(v - versioned);
+    }
+    int gen = (int)G_N_ELEMENTS(generations);
+    for (size_t i = 0; i < G_N_ELEMENTS(generations); i++) {
+        if (strlen(generations[i]) == base_len && !strncmp(generations[i], versioned, base_len)) {
+            gen = (int)i;
+        }
+    }
+    return gen * 1000 + version;
+}
+
+static gint newest_first(gconstpointer a, gconstpointer b)
 {
     const cpu_model *x = *(cpu_model *const *)a, *y = *(cpu_model *const *)b;
+    int ax = age(x->versioned), ay = age(y->versioned);
+    if (ax != ay) {
+        return ay - ax;
+    }
     int nx = cpu_featset_count(&x->features), ny = cpu_featset_count(&y->features);
-    return nx != ny ? ny - nx : strcmp(x->name, y->name);
+    return nx != ny ? ny - nx : strcmp(x->versioned, y->versioned);
 }
 
 cpu_models *cpu_models_empty(void)
@@ -116,7 +152,7 @@ void cpu_models_alias(cpu_models *db, const char *alias, const char *of)
 
 void cpu_models_done(cpu_models *db)
 {
-    g_ptr_array_sort(db->list, by_size);
+    g_ptr_array_sort(db->list, newest_first);
 }
 
 cpu_models *cpu_models_builtin(void)
@@ -161,11 +197,11 @@ const char *cpu_vendor_libvirt(const char *cpuid_vendor)
 char *cpu_featset_names(const cpu_featset *s, bool libvirt)
 {
     GString *out = g_string_new(NULL);
-    for (size_t i = 0; i < cpu_features_count; i++) {
+    for (size_t i = 0; i < cpu_feature_count(); i++) {
         if (cpu_featset_has(s, (int)i)) {
             g_string_append_printf(out, "%s%s", out->len ? " " : "",
                                    libvirt ? cpu_feature_libvirt_name((int)i)
-                                           : cpu_features[i].name);
+                                           : cpu_feature((int)i)->name);
         }
     }
     return g_string_free(out, FALSE);
@@ -197,7 +233,7 @@ bool cpu_def_expand(const cpu_models *m, const cpu_def *d, cpu_featset *ret, vmi
     return true;
 }
 
-static const char *def_vendor(const cpu_models *m, const cpu_def *d)
+const char *cpu_def_vendor(const cpu_models *m, const cpu_def *d)
 {
     if (d->vendor[0]) {
         return d->vendor;
@@ -206,13 +242,30 @@ static const char *def_vendor(const cpu_models *m, const cpu_def *d)
     return cm ? cm->vendor : "";
 }
 
+bool cpu_def_guest_set(const cpu_models *m, const cpu_def *d, cpu_featset *ret,
+                       vmig_error **errp)
+{
+    cpu_featset s;
+    if (!cpu_def_expand(m, d, &s, errp)) {
+        return false;
+    }
+    if (d->host) {
+        cpu_kvm_guest(&s, cpu_def_vendor(m, d), &s);
+    } else {
+        cpu_kvm_possible(&s);
+    }
+    *ret = s;
+    return true;
+}
+
 /* ---- libvirt <cpu> XML ---------------------------------------------------------------------- */
 
 typedef struct defs_ctx {
     GArray *defs;
-    GPtrArray *unknown;
     cpu_def cur;
     bool in_cpu;
+    bool cur_mode;   /* the <cpu> has a mode or a match: a guest's */
+    bool cur_hostly; /* it has an <arch> or a <signature>, as host CPUs do */
     GString *text;
 } defs_ctx;
 
@@ -229,8 +282,8 @@ static const char *attr(const gchar **names, const gchar **values, const char *w
 static void add_feature(defs_ctx *x, const char *name, const char *policy, GError **gerr)
 {
     int f = cpu_feature_index(name);
-    if (f < 0 && x->unknown) {
-        g_ptr_array_add(x->unknown, g_strdup(name));
+    if (f < 0 && cpu_feature_is_nested(name)) {
+        x->cur.nested_ignored++;
         return;
     }
     if (f < 0) {
@@ -263,6 +316,10 @@ static void defs_start(GMarkupParseContext *ctx, const gchar *el, const gchar **
         memset(&x->cur, 0, sizeof(x->cur));
         x->cur.family = x->cur.model = x->cur.stepping = -1;
         x->in_cpu = true;
+        x->cur_mode = attr(names, values, "mode") || attr(names, values, "match");
+        x->cur_hostly = false;
+    } else if (x->in_cpu && strcmp(el, "arch") == 0) {
+        x->cur_hostly = true;
     } else if (x->in_cpu && strcmp(el, "feature") == 0) {
         const char *n = attr(names, values, "name");
         if (!n) {
@@ -277,6 +334,7 @@ static void defs_start(GMarkupParseContext *ctx, const gchar *el, const gchar **
         x->cur.family = f ? (int)g_ascii_strtoll(f, NULL, 10) : -1;
         x->cur.model = m ? (int)g_ascii_strtoll(m, NULL, 10) : -1;
         x->cur.stepping = s ? (int)g_ascii_strtoll(s, NULL, 10) : -1;
+        x->cur_hostly = true;
     }
 }
 
@@ -314,6 +372,7 @@ static void defs_end(GMarkupParseContext *ctx, const gchar *el, gpointer opaque,
         }
         g_strlcpy(x->cur.vendor, v, sizeof(x->cur.vendor));
     } else if (strcmp(el, "cpu") == 0) {
+        x->cur.host = !x->cur_mode && x->cur_hostly;
         g_array_append_val(x->defs, x->cur);
         memset(&x->cur, 0, sizeof(x->cur));
         x->in_cpu = false;
@@ -326,10 +385,9 @@ static void clear_def(gpointer p)
     cpu_def_clear(p);
 }
 
-GArray *cpu_defs_parse_xml(const char *text, size_t len, const char *origin,
-                           GPtrArray *ret_unknown, vmig_error **errp)
+GArray *cpu_defs_parse_xml(const char *text, size_t len, const char *origin, vmig_error **errp)
 {
-    defs_ctx x = {.defs = g_array_new(FALSE, TRUE, sizeof(cpu_def)), .unknown = ret_unknown,
+    defs_ctx x = {.defs = g_array_new(FALSE, TRUE, sizeof(cpu_def)),
                   .text = g_string_new(NULL)};
     g_array_set_clear_func(x.defs, clear_def);
     GMarkupParser p = {.start_element = defs_start, .end_element = defs_end, .text = defs_text};
@@ -347,7 +405,7 @@ GArray *cpu_defs_parse_xml(const char *text, size_t len, const char *origin,
     return x.defs;
 }
 
-/* ---- decode ----------------------------------------------------------------------------------- */
+/* ---- decode ---------------------------------------------------------------------------------- */
 
 bool cpu_decode(const cpu_models *db, const cpu_featset *set, const char *vendor, int family,
                 int model, cpu_decode_mode mode, const char *const *preferred,
@@ -380,12 +438,12 @@ bool cpu_decode(const cpu_models *db, const cpu_featset *set, const char *vendor
             best = m; /* a single preferred model is taken as is */
             break;
         }
-        int cost = cpu_featset_count(&req) + 2 * ndis + ndis * (ndis - 1) / 2;
+        /* the features the decode lists, required or disabled; models come newest first, so
+         * on a tie the newer one stays */
+        int cost = cpu_featset_count(&req) + ndis;
         bool sig = family >= 0 && m->family == family && m->model == model;
         bool better = !best || (sig && !best_sig) ||
-                      (sig == best_sig &&
-                       (cost < best_cost || (cost == best_cost && ndis < best_dis) ||
-                        (pref && ndis < best_dis)));
+                      (sig == best_sig && (cost < best_cost || (pref && ndis < best_dis)));
         if (better) {
             best = m;
             best_cost = cost;
@@ -417,16 +475,16 @@ bool cpu_baseline(const cpu_models *m, const cpu_def *defs, size_t n, bool migra
         return false;
     }
     cpu_featset base;
-    const char *vendor = def_vendor(m, &defs[0]);
+    const char *vendor = cpu_def_vendor(m, &defs[0]);
     bool all_vendors = vendor[0] != '\0';
     g_autoptr(GPtrArray) names = g_ptr_array_new();
     for (size_t i = 0; i < n; i++) {
         cpu_featset s;
-        if (!cpu_def_expand(m, &defs[i], &s, errp)) {
+        if (!cpu_def_guest_set(m, &defs[i], &s, errp)) {
             vmig_prefix_error(errp, "CPU %zu: ", i + 1);
             return false;
         }
-        const char *v = def_vendor(m, &defs[i]);
+        const char *v = cpu_def_vendor(m, &defs[i]);
         if (v[0] && vendor[0] && strcmp(v, vendor) != 0) {
             vmig_set_error(errp, VMIG_E_CPU, "CPU vendors do not match: CPU 1 is %s, CPU %zu "
                                              "is %s", vendor, i + 1, v);
@@ -469,14 +527,32 @@ cpu_cmp cpu_compare(const cpu_models *m, const cpu_def *host, const cpu_def *gue
 {
     memset(ret_missing, 0, sizeof(*ret_missing));
     *ret_why = NULL;
-    const char *hv = def_vendor(m, host), *gv = def_vendor(m, guest);
+    const char *hv = cpu_def_vendor(m, host), *gv = cpu_def_vendor(m, guest);
     if (gv[0] && hv[0] && strcmp(gv, hv) != 0) {
         *ret_why = g_strdup_printf("the guest CPU is %s, the host is %s", gv, hv);
         return CPU_CMP_INCOMPATIBLE;
     }
     cpu_featset hset, gmodel = {0};
-    if (!cpu_def_expand(m, host, &hset, errp)) {
+    bool ok = host->host ? cpu_def_guest_set(m, host, &hset, errp)
+                         : cpu_def_expand(m, host, &hset, errp);
+    if (!ok) {
         return -1;
+    }
+    if (guest->host) {
+        /* a host's CPU as the guest's: the host model a VM there would have */
+        cpu_def g = {.disable = guest->disable, .forbid = guest->forbid,
+                     .optional = guest->optional};
+        if (!cpu_def_guest_set(m, guest, &g.require, errp)) {
+            return -1;
+        }
+        g_strlcpy(g.vendor, cpu_def_vendor(m, guest), sizeof(g.vendor));
+        cpu_def h = *host;
+        h.require = hset;
+        h.host = false;
+        h.model_name = NULL;
+        h.disable = h.forbid = (cpu_featset){0};
+        g_strlcpy(h.vendor, cpu_def_vendor(m, host), sizeof(h.vendor));
+        return cpu_compare(m, &h, &g, ret_missing, ret_why, errp);
     }
     if (guest->model_name) {
         const cpu_model *cm = cpu_models_find(m, guest->model_name);

@@ -300,8 +300,8 @@ static bool props_to_def(json_object *props, const char *what, cpu_def *ret, vmi
             continue;
         }
         int f = cpu_feature_index(key);
-        if (f < 0) {
-            continue;
+        if (!cpu_feature_guest(f)) {
+            continue; /* not in the built-in table: vmigrate gives no guest these */
         }
         if (!json_object_is_type(val, json_type_boolean)) {
             vmig_set_error(errp, VMIG_E_PROTO, "%s: feature 'model.props.%s' must be a boolean, "
@@ -432,4 +432,66 @@ bool cpu_models_add_aliases(cpu_models *db, json_object *defs, vmig_error **errp
         }
     }
     return true;
+}
+
+/* ---- the migration gate ---------------------------------------------------------------------- */
+
+bool cpu_gate_offer(bool kvm, const char *host_text, size_t host_len, const char *host_origin,
+                    json_object *expansion, cpu_def *ret, vmig_error **errp)
+{
+    if (kvm && host_text) {
+        g_autoptr(GArray) defs = cpu_defs_parse(host_text, host_len, host_origin, NULL, errp);
+        if (!defs) {
+            return false;
+        }
+        if (defs->len != 1) {
+            vmig_set_error(errp, VMIG_E_INVAL, "%s: %u CPUs, where a host has one", host_origin,
+                           defs->len);
+            return false;
+        }
+        g_autoptr(cpu_models) db = cpu_models_builtin();
+        const cpu_def *h = &g_array_index(defs, cpu_def, 0);
+        cpu_def d = {.family = h->family, .model = h->model, .stepping = h->stepping};
+        /* a host model is already a guest's view: it gives what it says */
+        bool ok = h->host ? cpu_def_guest_set(db, h, &d.require, errp)
+                          : cpu_def_expand(db, h, &d.require, errp);
+        if (!ok) {
+            vmig_prefix_error(errp, "%s: ", host_origin);
+            return false;
+        }
+        g_strlcpy(d.vendor, cpu_def_vendor(db, h), sizeof(d.vendor));
+        *ret = d;
+        return true;
+    }
+    cpu_def d;
+    if (!cpu_def_from_expansion(expansion, &d, errp)) {
+        return false;
+    }
+    if (!kvm) {
+        d.vendor[0] = '\0'; /* TCG presents whatever vendor string the VM's model names */
+    }
+    *ret = d;
+    return true;
+}
+
+bool cpu_expansion_is_host(json_object *reply)
+{
+    json_object *model = NULL, *name = NULL;
+    return json_object_is_type(reply, json_type_object) &&
+           json_object_object_get_ex(reply, "model", &model) &&
+           json_object_is_type(model, json_type_object) &&
+           json_object_object_get_ex(model, "name", &name) &&
+           json_object_is_type(name, json_type_string) &&
+           strcmp(json_object_get_string(name), "host") == 0;
+}
+
+cpu_cmp cpu_gate_check(const cpu_def *vm, const cpu_def *offer, cpu_featset *ret_missing,
+                       char **ret_why, vmig_error **errp)
+{
+    g_autoptr(cpu_models) db = cpu_models_builtin();
+    cpu_def v = *vm;
+    v.model_name = NULL;
+    /* QEMU sets hypervisor for every guest: no description of a host needs to list it */
+    cpu_featset_del(&v.require, cpu_feature_index("hypervisor"));
+    return cpu_compare(db, offer, &v, ret_missing, ret_why, errp);
 }

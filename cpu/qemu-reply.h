@@ -19,6 +19,7 @@
 
 #include <json-c/json.h>
 
+#include "cpu/format.h"
 #include "cpu/model.h"
 
 /* @cpus: the query-cpus-fast reply; the qom-path of the first vCPU (owned string), or NULL. */
@@ -53,5 +54,28 @@ bool cpu_models_add_expansion(cpu_models *db, const char *name, json_object *exp
 /* Adds the aliases @defs (a query-cpu-definitions reply) names, such as IvyBridge-IBRS for
  * IvyBridge-v2, to the models of @db they stand for.  Call after adding the models. */
 bool cpu_models_add_aliases(cpu_models *db, json_object *defs, vmig_error **errp);
+
+/* ---- the migration gate (engine/migrate-prepare.c): pure, so recorded replies test it ---- */
+
+/* What a destination offers a guest, by its accelerator (@kvm, from its query-kvm):
+ *   KVM  its host model: @host_text (its host-cpu.xml, @host_len bytes, named @host_origin in
+ *        errors; a host CPU counts as what KVM gives on it, a host model as it is), which
+ *        stands for a remote host until its agent reports; else @expansion, QEMU's full
+ *        expansion of "host";
+ *   TCG  @expansion, the full expansion of "max" under TCG, whatever the host's CPU: TCG
+ *        emulates it, with any vendor string (@ret's vendor is left empty).
+ * @ret is a guest CPU (no model).  @host_text may be NULL; @expansion may be NULL under KVM
+ * when @host_text is given. */
+bool cpu_gate_offer(bool kvm, const char *host_text, size_t host_len, const char *host_origin,
+                    json_object *expansion, cpu_def *ret, vmig_error **errp);
+
+/* Whether @reply (query-cpu-model-expansion) expanded "host", as asked under KVM. */
+bool cpu_expansion_is_host(json_object *reply);
+
+/* Whether the destination offering @offer runs the VM whose effective CPU is @vm
+ * (cpu_vm_from_qom): a vendor mismatch or a feature it needs that @offer lacks is
+ * CPU_CMP_INCOMPATIBLE, with the features in @ret_missing and a sentence in @ret_why. */
+cpu_cmp cpu_gate_check(const cpu_def *vm, const cpu_def *offer, cpu_featset *ret_missing,
+                       char **ret_why, vmig_error **errp);
 
 #endif

@@ -26,8 +26,11 @@ typedef struct raw_msr {
 } raw_msr;
 
 struct cpu_raw {
-    GArray *items; /* raw_item */
-    GArray *msrs;  /* raw_msr */
+    GArray *items;     /* raw_item, in the order read */
+    GArray *msrs;      /* raw_msr */
+    GHashTable *index; /* (leaf << 32 | subleaf) -> position in items + 1 */
+    GHashTable *msr_index; /* MSR index -> position in msrs + 1 */
+    uint64_t *probes;  /* lookups made: the work a reader did (tests bound it) */
 };
 
 cpu_raw *cpu_raw_new(void)
@@ -35,6 +38,9 @@ cpu_raw *cpu_raw_new(void)
     cpu_raw *r = g_new0(cpu_raw, 1);
     r->items = g_array_new(FALSE, FALSE, sizeof(raw_item));
     r->msrs = g_array_new(FALSE, FALSE, sizeof(raw_msr));
+    r->index = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
+    r->msr_index = g_hash_table_new(g_direct_hash, g_direct_equal);
+    r->probes = g_new0(uint64_t, 1);
     return r;
 }
 
@@ -45,18 +51,29 @@ void cpu_raw_free(cpu_raw *r)
     }
     g_array_free(r->items, TRUE);
     g_array_free(r->msrs, TRUE);
+    g_hash_table_destroy(r->index);
+    g_hash_table_destroy(r->msr_index);
+    g_free(r->probes);
     g_free(r);
 }
 
+uint64_t cpu_raw_probes(const cpu_raw *r)
+{
+    return *r->probes;
+}
+
+static int64_t key_of(uint32_t leaf, uint32_t sub)
+{
+    return (int64_t)((uint64_t)leaf << 32 | sub);
+}
+
+/* Every reader looks leaves up through here: a hash, so a dump of n lines costs O(n). */
 static raw_item *find(const cpu_raw *r, uint32_t leaf, uint32_t sub)
 {
-    for (guint i = 0; i < r->items->len; i++) {
-        raw_item *it = &g_array_index(r->items, raw_item, i);
-        if (it->leaf == leaf && it->sub == sub) {
-            return it;
-        }
-    }
-    return NULL;
+    int64_t key = key_of(leaf, sub);
+    (*r->probes)++;
+    guint pos = GPOINTER_TO_UINT(g_hash_table_lookup(r->index, &key));
+    return pos ? &g_array_index(r->items, raw_item, pos - 1) : NULL;
 }
 
 void cpu_raw_set(cpu_raw *r, uint32_t leaf, uint32_t sub, const uint32_t regs[4])
@@ -65,22 +82,30 @@ void cpu_raw_set(cpu_raw *r, uint32_t leaf, uint32_t sub, const uint32_t regs[4]
     if (!it) {
         raw_item n = {.leaf = leaf, .sub = sub};
         g_array_append_val(r->items, n);
+        g_hash_table_insert(r->index, g_memdup2(&(int64_t){key_of(leaf, sub)}, sizeof(int64_t)),
+                            GUINT_TO_POINTER(r->items->len));
         it = &g_array_index(r->items, raw_item, r->items->len - 1);
     }
     memcpy(it->r, regs, sizeof(it->r));
 }
 
+static raw_msr *find_msr(const cpu_raw *r, uint32_t index)
+{
+    (*r->probes)++;
+    guint pos = GPOINTER_TO_UINT(g_hash_table_lookup(r->msr_index, GUINT_TO_POINTER(index)));
+    return pos ? &g_array_index(r->msrs, raw_msr, pos - 1) : NULL;
+}
+
 void cpu_raw_set_msr(cpu_raw *r, uint32_t index, uint64_t value)
 {
-    for (guint i = 0; i < r->msrs->len; i++) {
-        raw_msr *m = &g_array_index(r->msrs, raw_msr, i);
-        if (m->index == index) {
-            m->value = value;
-            return;
-        }
+    raw_msr *m = find_msr(r, index);
+    if (m) {
+        m->value = value;
+        return;
     }
-    raw_msr m = {index, value};
-    g_array_append_val(r->msrs, m);
+    raw_msr n = {index, value};
+    g_array_append_val(r->msrs, n);
+    g_hash_table_insert(r->msr_index, GUINT_TO_POINTER(index), GUINT_TO_POINTER(r->msrs->len));
 }
 
 bool cpu_raw_get(const cpu_raw *r, uint32_t leaf, uint32_t sub, uint32_t ret[4])
@@ -95,15 +120,9 @@ bool cpu_raw_get(const cpu_raw *r, uint32_t leaf, uint32_t sub, uint32_t ret[4])
 
 bool cpu_raw_get_msr(const cpu_raw *r, uint32_t index, uint64_t *ret)
 {
-    for (guint i = 0; i < r->msrs->len; i++) {
-        const raw_msr *m = &g_array_index(r->msrs, raw_msr, i);
-        if (m->index == index) {
-            *ret = m->value;
-            return true;
-        }
-    }
-    *ret = 0;
-    return false;
+    const raw_msr *m = find_msr(r, index);
+    *ret = m ? m->value : 0;
+    return m != NULL;
 }
 
 void cpu_raw_vendor(const cpu_raw *r, char out[13])
@@ -135,8 +154,8 @@ void cpu_raw_signature(const cpu_raw *r, int *family, int *model, int *stepping)
 void cpu_raw_features(const cpu_raw *r, cpu_featset *out)
 {
     memset(out, 0, sizeof(*out));
-    for (size_t i = 0; i < cpu_features_count; i++) {
-        const cpu_feature_def *f = &cpu_features[i];
+    for (size_t i = 0; i < cpu_feature_count(); i++) {
+        const cpu_feature_def *f = cpu_feature((int)i);
         bool on;
         if (f->kind == CPU_ITEM_CPUID) {
             uint32_t v[4];
@@ -306,6 +325,8 @@ static cpu_raw *parse_aida(const char *text, const char *origin, vmig_error **er
 {
     g_autoptr(cpu_raw) r = cpu_raw_new();
     g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+    /* the older dialect: leaf -> how many times it has come (its next subleaf) */
+    g_autoptr(GHashTable) repeats = g_hash_table_new(g_direct_hash, g_direct_equal);
     int blocks = 0;
     for (int n = 0; lines[n]; n++) {
         const char *l = lines[n];
@@ -331,10 +352,9 @@ static cpu_raw *parse_aida(const char *text, const char *origin, vmig_error **er
         }
         if (sscanf(l + used, " [SL %2x]", &sub) != 1) {
             /* the older dialect repeats a leaf once per subleaf, in order */
-            sub = 0;
-            while (find(r, leaf, sub)) {
-                sub++;
-            }
+            gpointer key = GUINT_TO_POINTER(leaf);
+            sub = GPOINTER_TO_UINT(g_hash_table_lookup(repeats, key));
+            g_hash_table_insert(repeats, key, GUINT_TO_POINTER(sub + 1));
         }
         uint32_t regs[4] = {a, b, c, d};
         cpu_raw_set(r, leaf, sub, regs);
@@ -487,8 +507,14 @@ cpu_raw *cpu_raw_parse(const char *text, size_t len, const char *origin, vmig_er
 cpu_raw *cpu_raw_copy(const cpu_raw *r)
 {
     cpu_raw *c = cpu_raw_new();
-    g_array_append_vals(c->items, r->items->data, r->items->len);
-    g_array_append_vals(c->msrs, r->msrs->data, r->msrs->len);
+    for (guint i = 0; i < r->items->len; i++) {
+        const raw_item *it = &g_array_index(r->items, raw_item, i);
+        cpu_raw_set(c, it->leaf, it->sub, it->r);
+    }
+    for (guint i = 0; i < r->msrs->len; i++) {
+        const raw_msr *m = &g_array_index(r->msrs, raw_msr, i);
+        cpu_raw_set_msr(c, m->index, m->value);
+    }
     return c;
 }
 

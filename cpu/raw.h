@@ -29,6 +29,10 @@ void cpu_raw_set_msr(cpu_raw *r, uint32_t index, uint64_t value);
 bool cpu_raw_get(const cpu_raw *r, uint32_t leaf, uint32_t sub, uint32_t ret[4]);
 bool cpu_raw_get_msr(const cpu_raw *r, uint32_t index, uint64_t *ret);
 
+/* Lookups of leaves and MSRs made on @r so far: the work its reader did, which is linear in
+ * the dump's size (tests bound it; timings are for bench/). */
+uint64_t cpu_raw_probes(const cpu_raw *r);
+
 /* Parses any of the formats above; @origin names the input in errors. */
 cpu_raw *cpu_raw_parse(const char *text, size_t len, const char *origin, vmig_error **errp);
 cpu_raw *cpu_raw_load(const char *path, vmig_error **errp);

@@ -13,24 +13,21 @@
 
 /* ---- prepare: the decisions ------------------------------------------------------------------ */
 
-/* The destination's CPU: a host-cpu.xml in its state directory (what a destination agent will
- * report for remote hosts), else what the probe QEMU offers (host under KVM, max under TCG). */
+/* What the destination offers the VM (cpu_gate_offer): under KVM its host model, for which
+ * its host-cpu.xml stands when it has one (a remote host, until its agent reports), else the
+ * probe's expansion of host; under TCG the probe's expansion of max, whatever the host. */
 static bool dest_host_cpu(mig *m, cpu_def *ret, char **ret_source, vmig_error **errp)
 {
     if (m->host_cpu_file) {
-        g_autoptr(GArray) defs = cpu_defs_load(m->host_cpu_file, errp);
-        if (!defs) {
-            return false;
-        }
-        *ret = g_array_index(defs, cpu_def, 0);
-        g_array_index(defs, cpu_def, 0).model_name = NULL; /* moved into *ret */
-        *ret_source = g_strdup(m->host_cpu_file);
-        return true;
+        gsize len = 0;
+        g_autofree char *text = vmig_file_read(m->host_cpu_file, &len, errp);
+        *ret_source = g_strdup_printf("%s, under KVM", m->host_cpu_file);
+        return text && cpu_gate_offer(true, text, len, m->host_cpu_file, NULL, ret, errp);
     }
-    const char *model = m->src->accel == VMIG_ACCEL_KVM ? "host" : "max";
-    *ret_source = g_strdup_printf("QEMU's %s model under %s", model,
-                                  eng_accel_name(m->src->accel));
-    return cpu_def_from_expansion(m->dst_expansion, ret, errp);
+    bool kvm = cpu_expansion_is_host(m->dst_expansion);
+    *ret_source = g_strdup_printf("QEMU's %s model under %s", kvm ? "host" : "max",
+                                  kvm ? "KVM" : "TCG");
+    return cpu_gate_offer(kvm, NULL, 0, NULL, m->dst_expansion, ret, errp);
 }
 
 /* Refuses a migration whose destination cannot run the VM's CPU, and sets the destination's
@@ -45,17 +42,13 @@ static bool cpu_gate(vmig_job *j, vmig_error **errp)
         vmig_prefix_error(errp, "reading the CPU of VM '%s': ", m->name);
         return false;
     }
-    /* QEMU sets hypervisor for every guest: no host CPU file needs to list it */
-    cpu_featset_del(&vm.require, cpu_feature_index("hypervisor"));
     g_autofree char *source = NULL;
     if (!dest_host_cpu(m, &host, &source, errp)) {
         vmig_prefix_error(errp, "learning the destination's CPU: ");
         return false;
     }
-    cpu_models *db = cpu_models_builtin();
     char *why = NULL;
-    int r = (int)cpu_compare(db, &host, &vm, &missing, &why, errp);
-    cpu_models_free(db);
+    int r = (int)cpu_gate_check(&vm, &host, &missing, &why, errp);
     cpu_def_clear(&host);
     if (r < 0) {
         return false;
@@ -231,24 +224,42 @@ static void on_dst_expansion(vmig_job *j, json_object *ret, const vmig_error *er
     M(j)->dst_expansion = keep(ret);
 }
 
-static void ask_destination(vmig_job *j)
+/* The CPU the destination offers depends on its accelerator: ask it (query-kvm), then the
+ * expansion that stands for it (host under KVM, max under TCG). */
+static void on_dst_kvm(vmig_job *j, json_object *ret, const vmig_error *err)
 {
     mig *m = M(j);
-    qmp_conn *c = m->probe->qmp;
-    eng_job_call_opt(j, c, "query-version", NULL, on_dst_version);
-    eng_job_call_opt(j, c, "query-machines", NULL, on_dst_machines);
+    bool tcg = false;
+    vmig_error *perr = NULL;
+    if (err || !eng_qemu_tcg_parse(ret, &tcg, &perr)) {
+        probe_failed(j, err ? err : perr);
+        vmig_error_free(perr);
+        return;
+    }
     g_autofree char *file = g_build_filename(m->dest_state, "host-cpu.xml", NULL);
-    if (g_file_test(file, G_FILE_TEST_EXISTS)) {
+    bool has_file = g_file_test(file, G_FILE_TEST_EXISTS);
+    if (!tcg && has_file) {
         m->host_cpu_file = g_steal_pointer(&file);
         return;
     }
+    if (has_file) {
+        eng_log(j->e, VMIG_LOG_INFO, "the destination runs TCG, which emulates a CPU whatever "
+                                     "the host's: %s does not decide", file);
+    }
     json_object *model = json_object_new_object();
-    json_object_object_add(model, "name", json_object_new_string(
-                                              m->src->accel == VMIG_ACCEL_KVM ? "host" : "max"));
+    json_object_object_add(model, "name", json_object_new_string(tcg ? "max" : "host"));
     json_object *args = json_object_new_object();
     json_object_object_add(args, "type", json_object_new_string("full"));
     json_object_object_add(args, "model", model);
-    eng_job_call_opt(j, c, "query-cpu-model-expansion", args, on_dst_expansion);
+    eng_job_call_opt(j, m->probe->qmp, "query-cpu-model-expansion", args, on_dst_expansion);
+}
+
+static void ask_destination(vmig_job *j)
+{
+    qmp_conn *c = M(j)->probe->qmp;
+    eng_job_call_opt(j, c, "query-version", NULL, on_dst_version);
+    eng_job_call_opt(j, c, "query-machines", NULL, on_dst_machines);
+    eng_job_call_opt(j, c, "query-kvm", NULL, on_dst_kvm);
 }
 
 /* The source may move: running or paused, not migrating, nothing blocking it. */

@@ -319,8 +319,10 @@ VMIG_EXPORT bool vmig_migrate_sized(vmig_engine *e, const char *name, const vmig
 /* ---- CPUs ---- */
 
 /* x86 CPUs as QEMU's -cpu names them (model, vendor, features required or disabled): libvirt's
- * CPU decode, baseline and compare without libvirt.  Only the _from_qemu calls start a QEMU
- * (they wait).  Returned strings are owned: free() them. */
+ * CPU decode, baseline and compare without libvirt.  A CPU is a host's (raw CPUID, virsh
+ * capabilities: every bit the silicon has) or a guest's (custom, host-model: what a guest is
+ * given); what a guest can have on a host is what KVM gives there (docs/cpu.md).  Only the
+ * _from_qemu calls start a QEMU (they wait).  Returned strings are owned: free() them. */
 typedef struct vmig_cpu vmig_cpu;               /* one CPU definition */
 typedef struct vmig_cpu_list vmig_cpu_list;     /* CPUs read from files, in order */
 typedef struct vmig_cpu_models vmig_cpu_models; /* a table of named models */
@@ -331,6 +333,7 @@ typedef enum vmig_cpu_dump { VMIG_CPU_DUMP_XML, VMIG_CPU_DUMP_JSON } vmig_cpu_du
 enum {
     VMIG_CPU_MIGRATABLE = 1u << 0,   /* decode, baseline: drop what blocks migration (invtsc) */
     VMIG_CPU_ALL_FEATURES = 1u << 1, /* format: list the model's features too, where known */
+    VMIG_CPU_GUEST = 1u << 2,        /* decode: what a guest can have on that host (KVM) */
 };
 typedef enum vmig_cpu_cmp {
     VMIG_CPU_CMP_ERROR = -1, VMIG_CPU_CMP_INCOMPATIBLE, VMIG_CPU_CMP_IDENTICAL,
@@ -346,6 +349,11 @@ VMIG_EXPORT void vmig_cpu_free(vmig_cpu *cpu);
 VMIG_EXPORT char *vmig_cpu_format(const vmig_cpu *cpu, vmig_cpu_fmt fmt, unsigned flags);
 /* The raw CPUID it was read from, as libvirt cpudata XML or vmigrate JSON; NULL if none. */
 VMIG_EXPORT char *vmig_cpu_export(const vmig_cpu *cpu, vmig_cpu_dump fmt, vmig_error **errp);
+/* True for a host's CPU (raw CPUID, a host decode, virsh capabilities' <cpu>). */
+VMIG_EXPORT bool vmig_cpu_is_host(const vmig_cpu *cpu);
+/* Its host-only features (libvirt names them, no guest gets them: osxsave, cmt, ...), which
+ * never migrate; "" if none.  @ret_nested (may be NULL): vmx-* features read and ignored. */
+VMIG_EXPORT char *vmig_cpu_host_only(const vmig_cpu *cpu, int *ret_nested);
 /* Files: libvirt <cpu> XML (1+ blocks) or raw CPUID (libvirt cpudata, InstLatx64/AIDA64,
  * libcpuid, vmigrate JSON).  NULL or false on failure (the list unchanged); _get borrows. */
 VMIG_EXPORT vmig_cpu_list *vmig_cpu_list_new(void);
@@ -370,12 +378,22 @@ VMIG_EXPORT size_t vmig_cpu_models_count(const vmig_cpu_models *m);
 VMIG_EXPORT const char *vmig_cpu_models_get(const vmig_cpu_models *m, size_t i,
                                             const char **ret_versioned, const char **ret_vendor,
                                             char **ret_features);
-/* A host CPU as the cheapest model plus features; NULL on failure (VMIG_E_CPU: none fits). */
+/* Alias @k of model @i (IvyBridge-IBRS for IvyBridge-v2); NULL past the last. */
+VMIG_EXPORT const char *vmig_cpu_models_alias(const vmig_cpu_models *m, size_t i, size_t k);
+/* @cpu as the cheapest model plus features (libvirt's decode); NULL on failure (VMIG_E_CPU:
+ * none fits).  A host CPU decodes as a host's, nothing disabled; with VMIG_CPU_GUEST, or for a
+ * guest's CPU, as what a guest can have, where disabling model features is allowed. */
 VMIG_EXPORT vmig_cpu *vmig_cpu_decode(const vmig_cpu_models *m, const vmig_cpu *cpu,
                                       unsigned flags, vmig_error **errp);
-/* The largest CPU all of @cpus can run; NULL on failure (VMIG_E_CPU: mixed vendors, ...). */
+/* The largest guest CPU every one of @cpus can run (host CPUs count as what KVM gives on
+ * them); NULL on failure (VMIG_E_CPU: mixed vendors, ...). */
 VMIG_EXPORT vmig_cpu *vmig_cpu_baseline(const vmig_cpu_models *m, const vmig_cpu_list *cpus,
                                         unsigned flags, vmig_error **errp);
+/* For @base from vmig_cpu_baseline(): the features input @i took out, those every other input
+ * has (@ret_alone) and those some other lacks too (@ret_shared), and, for a host CPU, its bits
+ * no guest gets (@ret_not_guest).  Owned strings; false past the last input. */
+VMIG_EXPORT bool vmig_cpu_baseline_explain(const vmig_cpu *base, size_t i, char **ret_alone,
+                                           char **ret_shared, char **ret_not_guest);
 /* Can @host run @guest?  _ERROR on failure; @ret_missing (features, "" if none) and @ret_why (a
  * sentence if incompatible, else NULL) may be NULL. */
 VMIG_EXPORT vmig_cpu_cmp vmig_cpu_compare(const vmig_cpu_models *m, const vmig_cpu *host,

@@ -337,9 +337,10 @@ Test(cli, cpu_baseline_decode_compare, .timeout = 60)
     cr_assert(eq(int, r.status, 3), "an i7-8550U host runs an IvyBridge guest, with more: %s",
               r.out);
     t_run_result_clear(&r);
+    /* A host's CPU offers what KVM gives on it: the i7-3770's smx is no guest's to have, so
+     * the i7-8550U runs everything an i7-3770 host can give a guest, and more (issue 10). */
     r = RUN("cpu", "compare", kbl, ivb);
-    cr_assert(eq(int, r.status, 4), "the i7-3770 has smx, the i7-8550U does not");
-    cr_assert_not_null(strstr(r.out, "lacks: smx"), "%s", r.out);
+    cr_assert(eq(int, r.status, 3), "%s", r.out);
     t_run_result_clear(&r);
     unlink(guest);
     t_state_dir_check_clean(dir);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cpu/cpu.h"
+#include "cpu/model.h"
 
 static const cpu_feature_def *feat(const char *name)
 {
@@ -67,10 +68,12 @@ Test(cpu_table, msr_bits)
 
 Test(cpu_table, names_are_unique_and_bits_distinct)
 {
-    cr_assert(le(sz, cpu_features_count, CPU_FEAT_MAX));
-    for (size_t i = 0; i < cpu_features_count; i++) {
-        for (size_t j = i + 1; j < cpu_features_count; j++) {
-            const cpu_feature_def *a = &cpu_features[i], *b = &cpu_features[j];
+    /* QEMU's table and the host-only features libvirt adds: one index space */
+    cr_assert(le(sz, cpu_feature_count(), CPU_FEAT_MAX));
+    cr_assert(gt(sz, cpu_feature_count(), cpu_features_count));
+    for (size_t i = 0; i < cpu_feature_count(); i++) {
+        for (size_t j = i + 1; j < cpu_feature_count(); j++) {
+            const cpu_feature_def *a = cpu_feature((int)i), *b = cpu_feature((int)j);
             cr_expect(strcmp(a->name, b->name) != 0, "%s twice", a->name);
             bool same = a->kind == b->kind && a->leaf == b->leaf && a->subleaf == b->subleaf &&
                         a->reg == b->reg && a->bit == b->bit;
@@ -126,4 +129,73 @@ Test(cpu_featset, operations)
     cr_assert(cpu_featset_empty(&c));
     cpu_featset_or(&c, &a);
     cr_assert(eq(int, cpu_featset_count(&c), 2));
+}
+
+/* libvirt's CPU files name bits QEMU cannot give a guest: they are known, and host-only. */
+Test(cpu_table, host_only_features)
+{
+    expect_cpuid("osxsave", 1, 0, ECX, 27);
+    expect_cpuid("cmt", 7, 0, EBX, 12);
+    expect_cpuid("flush-l1d", 7, 0, EDX, 28);
+    expect_cpuid("mbm_total", 0xf, 1, EDX, 1);
+    expect_cpuid("mbm_local", 0xf, 1, EDX, 2);
+    expect_cpuid("overflow-recov", 0x80000007, 0, EBX, 0);
+    cr_assert(eq(int, cpu_feature_index("cqm"), cpu_feature_index("cmt")), "Linux's name");
+    static const char *const host_only[] = {"osxsave", "ospke", "cmt", "mbm_total", "flush-l1d"};
+    for (size_t i = 0; i < G_N_ELEMENTS(host_only); i++) {
+        int f = cpu_feature_index(host_only[i]);
+        cr_assert(not(cpu_feature_guest(f)), "%s", host_only[i]);
+        cr_assert(not(cpu_feature_migratable(f)), "%s never migrates", host_only[i]);
+        cr_assert(eq(str, (char *)cpu_feature_libvirt_name(f), (char *)host_only[i]));
+    }
+    cr_assert(cpu_feature_guest(cpu_feature_index("avx2")));
+    cr_assert(cpu_feature_is_nested("vmx-ept") && !cpu_feature_is_nested("vmx"));
+    cr_assert(eq(int, cpu_feature_index("vmx-ept"), -1), "nested features are not modelled");
+}
+
+static cpu_featset set_of(const char *names)
+{
+    cpu_featset s = {0};
+    g_auto(GStrv) list = g_strsplit(names, " ", -1);
+    for (int i = 0; list[i]; i++) {
+        int f = cpu_feature_index(list[i]);
+        cr_assert(ge(int, f, 0), "%s", list[i]);
+        cpu_featset_add(&s, f);
+    }
+    return s;
+}
+
+static char *kvm_of(const char *host, const char *vendor)
+{
+    cpu_featset h = set_of(host), g;
+    cpu_kvm_guest(&h, vendor, &g);
+    return cpu_featset_names(&g, false);
+}
+
+/* reference/cpu.md section 1: what KVM passes, hides and adds. */
+Test(cpu_kvm, guest_view_of_a_host)
+{
+    g_autofree char *intel = kvm_of("sse2 ds monitor vmx spec-ctrl stibp ssbd pku rtm taa-no "
+                                    "osxsave invtsc pdcm", "GenuineIntel");
+    cr_assert(eq(str, intel, "vmx x2apic tsc-deadline hypervisor sse2 arat tsc-adjust rtm "
+                             "umip spec-ctrl stibp arch-capabilities ssbd ibpb ibrs amd-stibp "
+                             "amd-ssbd skip-l1dfl-vmentry pschange-mc-no taa-no"),
+              "ds, monitor, osxsave, pdcm, invtsc and pku (no OSPKE) hidden, the rest added");
+    /* TAA needs TSX: without rtm, KVM clears taa-no */
+    g_autofree char *no_tsx = kvm_of("sse2 taa-no", "GenuineIntel");
+    cr_assert_null(strstr(no_tsx, "taa-no"), "%s", no_tsx);
+    g_autofree char *amd = kvm_of("sse2 svm npt lbrv ibpb ibrs amd-stibp amd-ssbd monitor "
+                                  "perfctr-core", "AuthenticAMD");
+    cr_assert(eq(str, amd, "x2apic tsc-deadline hypervisor sse2 arat tsc-adjust spec-ctrl stibp "
+                           "arch-capabilities ssbd svm ibpb ibrs amd-stibp amd-ssbd virt-ssbd "
+                           "npt svme-addr-chk rdctl-no skip-l1dfl-vmentry mds-no "
+                           "pschange-mc-no"), "%s", amd);
+    /* pku only where the host OS turned protection keys on */
+    g_autofree char *pkeys = kvm_of("pku ospke", "GenuineIntel");
+    cr_assert_not_null(strstr(pkeys, "pku"), "%s", pkeys);
+    /* what some guest may have: host-only and never-given bits go, invtsc may stay */
+    cpu_featset p = set_of("ds osxsave invtsc avx2 lbrv");
+    cpu_kvm_possible(&p);
+    g_autofree char *possible = cpu_featset_names(&p, false);
+    cr_assert(eq(str, possible, "avx2 invtsc"));
 }

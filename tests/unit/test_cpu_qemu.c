@@ -482,3 +482,121 @@ Test(cpu_qemu_hostile, every_node_poisoned, .timeout = 120)
         vm_replies_clear(&good);
     }
 }
+
+/* ---- the migration gate (issue 10, item 4) --------------------------------------------------- */
+
+/* A VM started with -cpu EPYC under TCG (QEMU 10.0.2): AMD, what TCG filtered removed. */
+static cpu_def epyc_vm(void)
+{
+    vm_replies r;
+    vm_replies_load(&r, "10.0.2/vm-EPYC");
+    cpu_def vm;
+    cpu_featset filtered;
+    vmig_error *err = NULL;
+    cr_assert(cpu_vm_from_qom(r.words, r.filtered, r.vendor, r.msrs, &vm, &filtered, &err),
+              "%s", err ? vmig_error_message(err) : "");
+    cr_assert(eq(str, vm.vendor, "AuthenticAMD"));
+    cr_assert(cpu_featset_has(&filtered, feature("xsavec")), "TCG filtered xsavec");
+    cr_assert(cpu_featset_has(&vm.require, feature("svm")));
+    vm_replies_clear(&r);
+    return vm;
+}
+
+static char *cpudata_file(const char *rel, gsize *len)
+{
+    const char *dir = getenv("VMIG_CPUDATA");
+    cr_assert_not_null(dir, "VMIG_CPUDATA is not set");
+    g_autofree char *path = g_build_filename(dir, rel, NULL);
+    char *text = NULL;
+    cr_assert(g_file_get_contents(path, &text, len, NULL), "%s", path);
+    return text;
+}
+
+/* The destination's offer under @kvm from host file @rel (NULL: none) and @expansion. */
+static cpu_def offer(bool kvm, const char *rel, json_object *expansion)
+{
+    gsize len = 0;
+    g_autofree char *text = rel ? cpudata_file(rel, &len) : NULL;
+    cpu_def d;
+    vmig_error *err = NULL;
+    cr_assert(cpu_gate_offer(kvm, text, len, rel, expansion, &d, &err), "%s",
+              err ? vmig_error_message(err) : "");
+    cr_assert_null(d.model_name);
+    return d;
+}
+
+Test(cpu_gate, kvm_refuses_an_amd_vm_on_an_intel_host)
+{
+    cpu_def vm = epyc_vm();
+    static const char *const intel[] = {"libvirt/x86_64-cpuid-Core-i7-8550U-host.xml",
+                                        "libvirt/x86_64-cpuid-Core-i7-8550U.xml"};
+    for (size_t i = 0; i < G_N_ELEMENTS(intel); i++) {
+        cpu_def host = offer(true, intel[i], NULL);
+        cr_assert(eq(str, host.vendor, "GenuineIntel"));
+        cr_assert(not(cpu_featset_has(&host.require, feature("ds"))),
+                  "a host CPU offers what KVM gives on it, not its raw bits");
+        cpu_featset missing;
+        char *why = NULL;
+        vmig_error *err = NULL;
+        cr_assert(eq(int, cpu_gate_check(&vm, &host, &missing, &why, &err),
+                     CPU_CMP_INCOMPATIBLE), "%s", intel[i]);
+        cr_assert(eq(str, why, "the guest CPU is AuthenticAMD, the host is GenuineIntel"));
+        g_free(why);
+    }
+}
+
+Test(cpu_gate, tcg_offers_what_tcg_emulates_whatever_the_host)
+{
+    g_autoptr(json_object) max = recorded("10.0.2", "expansion-full-max.json");
+    cr_assert(not(cpu_expansion_is_host(max)));
+    /* the Intel host file is there, and does not decide */
+    cpu_def host = offer(false, "libvirt/x86_64-cpuid-Core-i7-8550U-host.xml", max);
+    cr_assert(eq(str, host.vendor, ""), "TCG presents any vendor string");
+    cr_assert(cpu_featset_has(&host.require, feature("svm")), "max's features, not the file's");
+    cpu_def vm = epyc_vm();
+    cpu_featset missing;
+    char *why = NULL;
+    int r = (int)cpu_gate_check(&vm, &host, &missing, &why, NULL);
+    cr_assert(ne(int, r, CPU_CMP_INCOMPATIBLE), "%s", why ? why : "");
+    /* an Intel model runs under TCG too, though TCG's max calls itself AMD */
+    vm_replies sk;
+    vm_replies_load(&sk, "10.0.2");
+    cpu_def skylake;
+    cpu_featset filtered;
+    cr_assert(cpu_vm_from_qom(sk.words, sk.filtered, sk.vendor, sk.msrs, &skylake, &filtered,
+                              NULL));
+    r = (int)cpu_gate_check(&skylake, &host, &missing, &why, NULL);
+    cr_assert(ne(int, r, CPU_CMP_INCOMPATIBLE), "%s", why ? why : "");
+    vm_replies_clear(&sk);
+}
+
+Test(cpu_gate, kvm_host_file_stands_for_the_host_model)
+{
+    cpu_def vm = epyc_vm();
+    cpu_featset missing;
+    char *why = NULL;
+    /* the raw EPYC 7502: KVM never gives monitor, which the VM's EPYC model has */
+    cpu_def rome = offer(true, "libvirt/x86_64-cpuid-EPYC-7502-32-Core.xml", NULL);
+    cr_assert(eq(int, cpu_gate_check(&vm, &rome, &missing, &why, NULL), CPU_CMP_INCOMPATIBLE));
+    cr_assert(eq(str, why, "the host CPU lacks: monitor"), "%s", why);
+    g_free(why);
+    /* a host model file (domcapabilities) is taken as it is */
+    cpu_def json = offer(true, "libvirt/x86_64-cpuid-EPYC-7502-32-Core-json.xml", NULL);
+    cr_assert(eq(str, json.vendor, "AuthenticAMD"));
+    cr_assert(cpu_featset_has(&json.require, feature("hypervisor")));
+    /* under KVM without a file, the expansion of host */
+    g_autoptr(json_object) host = parse("{\"model\": {\"name\": \"host\", \"props\": "
+                                        "{\"vendor\": \"AuthenticAMD\", \"sse2\": true}}}");
+    cr_assert(cpu_expansion_is_host(host));
+    cpu_def h = offer(true, NULL, host);
+    cr_assert(eq(str, h.vendor, "AuthenticAMD"), "KVM cannot change the vendor");
+    /* a file with several CPUs is not one host */
+    gsize len = 0;
+    g_autofree char *two = g_strdup("<cpu><model>EPYC</model></cpu><cpu><model>EPYC</model>"
+                                    "</cpu>");
+    len = strlen(two);
+    vmig_error *err = NULL;
+    cpu_def d;
+    cr_assert(not(cpu_gate_offer(true, two, len, "host-cpu.xml", NULL, &d, &err)));
+    expect_error(&err, VMIG_E_INVAL, "host-cpu.xml: 2 CPUs, where a host has one", two);
+}

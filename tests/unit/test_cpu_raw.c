@@ -171,3 +171,37 @@ Test(cpu_raw, truncated_real_dump_is_refused)
                        vmig_error_message(err));
     vmig_error_free(err);
 }
+
+/* issue 11, item 10: the older InstLatx64 dialect counts a leaf's subleaves by its repeats.
+ * Counting them by looking up subleaf 0, 1, 2, ... made 4,000 lines take 15 s (cubic).  The
+ * work, counted as lookups, must grow linearly with the lines. */
+static uint64_t probes_for(const char *head, int repeats)
+{
+    GString *text = g_string_new(head);
+    for (int i = 0; i < repeats; i++) {
+        g_string_append(text, "CPUID 00000004  \t3C004121-01C0003F-0000003F-00000000\n");
+    }
+    vmig_error *err = NULL;
+    g_autoptr(cpu_raw) r = cpu_raw_parse(text->str, text->len, "repeats.txt", &err);
+    cr_assert_not_null(r, "%s", vmig_error_message(err));
+    uint32_t v[4];
+    cr_assert(cpu_raw_get(r, 4, (uint32_t)repeats - 1, v), "the last repeat is a subleaf");
+    uint64_t n = cpu_raw_probes(r);
+    g_string_free(text, TRUE);
+    return n;
+}
+
+Test(cpu_raw, old_instlatx64_dialect_parses_in_linear_work, .timeout = 60)
+{
+    /* the first logical CPU of a real dump, then one leaf repeated many times */
+    g_autofree char *path = data_path("instlatx64/GenuineIntel00306E4_IvyBridgeEP_CPUID.txt");
+    g_autofree char *text = NULL;
+    cr_assert(g_file_get_contents(path, &text, NULL, NULL));
+    char *second = strstr(strstr(text, "CPUID 00000000") + 1, "CPUID 00000000");
+    cr_assert_not_null(second);
+    *second = '\0';
+    uint64_t small = probes_for(text, 4000), large = probes_for(text, 16000);
+    cr_assert(le(u64, small, 4 * 4100), "4,000 lines: %lu lookups", (unsigned long)small);
+    cr_assert(le(u64, large, 4 * small + 400), "4x the lines, %lu then %lu lookups: not linear",
+              (unsigned long)small, (unsigned long)large);
+}
