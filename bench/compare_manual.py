@@ -75,8 +75,11 @@ def ts(ev):
     return ev["timestamp"]["seconds"] + ev["timestamp"]["microseconds"] / 1e6
 
 
+QEMU = "qemu-system-x86_64"  # replaced in main() by the QEMU vmigrate itself runs
+
+
 def qemu_argv(d, kernel, mem, rate, incoming):
-    argv = ["qemu-system-x86_64", "-name", "guest=bench", "-machine", "pc,accel=tcg",
+    argv = [QEMU, "-name", "guest=bench", "-machine", "pc,accel=tcg",
             "-cpu", "qemu64", "-m", "%dM" % mem, "-smp", "1", "-nodefaults",
             "-no-user-config", "-display", "none",
             "-chardev", "socket,id=q,path=%s/qmp.sock,server=on,wait=off" % d,
@@ -159,6 +162,12 @@ def main():
                  "faster on a shared 2-core machine, so both must go first equally often")
     cli = os.path.abspath(os.path.join(a.build, "vmigrate"))
     kernel = os.path.abspath(os.path.join(a.build, "guest", "vmig-guest.elf"))
+    # Both drivers run the same QEMU: the one this vmigrate runs ($VMIG_QEMU or its build's).
+    global QEMU
+    ver = json.loads(subprocess.run([cli, "version", "--json"], check=True,
+                                    capture_output=True, text=True).stdout)
+    QEMU = ver["qemu"]
+    print("QEMU %s (%s) for both drivers" % (ver.get("qemu_version"), QEMU), file=sys.stderr)
     rows = []
     for label, mem, rate in SCENARIOS:
         res = {"vmigrate": [], "manual": []}

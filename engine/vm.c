@@ -55,8 +55,11 @@ char *eng_vm_dir(const char *state_dir, const char *name)
 
 bool eng_write_file(const char *path, const char *text, vmig_error **errp)
 {
+    /* Atomic (a temporary file, then rename) but not durable: g_file_set_contents() fsyncs
+     * before replacing a file, and this runs inside dispatch, every 250 ms for a job's file. */
     g_autoptr(GError) gerr = NULL;
-    if (!g_file_set_contents(path, text, -1, &gerr)) {
+    if (!g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600,
+                                  &gerr)) {
         vmig_set_error(errp, VMIG_E_IO, "%s", gerr->message);
         return false;
     }
