@@ -708,3 +708,22 @@ Test(qmp_parser, the_value_bound_is_exact)
     cr_assert_not_null(strstr(vmig_error_message(err), "more than"));
     vmig_error_free(err);
 }
+
+/* Version numbers past any QEMU's in the greeting once overflowed a signed int (issue 11,
+ * item 6): they are read as no version, and the handshake goes on. */
+Test(qmp_conn, greeting_with_huge_version_numbers_reads_as_no_version, .timeout = 10)
+{
+    static const t_step script[] = {
+        {T_SEND, "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 99999999999, \"minor\": 2, "
+                 "\"major\": 9223372036854775807}, \"package\": \"\"}, \"capabilities\": []}}\r\n"},
+        {T_EXPECT, "qmp_capabilities"},
+        {T_SEND, "{\"return\": {}, \"id\": $ID}\r\n"},
+        {T_END},
+    };
+    t_fake *f;
+    g_autoptr(qmp_conn) c = connect_fake(script, &f);
+    vmig_error *err = NULL;
+    cr_assert(qmp_conn_handshake(c, 2000, &err), "%s", vmig_error_message(err));
+    cr_assert(eq(int, qmp_conn_version(c), 0));
+    finish(f);
+}
