@@ -312,6 +312,12 @@ static void defs_start(GMarkupParseContext *ctx, const gchar *el, const gchar **
     defs_ctx *x = opaque;
     (void)ctx;
     g_string_truncate(x->text, 0);
+    if (strcmp(el, "cpu") == 0 && x->in_cpu) {
+        /* found by fuzzing: resetting the CPU in progress leaked its model name */
+        g_set_error(gerr, G_MARKUP_ERROR, G_MARKUP_ERROR_INVALID_CONTENT,
+                    "a <cpu> inside a <cpu>");
+        return;
+    }
     if (strcmp(el, "cpu") == 0) {
         memset(&x->cur, 0, sizeof(x->cur));
         x->cur.family = x->cur.model = x->cur.stepping = -1;

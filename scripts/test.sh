@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up, build, and run every test: unit and integration (real QEMU pairs under TCG) in a
-# -Werror build, then all of them again under ASan+UBSan.
+# -Werror build, then all of them again under ASan+UBSan, then each libFuzzer target for
+# $VMIG_FUZZ_SECONDS (default 60) from its seeds and regressions (scripts/fuzz.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 bash "$ROOT/scripts/check-banned.sh"
@@ -11,4 +12,6 @@ for dir in build build-asan; do
     echo "== tests in $dir"
     (cd "$ROOT/$dir" && ctest --output-on-failure) || status=1
 done
+echo "== fuzzing, ${VMIG_FUZZ_SECONDS:-60} s a target"
+bash "$ROOT/scripts/fuzz.sh" "${VMIG_FUZZ_SECONDS:-60}" || status=1
 exit $status
