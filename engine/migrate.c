@@ -616,7 +616,7 @@ static void dst_launched(void *opaque, eng_vm *vm, const vmig_error *err)
     eng_job_release(j);
 }
 
-void mig_launch_destination(vmig_job *j)
+static void launch_now(vmig_job *j)
 {
     mig *m = M(j);
     g_autofree char *stage = g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL);
@@ -633,6 +633,39 @@ void mig_launch_destination(vmig_job *j)
         vmig_error_free(err);
     }
     eng_job_then(j, setup);
+}
+
+static void stale_stopped(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    mig *m = M(j);
+    if (err) {
+        eng_log(j->e, VMIG_LOG_ERROR, "stopping a stale destination: %s",
+                vmig_error_message(err));
+    } else {
+        eng_vm_remove_dir(m->stale->dir);
+    }
+    g_clear_pointer(&m->stale, eng_vm_free);
+    eng_job_release(j);
+}
+
+void mig_launch_destination(vmig_job *j)
+{
+    mig *m = M(j);
+    g_autofree char *stage = g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL);
+    /* This job holds the VM's lock, so a QEMU still running in the staging directory was left
+     * by a vmigrate that died mid-migration (issue 11, item 4): stop it before starting ours. */
+    vmig_error *err = NULL;
+    m->stale = g_file_test(stage, G_FILE_TEST_IS_DIR) ? eng_vm_find(j->e, stage, &err) : NULL;
+    vmig_error_free(err);
+    if (m->stale) {
+        eng_log(j->e, VMIG_LOG_WARN, "VM '%s': a destination QEMU (pid %d) left in %s by a "
+                                     "vmigrate that stopped; stopping it", m->name,
+                m->stale->pid, stage);
+        eng_job_hold(j);
+        eng_vm_kill(m->stale, DEST_KILL_MS, stale_stopped, j);
+    }
+    eng_job_then(j, launch_now);
 }
 
 static void src_ready(void *opaque, const vmig_error *err)
@@ -767,6 +800,7 @@ static void mig_free(vmig_job *j)
     mig *m = j->data;
     eng_vm_free(m->src);
     eng_vm_free(m->dst);
+    eng_vm_free(m->stale);
     if (m->probe) {
         eng_vm_discard(m->probe);
     }

@@ -317,6 +317,33 @@ Test(migrate, stalled_migration_rolls_back)
     cr_assert(vmig_guest_verify(eng, "stuck", NULL, &err), "%s", vmig_error_message(err));
 }
 
+/* A vmigrate that died after starting the destination left a QEMU in NAME.incoming: the next
+ * migration said "already running" (issue 11, item 4).  Now it stops it and goes on. */
+Test(migrate, a_destination_left_by_a_dead_vmigrate_is_cleaned_up)
+{
+    start_guest("orphaned", 64, 0);
+    vmig_error *err = NULL;
+    g_autofree char *src_dir = g_build_filename(state, "orphaned", NULL);
+    g_autofree char *stage = g_build_filename(state, "orphaned.incoming", NULL);
+    g_autoptr(eng_vm) src = eng_vm_find(eng, src_dir, &err);
+    cr_assert_not_null(src, "%s", vmig_error_message(err));
+    eng_launch_req req = {.spec = src->spec, .dir = stage, .accel = t_accel(), .incoming = true};
+    eng_vm *orphan = eng_vm_launch_sync(eng, &req, &err);
+    cr_assert_not_null(orphan, "%s", vmig_error_message(err));
+    int opid = orphan->pid;
+    eng_vm_free(orphan); /* the engine forgets it; the QEMU runs on, as after a crash */
+    cr_assert(eng_vm_alive(&(eng_vm){.pid = opid}));
+    vmig_migrate_opts o;
+    t_live_opts(&o);
+    vmig_migration_stats st;
+    cr_assert(vmig_migrate(eng, "orphaned", &o, NULL, NULL, &st, &err), "%s",
+              vmig_error_message(err));
+    expect_only("orphaned", "running");
+    cr_assert(not(eng_vm_alive(&(eng_vm){.pid = opid})), "the stale destination (pid %d) is "
+                                                         "gone", opid);
+    cr_assert(vmig_guest_verify(eng, "orphaned", NULL, &err), "%s", vmig_error_message(err));
+}
+
 Test(migrate, refused_up_front)
 {
     start_guest("stay", 64, 0);
