@@ -66,7 +66,10 @@ bool eng_write_file(const char *path, const char *text, vmig_error **errp)
     return true;
 }
 
-/* Alive means: the process exists and is not a zombie waiting for a parent that never reaps. */
+/* Alive means: the process exists and has not let go of its memory.  A zombie leader is not
+ * enough: after SIGKILL, QEMU's main thread can be a zombie while its other threads still
+ * unmap guest RAM and hold its files, and /proc/PID/cmdline stays readable until the last
+ * thread is gone. */
 static bool pid_alive(int pid)
 {
     if (pid <= 0) {
@@ -82,7 +85,20 @@ static bool pid_alive(int pid)
     fclose(f);
     buf[n] = '\0';
     const char *rp = strrchr(buf, ')');
-    return rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
+    if (!rp || rp[1] != ' ') {
+        return false;
+    }
+    if (rp[2] != 'Z' && rp[2] != 'X') {
+        return true;
+    }
+    g_snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+    f = fopen(path, "re");
+    if (!f) {
+        return false;
+    }
+    n = fread(buf, 1, 1, f);
+    fclose(f);
+    return n > 0;
 }
 
 /* Whether @pid is the QEMU of instance @name (guards against a recycled pid). */

@@ -267,7 +267,7 @@ Test(migrate, destination_killed_midway)
     char buf[32];
     cr_assert(eq(str, (char *)run_state("victim", buf, sizeof(buf)), "running"));
     cr_assert(not(g_file_test(stage, G_FILE_TEST_EXISTS)), "the destination is torn down");
-    cr_assert(eq(int, t_qemu_count("victim.incoming"), 0));
+    cr_assert(eq(int, t_qemu_count_settled("victim.incoming"), 0));
     uint64_t pages = 0;
     cr_assert(vmig_guest_verify(eng, "victim", &pages, &err), "the source lost nothing: %s",
               vmig_error_message(err));
@@ -313,7 +313,7 @@ Test(migrate, stalled_migration_rolls_back)
     vmig_error_free(err);
     err = NULL;
     cr_assert(not(g_file_test(stage, G_FILE_TEST_EXISTS)), "the destination is torn down");
-    cr_assert(eq(int, t_qemu_count("stuck.incoming"), 0));
+    cr_assert(eq(int, t_qemu_count_settled("stuck.incoming"), 0));
     cr_assert(vmig_guest_verify(eng, "stuck", NULL, &err), "%s", vmig_error_message(err));
 }
 

@@ -50,6 +50,15 @@ int t_qemu_count(const char *needle)
     return n;
 }
 
+int t_qemu_count_settled(const char *needle)
+{
+    /* a killed QEMU can take a moment to leave /proc; t_state_dir_check_clean waits too */
+    for (int i = 0; i < 100 && t_qemu_count(needle) > 0; i++) {
+        g_usleep(50000);
+    }
+    return t_qemu_count(needle);
+}
+
 static int count_entries(const char *dir, GString *names)
 {
     int n = 0;
@@ -70,10 +79,7 @@ static int count_entries(const char *dir, GString *names)
 void t_state_dir_check_clean(const char *dir)
 {
     /* QEMU may take a moment to exit after a kill */
-    for (int i = 0; i < 100 && t_qemu_count(dir) > 0; i++) {
-        g_usleep(50000);
-    }
-    cr_expect(eq(int, t_qemu_count(dir), 0), "QEMU processes left running in %s", dir);
+    cr_expect(eq(int, t_qemu_count_settled(dir), 0), "QEMU processes left running in %s", dir);
     g_autoptr(GString) names = g_string_new(NULL);
     int left = count_entries(dir, names);
     cr_expect(eq(int, left, 0), "left in %s:%s", dir, names->str);

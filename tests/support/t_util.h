@@ -18,6 +18,8 @@ char *t_state_dir_new(void);
 void t_state_dir_check_clean(const char *dir);
 /* QEMU processes whose command line mentions @needle. */
 int t_qemu_count(const char *needle);
+/* The same, once the count has settled at 0 or 5 s have passed. */
+int t_qemu_count_settled(const char *needle);
 /* pid of the QEMU that owns instance @dir (0 if none). */
 int t_instance_pid(const char *instance_dir);
 
