@@ -161,10 +161,30 @@ static int vm_stop(const cli_global *g, int argc, char **argv)
     return ok ? CLI_OK : cli_fail(err);
 }
 
+static int vm_recover(const cli_global *g, int argc, char **argv)
+{
+    if (argc == 2 && argv[1][0] == '-') {
+        return cli_usage_error("vm", "unknown option '%s'", argv[1]);
+    }
+    if (argc != 2) {
+        return cli_usage_error("vm", "'vm recover' takes one VM NAME");
+    }
+    vmig_error *err = NULL;
+    char *what = NULL;
+    vmig_engine *e = cli_engine(g, &err);
+    bool ok = e && vmig_vm_recover(e, argv[1], &what, &err);
+    vmig_engine_free(e);
+    if (ok) {
+        printf("VM '%s': %s\n", argv[1], *what ? what : "nothing to recover");
+    }
+    free(what);
+    return ok ? CLI_OK : cli_fail(err);
+}
+
 int cmd_vm(const cli_global *g, int argc, char **argv)
 {
     if (argc < 2) {
-        return cli_usage_error("vm", "'vm' needs a subcommand: start, list or stop");
+        return cli_usage_error("vm", "'vm' needs a subcommand: start, list, stop or recover");
     }
     const char *sub = argv[1];
     argc--;
@@ -178,5 +198,9 @@ int cmd_vm(const cli_global *g, int argc, char **argv)
     if (strcmp(sub, "stop") == 0) {
         return vm_stop(g, argc, argv);
     }
-    return cli_usage_error("vm", "unknown subcommand '%s': use start, list or stop", sub);
+    if (strcmp(sub, "recover") == 0) {
+        return vm_recover(g, argc, argv);
+    }
+    return cli_usage_error("vm", "unknown subcommand '%s': use start, list, stop or recover",
+                           sub);
 }

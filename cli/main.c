@@ -16,6 +16,7 @@ static const char main_help[] =
     "  vm start [--accel tcg|kvm] SPEC    start a VM from a JSON spec\n"
     "  vm list [--json]                   list VMs in the state directory\n"
     "  vm stop [--timeout S] NAME         stop a VM and remove its state\n"
+    "  vm recover NAME                    clean up after a migration whose vmigrate died\n"
     "  migrate [OPTIONS] NAME DEST        migrate VM NAME to DEST (local, local:STATE_DIR)\n"
     "  demo [OPTIONS]                     start the built-in test guest, migrate it live on\n"
     "                                     this host, check every page of its memory\n"
@@ -38,6 +39,7 @@ static const char vm_help[] =
     "Usage: vmigrate vm start [--accel tcg|kvm] SPEC\n"
     "       vmigrate vm list [--json] [--timeout MS]\n"
     "       vmigrate vm stop [--timeout S] NAME\n"
+    "       vmigrate vm recover NAME\n"
     "\n"
     "start  starts QEMU for the VM spec in file SPEC (docs/spec.md), detached, with its QMP\n"
     "       socket under the state directory.  --accel picks the accelerator: tcg (the\n"
@@ -45,7 +47,12 @@ static const char vm_help[] =
     "list   one line per VM: name, pid, QEMU run state, the migration running on it and its\n"
     "       progress, QMP socket.  Each QEMU's reader monitor gets MS milliseconds to answer\n"
     "       (default 100) before the VM shows as busy.\n"
-    "stop   asks QEMU to quit, kills it after S seconds (default 10), removes its state.\n";
+    "stop   asks QEMU to quit, kills it after S seconds (default 10), removes its state.\n"
+    "recover  cleans up after a migration whose vmigrate died (killed, crashed).  A\n"
+    "       destination that had taken over keeps the VM and the source is retired;\n"
+    "       otherwise a destination that never ran is stopped, a source migrating to nobody\n"
+    "       is cancelled, and a source left paused by a finished migration is resumed.\n"
+    "       'migrate' does the same before it starts.\n";
 
 static const char migrate_help[] =
     "Usage: vmigrate migrate [OPTIONS] NAME DEST\n"

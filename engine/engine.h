@@ -124,6 +124,9 @@ void eng_job_end(vmig_job *j, vmig_job_state final);
  * that changes a VM's directory holds it, so two vmigrate processes never work on one VM.
  * Fails at once, naming the VM, when another holds it. */
 bool eng_job_lock(vmig_job *j, const char *state_dir, const char *name, vmig_error **errp);
+/* The same lock without a job: its fd (its path in @ret_path), or -1 with an error. */
+int eng_lock_vm(const char *state_dir, const char *name, char **ret_path, vmig_error **errp);
+void eng_unlock_vm(int fd, char *path);
 /* vmig_engine_free(): every job lets go of the engine; those the caller holds stay as shells
  * for vmig_job_free(). */
 void eng_jobs_detach(vmig_engine *e);
@@ -183,6 +186,7 @@ typedef struct eng_vm {
     vmig_accel accel;
     int pid;
     qmp_conn *qmp;
+    int guard_fd; /* lifeline to the guard of a destination, until released; else -1 */
 } eng_vm;
 
 void eng_vm_free(eng_vm *vm);
@@ -199,6 +203,14 @@ bool eng_vm_connect_sync(eng_vm *vm, vmig_error **errp);
 void eng_vm_disconnect(eng_vm *vm);
 /* Removes an instance directory and the files in it. */
 void eng_vm_remove_dir(const char *dir);
+/* Lets a guarded QEMU outlive the engine (the switchover); freeing the VM unreleased kills it.
+ * False with an error when the guard is gone: then it is not known to live on. */
+bool eng_vm_release_guard(eng_vm *vm, vmig_error **errp);
+/* Cleans up after a migration whose vmigrate died (recover.c), the VM's lock held: a source
+ * left paused or migrating to nobody, a destination in FINAL_DIR.incoming.  @ret_what says what
+ * was done ("" for nothing). */
+bool eng_vm_recover_locked(vmig_engine *e, const char *src_dir, const char *final_dir,
+                           char **ret_what, vmig_error **errp);
 /* Whether the VM's QEMU process still exists. */
 bool eng_vm_alive(const eng_vm *vm);
 /* Last lines of the VM's QEMU stderr, for error messages ("" when none). */
@@ -214,6 +226,7 @@ typedef struct eng_launch_req {
     const char *dir;       /* absolute instance directory; created, must not hold a live VM */
     vmig_accel accel;
     bool incoming; /* -incoming defer -S */
+    bool guard;    /* killed when the engine dies, until eng_vm_release_guard() */
     bool probe;    /* -machine none, in a fresh directory below the state directory */
     qmp_event_fn ev;
     void *ev_opaque;

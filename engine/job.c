@@ -79,6 +79,30 @@ static int lock_path(const char *path, vmig_error **errp)
     return -1;
 }
 
+int eng_lock_vm(const char *state_dir, const char *name, char **ret_path, vmig_error **errp)
+{
+    g_autofree char *file = g_strdup_printf(".%s.lock", name);
+    g_autofree char *path = g_build_filename(state_dir, file, NULL);
+    int fd = lock_path(path, errp);
+    if (fd == -2) {
+        vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is busy: another vmigrate is starting, "
+                                           "stopping or migrating it (%s)", name, path);
+        return -1;
+    }
+    if (fd >= 0) {
+        *ret_path = g_steal_pointer(&path);
+    }
+    return fd;
+}
+
+void eng_unlock_vm(int fd, char *path)
+{
+    /* Remove the file while still holding it: a waiter that got the old file notices. */
+    unlink(path);
+    close(fd);
+    g_free(path);
+}
+
 bool eng_job_lock(vmig_job *j, const char *state_dir, const char *name, vmig_error **errp)
 {
     int slot = j->locks[0] < 0 ? 0 : 1;
@@ -86,19 +110,11 @@ bool eng_job_lock(vmig_job *j, const char *state_dir, const char *name, vmig_err
         vmig_set_error(errp, VMIG_E_STATE, "bug: a job holds two locks already");
         return false;
     }
-    g_autofree char *file = g_strdup_printf(".%s.lock", name);
-    g_autofree char *path = g_build_filename(state_dir, file, NULL);
-    int fd = lock_path(path, errp);
-    if (fd == -2) {
-        vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is busy: another vmigrate is starting, "
-                                           "stopping or migrating it (%s)", name, path);
-        return false;
-    }
+    int fd = eng_lock_vm(state_dir, name, &j->lock_paths[slot], errp);
     if (fd < 0) {
         return false;
     }
     j->locks[slot] = fd;
-    j->lock_paths[slot] = g_steal_pointer(&path);
     return true;
 }
 
@@ -108,11 +124,8 @@ static void unlock_all(vmig_job *j)
         if (j->locks[i] < 0) {
             continue;
         }
-        /* Remove the file while still holding it: a waiter that got the old file notices. */
-        unlink(j->lock_paths[i]);
-        close(j->locks[i]);
+        eng_unlock_vm(j->locks[i], g_steal_pointer(&j->lock_paths[i]));
         j->locks[i] = -1;
-        g_clear_pointer(&j->lock_paths[i], g_free);
     }
 }
 

@@ -266,6 +266,12 @@ static void ask_destination(vmig_job *j)
 static void check_source(vmig_job *j)
 {
     mig *m = M(j);
+    if (strcmp(m->src_state, "postmigrate") == 0) {
+        mig_fail_new(j, VMIG_E_STATE, "VM '%s' is paused after a migration that did not finish "
+                                      "(postmigrate): 'vmigrate vm recover %s' resumes it",
+                     m->name, m->name);
+        return;
+    }
     if (strcmp(m->src_state, "running") != 0 && strcmp(m->src_state, "paused") != 0) {
         mig_fail_new(j, VMIG_E_STATE, "VM '%s' is %s: only a running or paused VM can migrate",
                  m->name, m->src_state);
@@ -362,7 +368,7 @@ void mig_ask_source(vmig_job *j)
     eng_job_call_opt(j, c, "query-kvm", NULL, on_src_kvm);
     eng_job_call_opt(j, c, "query-machines", NULL, on_src_machines);
     eng_job_call(j, c, "query-cpus-fast", NULL, on_cpus);
-    eng_launch_req req = {.accel = m->src->accel, .probe = true};
+    eng_launch_req req = {.accel = m->src->accel, .probe = true, .guard = true};
     vmig_error *err = NULL;
     eng_job_hold(j);
     if (!eng_vm_launch(j->e, &req, probe_launched, j, &err)) {

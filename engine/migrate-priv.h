@@ -35,7 +35,6 @@ typedef struct mig {
     vmig_progress_fn progress;
     void *progress_opaque;
     eng_vm *src, *dst, *probe;
-    eng_vm *stale; /* a destination a vmigrate that died left running, being stopped */
     char *dest_state;
     char *final_dir; /* where the VM lives after success */
     char *uri;

@@ -117,6 +117,9 @@ static void save_state_as(vmig_job *j, vmig_job_state state)
     json_object_object_add(o, "state", json_object_new_string(vmig_job_state_name(state)));
     json_object_object_add(o, "holder", json_object_new_string(m->st.vm_holder));
     json_object_object_add(o, "engine_pid", json_object_new_int(getpid()));
+    if (m->src_state[0]) { /* known once the prepare phase asked; read by recover.c */
+        json_object_object_add(o, "was_running", json_object_new_boolean(m->was_running));
+    }
     json_object_object_add(o, "progress", json_object_new_double(m->st.progress));
     json_object_object_add(o, "stats", stats_json(&m->st));
     if (j->err) {
@@ -442,6 +445,13 @@ static void wait_resume(vmig_job *j)
 static void cont_destination(vmig_job *j)
 {
     mig *m = M(j);
+    /* The switchover: from here the destination must outlive this engine, whatever happens to
+     * it; before, a crash of the engine takes the destination down and the source goes on. */
+    vmig_error *err = NULL;
+    if (!eng_vm_release_guard(m->dst, &err)) {
+        eng_job_fail(j, err);
+        return;
+    }
     if (!m->was_running) {
         m->dest_took_over = true; /* stays paused, as the source was */
         confirm(j);
@@ -616,7 +626,8 @@ static void dst_launched(void *opaque, eng_vm *vm, const vmig_error *err)
     eng_job_release(j);
 }
 
-static void launch_now(vmig_job *j)
+/* begin() cleared what a vmigrate that died left in the staging directory. */
+void mig_launch_destination(vmig_job *j)
 {
     mig *m = M(j);
     g_autofree char *stage = g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL);
@@ -624,7 +635,7 @@ static void launch_now(vmig_job *j)
     g_free(dspec->cpu);
     dspec->cpu = g_strdup(m->dst_cpu);
     eng_launch_req req = {.spec = dspec, .dir = stage, .accel = m->src->accel, .incoming = true,
-                          .ev = dst_event, .ev_opaque = j};
+                          .guard = true, .ev = dst_event, .ev_opaque = j};
     m->uri = g_strdup_printf("unix:%s/migrate.sock", stage);
     vmig_error *err = NULL;
     eng_job_hold(j);
@@ -633,39 +644,6 @@ static void launch_now(vmig_job *j)
         vmig_error_free(err);
     }
     eng_job_then(j, setup);
-}
-
-static void stale_stopped(void *opaque, const vmig_error *err)
-{
-    vmig_job *j = opaque;
-    mig *m = M(j);
-    if (err) {
-        eng_log(j->e, VMIG_LOG_ERROR, "stopping a stale destination: %s",
-                vmig_error_message(err));
-    } else {
-        eng_vm_remove_dir(m->stale->dir);
-    }
-    g_clear_pointer(&m->stale, eng_vm_free);
-    eng_job_release(j);
-}
-
-void mig_launch_destination(vmig_job *j)
-{
-    mig *m = M(j);
-    g_autofree char *stage = g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL);
-    /* This job holds the VM's lock, so a QEMU still running in the staging directory was left
-     * by a vmigrate that died mid-migration (issue 11, item 4): stop it before starting ours. */
-    vmig_error *err = NULL;
-    m->stale = g_file_test(stage, G_FILE_TEST_IS_DIR) ? eng_vm_find(j->e, stage, &err) : NULL;
-    vmig_error_free(err);
-    if (m->stale) {
-        eng_log(j->e, VMIG_LOG_WARN, "VM '%s': a destination QEMU (pid %d) left in %s by a "
-                                     "vmigrate that stopped; stopping it", m->name,
-                m->stale->pid, stage);
-        eng_job_hold(j);
-        eng_vm_kill(m->stale, DEST_KILL_MS, stale_stopped, j);
-    }
-    eng_job_then(j, launch_now);
 }
 
 static void src_ready(void *opaque, const vmig_error *err)
@@ -800,7 +778,6 @@ static void mig_free(vmig_job *j)
     mig *m = j->data;
     eng_vm_free(m->src);
     eng_vm_free(m->dst);
-    eng_vm_free(m->stale);
     if (m->probe) {
         eng_vm_discard(m->probe);
     }
@@ -913,11 +890,25 @@ static bool begin(vmig_job *j, vmig_engine *e, mig *m, vmig_error **errp)
         return false;
     }
     g_autofree char *src_dir = eng_vm_dir(e->state_dir, m->name);
+    m->final_dir = eng_vm_dir(m->dest_state, m->name);
+    g_autofree char *stage = g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL);
+    if (g_file_test(stage, G_FILE_TEST_EXISTS)) {
+        /* left by a vmigrate that died mid-migration: these locks prove none drives it now */
+        g_autofree char *what = NULL;
+        if (!eng_vm_recover_locked(e, src_dir, m->final_dir, &what, errp)) {
+            vmig_prefix_error(errp, "cleaning up after an earlier migration of VM '%s': ",
+                              m->name);
+            return false;
+        }
+        if (*what) {
+            eng_log(e, VMIG_LOG_WARN, "VM '%s', left by a migration whose vmigrate stopped: %s",
+                    m->name, what);
+        }
+    }
     m->src = eng_vm_find(e, src_dir, errp);
     if (!m->src) {
         return false;
     }
-    m->final_dir = eng_vm_dir(m->dest_state, m->name);
     if (strcmp(m->final_dir, src_dir) != 0 && g_file_test(m->final_dir, G_FILE_TEST_EXISTS)) {
         vmig_set_error(errp, VMIG_E_STATE, "the destination %s already has a VM named '%s'",
                        m->dest_state, m->name);

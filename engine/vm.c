@@ -10,15 +10,25 @@
  * stderr to /dev/null, and QEMU 7.2's destination writes why an incoming migration failed
  * there just before it exits.
  *
+ * A destination QEMU is guarded until the switchover: the first child also forks a small guard
+ * process that holds a pidfd of QEMU and one end of a lifeline socket whose other end only
+ * the engine holds.  If the engine dies (or lets go of the VM without releasing it), the
+ * lifeline reads end-of-file and the guard kills QEMU; eng_vm_release_guard() sends one byte first and
+ * the guard just exits.  So a crashed vmigrate leaves no destination behind, and the source,
+ * whose migration then fails, goes on running.
+ *
  * Starting and stopping are asynchronous: timers on the engine's ring look for the monitor
  * socket and for the process to be gone; nothing here sleeps.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -167,10 +177,32 @@ void eng_vm_free(eng_vm *vm)
         return;
     }
     eng_vm_disconnect(vm);
+    if (vm->guard_fd >= 0) {
+        close(vm->guard_fd); /* not released: the guard kills this QEMU */
+    }
     vmig_spec_free(vm->spec);
     g_free(vm->name);
     g_free(vm->dir);
     g_free(vm);
+}
+
+bool eng_vm_release_guard(eng_vm *vm, vmig_error **errp)
+{
+    if (vm->guard_fd < 0) {
+        return true;
+    }
+    ssize_t w;
+    do {
+        w = send(vm->guard_fd, "R", 1, MSG_NOSIGNAL);
+    } while (w < 0 && errno == EINTR);
+    int err = errno;
+    close(vm->guard_fd);
+    vm->guard_fd = -1;
+    if (w != 1) {
+        vmig_set_error_errno(errp, err, "releasing the guard of VM '%s'", vm->name);
+        return false;
+    }
+    return true;
 }
 
 bool eng_vm_alive(const eng_vm *vm)
@@ -230,22 +262,85 @@ static ssize_t read_full(int fd, void *buf, size_t len)
     return r;
 }
 
-/* In the grandchild, before exec: nothing the embedding program holds open reaches QEMU but
- * stdio and fd 3, the pipe that reports an exec failure (close-on-exec). */
-static void close_inherited(void)
+/* Closes every descriptor from @first up.  In the grandchild, before exec: nothing the
+ * embedding program holds open reaches QEMU but stdio and fd 3, the pipe that reports an exec
+ * failure (close-on-exec). */
+static void close_from(unsigned first)
 {
 #ifdef SYS_close_range
-    if (syscall(SYS_close_range, 4U, ~0U, 0U) == 0) {
+    if (syscall(SYS_close_range, first, ~0U, 0U) == 0) {
         return;
     }
 #endif
-    for (int fd = 4; fd < 65536; fd++) {
+    for (int fd = (int)first; fd < 65536; fd++) {
         close(fd);
     }
 }
 
-/* Forks twice; the grandchild execs QEMU.  Returns its pid, or 0 with an error. */
-static int spawn_detached(char **argv, const char *logpath, vmig_error **errp)
+/* The guard process (see the top of this file): fd 0 is the lifeline, fd 1 a pidfd of QEMU
+ * (or -1 without pidfd support, then @qemu's pid is signalled).  Only async-signal-safe calls:
+ * it is a fork of a possibly threaded program. */
+static _Noreturn void guard_main(int lifeline, int qemu)
+{
+    int pidfd = -1;
+#ifdef SYS_pidfd_open
+    pidfd = (int)syscall(SYS_pidfd_open, qemu, 0);
+#endif
+    if (pidfd >= 0 && pidfd < 2) { /* stdin or stdout were closed: keep it clear of 0 and 1 */
+        pidfd = fcntl(pidfd, F_DUPFD, 2);
+    }
+    if (lifeline == 1) {
+        lifeline = fcntl(lifeline, F_DUPFD, 2);
+    }
+    if (dup2(lifeline, 0) < 0) {
+        _exit(1);
+    }
+    if (pidfd >= 0 && dup2(pidfd, 1) < 0) {
+        _exit(1);
+    }
+    close_from(pidfd >= 0 ? 2U : 1U);
+    setsid(); /* a terminal's ^C to the engine's group must not take the guard down */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    prctl(PR_SET_NAME, "vmigrate-guard", 0, 0, 0);
+    struct pollfd fds[2] = {{.fd = 0, .events = POLLIN}, {.fd = pidfd >= 0 ? 1 : -1,
+                                                          .events = POLLIN}};
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            break;
+        }
+        if (fds[1].revents) {
+            _exit(0); /* QEMU is gone */
+        }
+        if (fds[0].revents) {
+            char c = 0;
+            ssize_t r = read(0, &c, 1);
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r == 1 && c == 'R') {
+                _exit(0); /* released: QEMU holds the VM now */
+            }
+            break; /* end of file: the engine is gone */
+        }
+    }
+#ifdef SYS_pidfd_send_signal
+    if (pidfd >= 0 && syscall(SYS_pidfd_send_signal, 1, SIGKILL, NULL, 0) == 0) {
+        _exit(0);
+    }
+#endif
+    kill(qemu, SIGKILL);
+    _exit(0);
+}
+
+/* Forks twice; the grandchild execs QEMU.  With @lifeline >= 0 (the guard's end of its
+ * lifeline), the first child also forks the guard before it exits.  Returns QEMU's pid, or 0 with an
+ * error. */
+static int spawn_detached(char **argv, const char *logpath, int lifeline, vmig_error **errp)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
@@ -274,8 +369,8 @@ static int spawn_detached(char **argv, const char *logpath, vmig_error **errp)
             dup2(in, 0);
             dup2(out, 1);
             dup2(out, 2);
-            int keep = dup2(p[1], 3); /* the pipe survives close_inherited as fd 3 */
-            close_inherited();
+            int keep = dup2(p[1], 3); /* the pipe survives close_from(4) as fd 3 */
+            close_from(4);
             if (keep == 3) {
                 fcntl(3, F_SETFD, FD_CLOEXEC);
             }
@@ -285,6 +380,16 @@ static int spawn_detached(char **argv, const char *logpath, vmig_error **errp)
             ssize_t w = write(3, &err, sizeof(err));
             (void)w;
             _exit(127);
+        }
+        if (gc > 0 && lifeline >= 0) {
+            pid_t g = fork();
+            if (g == 0) {
+                guard_main(lifeline, gc);
+            }
+            if (g < 0) {
+                kill(gc, SIGKILL); /* unguarded, it could outlive a crash: do not run it */
+                gc = -1;
+            }
         }
         int32_t pid = gc > 0 ? gc : 0;
         ssize_t w = write(p[1], &pid, sizeof(pid));
@@ -444,6 +549,7 @@ static eng_vm *new_instance(vmig_engine *e, const vmig_spec *spec, const char *d
     vm->dir = g_strdup(dir);
     vm->spec = spec ? eng_spec_copy(spec) : NULL;
     vm->accel = accel;
+    vm->guard_fd = -1;
     return vm;
 }
 
@@ -502,7 +608,18 @@ static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, vmig_er
     g_autofree char *cmdline = g_strjoinv(" ", (char **)argv->pdata);
     g_autofree char *log_path = g_build_filename(dir, "qemu.log", NULL);
     eng_log(e, VMIG_LOG_DEBUG, "starting %s", cmdline);
-    vm->pid = spawn_detached((char **)argv->pdata, log_path, errp);
+    int lifeline[2] = {-1, -1};
+    /* a socket, not a pipe: a write to a dead guard must not raise SIGPIPE in the caller */
+    if (req->guard && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, lifeline) < 0) {
+        vmig_set_error_errno(errp, errno, "socketpair");
+        eng_vm_remove_dir(dir);
+        return NULL;
+    }
+    vm->pid = spawn_detached((char **)argv->pdata, log_path, lifeline[0], errp);
+    if (lifeline[0] >= 0) {
+        close(lifeline[0]);
+    }
+    vm->guard_fd = lifeline[1];
     if (!vm->pid) {
         eng_vm_remove_dir(dir);
         return NULL;

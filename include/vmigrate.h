@@ -213,6 +213,15 @@ VMIG_EXPORT vmig_job *vmig_vm_stop_async(vmig_engine *e, const char *name, int t
 VMIG_EXPORT bool vmig_vm_start(vmig_engine *e, const vmig_spec *spec, vmig_accel accel,
                                vmig_error **errp);
 VMIG_EXPORT bool vmig_vm_stop(vmig_engine *e, const char *name, int timeout_ms, vmig_error **errp);
+/* Cleans up after a migration of VM @name whose vmigrate died (a crash, SIGKILL), waiting:
+ *   - a destination QEMU that had taken over keeps the VM, and the source is retired;
+ *   - otherwise a destination that never ran is stopped, a source migrating to nobody is
+ *     cancelled, and a source left paused by a finished migration is resumed (when it ran).
+ * A destination started by vmigrate dies with it until the switchover, so most crashes leave
+ * only the source.  vmig_migrate() does this too before it starts.  @ret_what (free()) says
+ * what was done, "" when nothing was left over. */
+VMIG_EXPORT bool vmig_vm_recover(vmig_engine *e, const char *name, char **ret_what,
+                                 vmig_error **errp);
 
 /*
  * What vmig_vm_list() reports of one VM.  It asks each QEMU through its reader monitor (a

@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -342,6 +343,142 @@ Test(migrate, a_destination_left_by_a_dead_vmigrate_is_cleaned_up)
     cr_assert(not(eng_vm_alive(&(eng_vm){.pid = opid})), "the stale destination (pid %d) is "
                                                          "gone", opid);
     cr_assert(vmig_guest_verify(eng, "orphaned", NULL, &err), "%s", vmig_error_message(err));
+}
+
+/* The engine dies mid-migration (SIGKILL, in a child process): its guard takes the destination
+ * down with it, the source's migration fails and the source runs on; the next migration
+ * cleans up the staging directory and completes. */
+static void die_midway(void *opaque, const vmig_migration_stats *st)
+{
+    const char *stage = opaque;
+    if (st->transferred_bytes > 0 && t_instance_pid(stage) > 0) {
+        raise(SIGKILL);
+    }
+}
+
+Test(migrate, the_destination_dies_with_the_engine_before_the_switchover)
+{
+    start_guest("crash", 256, 10);
+    g_autofree char *stage = g_build_filename(state, "crash.incoming", NULL);
+    pid_t child = fork();
+    cr_assert(ge(int, child, 0));
+    if (child == 0) {
+        vmig_engine *e2 = t_engine(state);
+        vmig_migrate_opts o;
+        t_live_opts(&o);
+        o.bandwidth_mib_s = 16; /* ~16 s: killed well before the end */
+        vmig_migrate(e2, "crash", &o, die_midway, stage, NULL, NULL);
+        _exit(3); /* finished before it could die: the parent fails */
+    }
+    int status = 0;
+    cr_assert(eq(int, waitpid(child, &status, 0), child));
+    bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    cr_assert(killed, "the engine died mid-migration (status 0x%x)", status);
+    cr_assert(eq(int, t_qemu_count_settled("crash.incoming"), 0),
+              "the guard killed the destination");
+    char buf[32];
+    cr_assert(eq(str, (char *)run_state("crash", buf, sizeof(buf)), "running"));
+    vmig_migrate_opts o;
+    t_live_opts(&o);
+    vmig_error *err = NULL;
+    cr_assert(vmig_migrate(eng, "crash", &o, NULL, NULL, NULL, &err), "%s",
+              vmig_error_message(err));
+    expect_only("crash", "running");
+    cr_assert(vmig_guest_verify(eng, "crash", NULL, &err), "%s", vmig_error_message(err));
+}
+
+/* By hand, what a vmigrate that died at a given point leaves: a source that sent everything to
+ * a destination in NAME.incoming (launched unguarded, as if released).  Then the destination
+ * is killed (as its guard does when the engine dies before the switchover), left paused (the
+ * engine died between releasing it and resuming it), or resumed (died after the switchover). */
+typedef enum { DEST_KILLED, DEST_PAUSED, DEST_RESUMED } dest_fate;
+
+static int leave_half_migrated(const char *name, dest_fate fate)
+{
+    vmig_error *err = NULL;
+    g_autofree char *src_dir = g_build_filename(state, name, NULL);
+    g_autofree char *stage = g_strconcat(src_dir, ".incoming", NULL);
+    g_autoptr(eng_vm) src = eng_vm_find(eng, src_dir, &err);
+    cr_assert_not_null(src, "%s", vmig_error_message(err));
+    cr_assert(eng_vm_connect_sync(src, &err), "%s", vmig_error_message(err));
+    eng_launch_req req = {.spec = src->spec, .dir = stage, .accel = t_accel(), .incoming = true};
+    g_autoptr(eng_vm) dst = eng_vm_launch_sync(eng, &req, &err);
+    cr_assert_not_null(dst, "%s", vmig_error_message(err));
+    g_autofree char *uri = g_strdup_printf("unix:%s/migrate.sock", stage);
+    json_object *a = json_object_new_object();
+    json_object_object_add(a, "uri", json_object_new_string(uri));
+    cr_assert(qmp_conn_call_void(dst->qmp, "migrate-incoming", a, 10000, &err), "%s",
+              vmig_error_message(err));
+    a = json_object_new_object();
+    json_object_object_add(a, "uri", json_object_new_string(uri));
+    cr_assert(qmp_conn_call_void(src->qmp, "migrate", a, 10000, &err), "%s",
+              vmig_error_message(err));
+    char st[32] = "";
+    for (int i = 0; i < 600 && strcmp(st, "paused") != 0; i++) {
+        g_usleep(100 * 1000);
+        cr_assert_not_null(eng_vm_run_state(dst, st, sizeof(st), &err), "%s",
+                           vmig_error_message(err));
+    }
+    cr_assert(eq(str, st, "paused"), "the destination loaded the VM");
+    cr_assert(eq(str, (char *)eng_vm_run_state(src, st, sizeof(st), &err), "postmigrate"));
+    if (fate == DEST_RESUMED) {
+        cr_assert(qmp_conn_call_void(dst->qmp, "cont", NULL, 10000, &err), "%s",
+                  vmig_error_message(err));
+    } else if (fate == DEST_KILLED) {
+        kill(dst->pid, SIGKILL);
+        cr_assert(eq(int, t_qemu_count_settled(stage), 0));
+    }
+    return dst->pid;
+}
+
+static void expect_handed_over(const char *name, dest_fate fate)
+{
+    start_guest(name, 64, 0);
+    int dpid = leave_half_migrated(name, fate);
+    vmig_error *err = NULL;
+    char *what = NULL;
+    cr_assert(vmig_vm_recover(eng, name, &what, &err), "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(what, "had taken over"), "%s", what);
+    free(what);
+    expect_only(name, "running");
+    vmig_vm_info info[2];
+    cr_assert(eq(int, vmig_vm_list(eng, info, 2, NULL), 1));
+    cr_assert(eq(int, info[0].pid, dpid), "the destination QEMU holds the name now");
+    cr_assert(eq(int, t_qemu_count_settled(state), 1), "the source is retired");
+    cr_assert(vmig_guest_verify(eng, name, NULL, &err), "%s", vmig_error_message(err));
+}
+
+Test(migrate, recover_hands_the_vm_to_a_destination_that_took_over)
+{
+    expect_handed_over("over", DEST_RESUMED);
+}
+
+/* Released but not yet resumed: it has the whole VM, so it takes over and runs, as the source
+ * did before. */
+Test(migrate, recover_finishes_a_switchover_cut_short)
+{
+    expect_handed_over("short", DEST_PAUSED);
+}
+
+Test(migrate, recover_resumes_a_source_whose_destination_never_ran)
+{
+    start_guest("back", 64, 0);
+    g_autofree char *src_dir = g_build_filename(state, "back", NULL);
+    int spid = t_instance_pid(src_dir);
+    leave_half_migrated("back", DEST_KILLED);
+    vmig_error *err = NULL;
+    char *what = NULL;
+    cr_assert(vmig_vm_recover(eng, "back", &what, &err), "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(what, "removed"), "%s", what);
+    cr_assert_not_null(strstr(what, "resumed the source"), "%s", what);
+    free(what);
+    expect_only("back", "running");
+    cr_assert(eq(int, t_instance_pid(src_dir), spid), "the source QEMU keeps the VM");
+    cr_assert(eq(int, t_qemu_count_settled("back.incoming"), 0));
+    cr_assert(vmig_vm_recover(eng, "back", &what, &err), "%s", vmig_error_message(err));
+    cr_assert(eq(str, what, ""), "nothing is left to recover: %s", what);
+    free(what);
+    cr_assert(vmig_guest_verify(eng, "back", NULL, &err), "%s", vmig_error_message(err));
 }
 
 Test(migrate, refused_up_front)
