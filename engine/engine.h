@@ -89,6 +89,7 @@ struct vmig_job {
     int locks[2];     /* eng_job_lock(): held until the job ends; -1 when unused */
     char *lock_paths[2];
     int64_t state_written_ms;
+    bool state_write_failed; /* warned once until a write succeeds again */
     void *data; /* the kind's own state */
 };
 

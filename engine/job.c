@@ -371,8 +371,14 @@ void eng_job_write_state(vmig_job *j, json_object *obj)
     vmig_error *err = NULL;
     if (!eng_write_file(j->state_file, json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN),
                         &err)) {
-        eng_log(j->e, VMIG_LOG_WARN, "job state file: %s", vmig_error_message(err));
+        if (!j->state_write_failed) { /* once, not every 250 ms while the disk is full */
+            eng_log(j->e, VMIG_LOG_WARN, "job state file (not updated until it can be "
+                                         "written again): %s", vmig_error_message(err));
+        }
+        j->state_write_failed = true;
         vmig_error_free(err);
+    } else {
+        j->state_write_failed = false;
     }
     j->state_written_ms = vmig_now_ms();
 }

@@ -206,6 +206,9 @@ void mig_src_closed(void *opaque, const vmig_error *why)
 {
     vmig_job *j = opaque;
     M(j)->src_closed = true;
+    if (why && !M(j)->src_closed_why) {
+        M(j)->src_closed_why = g_strdup(vmig_error_message(why));
+    }
     eng_log(j->e, VMIG_LOG_DEBUG, "source: %s", vmig_error_message(why));
     eng_job_kick(j);
 }
@@ -526,7 +529,8 @@ static void src_final(vmig_job *j)
         return;
     }
     if (m->src_closed) {
-        mig_fail_new(j, VMIG_E_IO, "the source QEMU's monitor closed during the migration");
+        mig_fail_new(j, VMIG_E_IO, "the source QEMU's monitor closed during the migration%s%s",
+                     m->src_closed_why ? ": " : "", m->src_closed_why ? m->src_closed_why : "");
         return;
     }
     if (m->src_status == MS_FAILED || m->src_status == MS_CANCELLED) {
@@ -797,6 +801,7 @@ static void mig_free(vmig_job *j)
     g_free(m->dest_state);
     g_free(m->final_dir);
     g_free(m->uri);
+    g_free(m->src_closed_why);
     g_free(m->dst_cpu);
     g_free(m);
 }
