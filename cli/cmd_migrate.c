@@ -61,6 +61,14 @@ int cmd_migrate(const cli_global *g, int argc, char **argv)
     vmig_error *err = NULL;
     vmig_engine *e = cli_engine(g, &err);
     if (!e) {
+        if (a.json) { /* the promise of --json: one object, on failure too */
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "status", json_object_new_string("failed"));
+            json_object_object_add(o, "vm", json_object_new_string(name));
+            json_object_object_add(o, "error", json_object_new_string(vmig_error_message(err)));
+            cli_print_json(o);
+            json_object_put(o);
+        }
         return cli_fail(err);
     }
     cli_install_sigint(e);

@@ -528,6 +528,13 @@ static void src_final(vmig_job *j)
     if (dst_gone(j)) {
         return;
     }
+    if (m->src_closed && !eng_vm_alive(m->src)) {
+        g_autofree char *tail = eng_vm_log_tail(m->src);
+        mig_fail_new(j, VMIG_E_QEMU, "the source QEMU (pid %d) exited during the migration, "
+                                     "and the VM with it: %s; the destination was torn down",
+                     m->src->pid, *tail ? tail : "(no output)");
+        return;
+    }
     if (m->src_closed) {
         mig_fail_new(j, VMIG_E_IO, "the source QEMU's monitor closed during the migration%s%s",
                      m->src_closed_why ? ": " : "", m->src_closed_why ? m->src_closed_why : "");

@@ -190,6 +190,12 @@ bool vmig_vm_recover(vmig_engine *e, const char *name, char **ret_what, vmig_err
         return false;
     }
     g_autofree char *dir = eng_vm_dir(e->state_dir, name);
+    g_autofree char *stage = g_strconcat(dir, ENG_INCOMING_SUFFIX, NULL);
+    if (!g_file_test(dir, G_FILE_TEST_EXISTS) && !g_file_test(stage, G_FILE_TEST_EXISTS)) {
+        eng_unlock_vm(lock, lock_path);
+        vmig_set_error(errp, VMIG_E_NOTFOUND, "no VM named '%s' in %s", name, e->state_dir);
+        return false;
+    }
     g_autofree char *what = NULL;
     bool ok = eng_vm_recover_locked(e, dir, dir, &what, errp);
     eng_unlock_vm(lock, lock_path);

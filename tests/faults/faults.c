@@ -535,14 +535,15 @@ static void one_run(unsigned seed, fault_kind kind, vmig_engine *e, tally *t)
     pid_t child = spawn_cli(args, out, errlog);
     int status = 0;
     bool exited = wait_child(child, r.at_ms, &status);
-    /* a fault on the destination waits for one to exist */
+    /* a fault on the destination waits for one to exist, the socket's for a migration */
     while (!exited && (kind == F_KILL_DST || kind == F_STOP_DST) && !alive(read_pid(r.stage))) {
         exited = wait_child(child, 5, &status);
     }
     bool stopped = false;
     int stopped_pid = 0;
-    if (!exited) {
-        r.injected = inject(&r, child, rl, &stopped, &stopped_pid);
+    while (!exited && !(r.injected = inject(&r, child, rl, &stopped, &stopped_pid)) &&
+           kind == F_CLOSE_SOCKET) {
+        exited = wait_child(child, 20, &status);
     }
     if (stopped) {
         exited = wait_child(child, STOP_MS, &status);
@@ -578,6 +579,9 @@ static void one_run(unsigned seed, fault_kind kind, vmig_engine *e, tally *t)
         }
     } else {
         read_report(&r, out);
+        if (!strcmp(r.status, "no report") || !strcmp(r.status, "no status")) {
+            rule(&r, "vmigrate exited (status %d) without a JSON report", WEXITSTATUS(status));
+        }
     }
     unlink(out);
     check(&r, e);

@@ -38,6 +38,8 @@ Test(cli, usage_errors_exit_2_and_name_the_problem, .timeout = 60)
     expect_fail(RUN("migrate", "--bandwidth"), 2, "option '--bandwidth' needs a value");
     expect_fail(RUN("vm"), 2, "needs a subcommand");
     expect_fail(RUN("vm", "reboot", "x"), 2, "unknown subcommand 'reboot'");
+    expect_fail(RUN("vm", "recover"), 2, "'vm recover' takes one VM NAME");
+    expect_fail(RUN("vm", "recover", "--all"), 2, "unknown option '--all'");
     expect_fail(RUN("vm", "start", "--accel", "xen", "x.json"), 2,
                 "'xen' is not an accelerator");
     expect_fail(RUN("demo", "--mem-mib", "4"), 2, "--mem-mib: '4' is not a whole number from 16");
@@ -89,6 +91,7 @@ Test(cli, bad_files_and_paths, .timeout = 60)
     unlink(spec);
     expect_fail(RUN("--state-dir", dir, "migrate", "ghost", "local"), 1, "no VM named 'ghost'");
     expect_fail(RUN("--state-dir", dir, "vm", "stop", "ghost"), 1, "no VM named 'ghost'");
+    expect_fail(RUN("--state-dir", dir, "vm", "recover", "ghost"), 1, "no VM named 'ghost'");
     expect_fail(RUN("qmp", "/nonexistent/qmp.sock", "query-status"), 1,
                 "/nonexistent/qmp.sock: No such file or directory");
     expect_fail(RUN("qmp", "/etc/hostname", "query-status"), 1, "not a socket");
@@ -220,6 +223,11 @@ Test(cli, start_list_migrate_stop, .timeout = 240)
     cr_assert(eq(str, (char *)jstr(res, "status"), "failed"));
     cr_assert_not_null(strstr(jstr(res, "error"), "/nonexistent does not exist"));
     json_object_put(res);
+    t_run_result_clear(&r);
+
+    r = RUN("--state-dir", dir, "vm", "recover", "cli-vm");
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    cr_assert(eq(str, r.out, "VM 'cli-vm': nothing to recover\n"));
     t_run_result_clear(&r);
 
     r = RUN("--state-dir", dir, "vm", "stop", "cli-vm");

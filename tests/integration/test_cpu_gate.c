@@ -151,14 +151,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    vmig_vm_info infos[8];
-    int n = vmig_vm_list(eng, infos, 8, NULL);
-    for (int i = 0; i < n && i < 8; i++) {
-        vmig_vm_stop(eng, infos[i].name, 5000, NULL);
-    }
-    vmig_engine_free(eng);
-    t_state_dir_check_clean(state);
-    g_free(state);
+    t_engine_teardown(eng, state);
 }
 
 TestSuite(cpu_gate, .init = setup, .fini = teardown, .timeout = 240);

@@ -86,6 +86,49 @@ void t_state_dir_check_clean(const char *dir)
     rmdir(dir);
 }
 
+/* Kills every QEMU whose command line mentions @needle: what a failed test left behind. */
+static void kill_qemus(const char *needle)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        int pid = atoi(de->d_name);
+        g_autofree char *path = g_strdup_printf("/proc/%d/cmdline", pid);
+        g_autofree char *cmd = NULL;
+        gsize len = 0;
+        if (pid <= 0 || !g_file_get_contents(path, &cmd, &len, NULL) || len == 0) {
+            continue;
+        }
+        for (gsize i = 0; i + 1 < len; i++) {
+            cmd[i] = cmd[i] ? cmd[i] : ' ';
+        }
+        if (strstr(cmd, "qemu") && strstr(cmd, needle)) {
+            kill(pid, SIGKILL);
+        }
+    }
+    if (d) {
+        closedir(d);
+    }
+}
+
+void t_engine_teardown(vmig_engine *e, char *state)
+{
+    vmig_vm_info infos[8];
+    int n = vmig_vm_list(e, infos, 8, NULL);
+    for (int i = 0; i < n && i < 8; i++) {
+        vmig_vm_stop(e, infos[i].name, 5000, NULL);
+    }
+    vmig_engine_free(e);
+    t_state_dir_check_clean(state); /* fails the test if anything was left ... */
+    kill_qemus(state);              /* ... and then nothing is, for the next test */
+    t_qemu_count_settled(state);
+    g_autofree char *rm = g_strdup_printf("rm -rf '%s'", state);
+    if (system(rm) != 0) {
+        cr_log_warn("could not remove %s", state);
+    }
+    g_free(state);
+}
+
 int t_instance_pid(const char *instance_dir)
 {
     g_autofree char *path = g_build_filename(instance_dir, "qemu.pid", NULL);

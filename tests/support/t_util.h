@@ -20,6 +20,10 @@ void t_state_dir_check_clean(const char *dir);
 int t_qemu_count(const char *needle);
 /* The same, once the count has settled at 0 or 5 s have passed. */
 int t_qemu_count_settled(const char *needle);
+/* The end of a suite with an engine on @state: stops every VM, frees the engine, checks that
+ * nothing is left (t_state_dir_check_clean), then kills and removes whatever a failed test
+ * left anyway, and frees @state. */
+void t_engine_teardown(vmig_engine *e, char *state);
 /* pid of the QEMU that owns instance @dir (0 if none). */
 int t_instance_pid(const char *instance_dir);
 
