@@ -21,6 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         vmig_cpu *d = vmig_cpu_decode(models, cpu, size & 1 ? VMIG_CPU_GUEST : 0, NULL);
         if (d) {
             free(vmig_cpu_format(d, VMIG_CPU_FMT_QEMU, 0));
+            free(vmig_cpu_format(d, VMIG_CPU_FMT_LIBVIRT, 0)); /* host or guest, by size */
             vmig_cpu_free(d);
         }
         free(vmig_cpu_format(cpu, VMIG_CPU_FMT_JSON, VMIG_CPU_ALL_FEATURES));

@@ -1,7 +1,8 @@
 /*
  * libFuzzer: a QMP connection whose peer says what the input says, then hangs up.  The client
- * greets, negotiates, has calls in flight, issues calls from its event handler, and hands each
- * reply to the reply readers of engine/ and cpu/, as a migration job would.
+ * greets, negotiates, has calls in flight, issues calls from its event handler and one after a
+ * failed call (on a dead connection, that one fails from the timer), and hands each reply to
+ * the reply readers of engine/ and cpu/, as a migration job would.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -18,13 +19,18 @@ static ring *the_ring;
 typedef struct run {
     qmp_conn *c;
     int replies, events;
-    bool ready_done;
+    bool ready_done, retried;
 } run;
 
 static void on_reply(void *opaque, json_object *ret, const vmig_error *err)
 {
     run *r = opaque;
     r->replies++;
+    if (err && !r->retried) {
+        /* a job's next call after a failure: on a dead connection it fails from the timer */
+        r->retried = true;
+        qmp_call(r->c, "query-status", NULL, 0, 1000, on_reply, r);
+    }
     if (err || !ret) {
         return;
     }
@@ -81,7 +87,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         qmp_conn_start(r.c, 1000, on_ready, &r);
         qmp_call(r.c, "query-version", NULL, 0, 1000, on_reply, &r);
         qmp_call(r.c, "query-cpus-fast", NULL, 0, 1000, on_reply, &r);
-        for (int i = 0; i < 1000 && (qmp_conn_alive(r.c) || !r.ready_done); i++) {
+        for (int i = 0; i < 1000 && (qmp_conn_alive(r.c) || !r.ready_done ||
+                                     qmp_conn_pending(r.c) > 0); i++) {
             if (ring_dispatch(the_ring, 100) < 0) {
                 break;
             }

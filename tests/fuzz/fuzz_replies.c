@@ -39,6 +39,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (cpu_vm_from_qom(words, filt, vendor, msrs, &d, &filtered, NULL)) {
         cpu_def_clear(&d);
     }
+    if (cpu_gate_offer(cpu_expansion_is_host(o), NULL, 0, NULL, o, &d, NULL)) {
+        cpu_def_clear(&d);
+    }
+    /* a QEMU's models as engine/cpu-qemu.c reads them: the names, an expansion (here of one
+     * model, from this reply), then the aliases (here of that model only: adding every name
+     * would cost each input a quadratic alias lookup) */
+    g_strfreev(cpu_definitions_models(o, NULL));
+    cpu_models *db = cpu_models_empty();
+    cpu_models_add_expansion(db, "IvyBridge-v2", o, NULL);
+    cpu_models_add_aliases(db, o, NULL);
+    cpu_models_free(db);
     struct {
         const char *s;
         int64_t i;
