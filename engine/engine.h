@@ -249,6 +249,8 @@ void eng_vm_discard(eng_vm *vm);
 qmp_conn *eng_qemu_probe(vmig_engine *e, vmig_accel accel, int *ret_pid, char **ret_dir,
                          vmig_error **errp);
 void eng_qemu_probe_end(int pid, const char *dir);
+/* Removes the probes (and kills their QEMUs) of vmigrate processes that are gone. */
+void eng_clean_stale_probes(vmig_engine *e);
 const char *eng_accel_name(vmig_accel a);
 bool eng_accel_parse(const char *s, vmig_accel *ret);
 /* Writes @text to @path atomically. */

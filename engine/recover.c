@@ -189,6 +189,7 @@ bool vmig_vm_recover(vmig_engine *e, const char *name, char **ret_what, vmig_err
     if (lock < 0) {
         return false;
     }
+    eng_clean_stale_probes(e);
     g_autofree char *dir = eng_vm_dir(e->state_dir, name);
     g_autofree char *stage = g_strconcat(dir, ENG_INCOMING_SUFFIX, NULL);
     if (!g_file_test(dir, G_FILE_TEST_EXISTS) && !g_file_test(stage, G_FILE_TEST_EXISTS)) {

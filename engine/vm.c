@@ -26,6 +26,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -38,6 +39,7 @@
 
 #define LAUNCH_STEP_MS 5  /* QEMU opens its monitor ~30 ms after exec */
 #define KILL_STEP_MS 10
+#define PROBE_PREFIX ".probe-"
 #define KILL_GRACE_MS 5000 /* after SIGKILL */
 #define EXIT_GRACE_MS 1000 /* monitor closed at start: the process is about to be gone */
 
@@ -574,7 +576,9 @@ static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, vmig_er
 {
     g_autofree char *dir = NULL;
     if (req->probe) {
-        dir = g_build_filename(e->state_dir, ".probe-XXXXXX", NULL);
+        eng_clean_stale_probes(e);
+        g_autofree char *base = g_strdup_printf("%s%d-XXXXXX", PROBE_PREFIX, (int)getpid());
+        dir = g_build_filename(e->state_dir, base, NULL);
         if (!g_mkdtemp(dir)) {
             vmig_set_error_errno(errp, errno, "creating %s", dir);
             return NULL;
@@ -892,6 +896,32 @@ void eng_qemu_probe_end(int pid, const char *dir)
         kill(pid, SIGKILL);
     }
     eng_vm_remove_dir(dir);
+}
+
+/* A probe's directory is named after the engine's process (.probe-PID-XXXXXX): one whose
+ * process is gone was left by a vmigrate that died, and its QEMU (if a guard did not already
+ * kill it) serves nobody. */
+void eng_clean_stale_probes(vmig_engine *e)
+{
+    DIR *d = opendir(e->state_dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (strncmp(de->d_name, PROBE_PREFIX, strlen(PROBE_PREFIX)) != 0) {
+            continue;
+        }
+        char *end = NULL;
+        long owner = strtol(de->d_name + strlen(PROBE_PREFIX), &end, 10);
+        if (owner <= 0 || owner > INT32_MAX || *end != '-' ||
+            (kill((pid_t)owner, 0) == 0 || errno != ESRCH)) {
+            continue; /* another format, or its engine lives */
+        }
+        g_autofree char *dir = g_build_filename(e->state_dir, de->d_name, NULL);
+        eng_log(e, VMIG_LOG_DEBUG, "removing %s, left by vmigrate pid %ld", dir, owner);
+        eng_qemu_probe_end(read_pidfile(dir), dir);
+    }
+    if (d) {
+        closedir(d);
+    }
 }
 
 /* ---- the start and stop jobs ------------------------------------------------------------------ */

@@ -219,7 +219,8 @@ VMIG_EXPORT bool vmig_vm_stop(vmig_engine *e, const char *name, int timeout_ms, 
  *     cancelled, and a source left paused by a finished migration is resumed (when it ran).
  * A destination started by vmigrate dies with it until the switchover, so most crashes leave
  * only the source.  vmig_migrate() does this too before it starts.  @ret_what (free()) says
- * what was done, "" when nothing was left over. */
+ * what was done, "" when nothing was left over.  Probe QEMUs of vmigrate processes that are
+ * gone are removed too. */
 VMIG_EXPORT bool vmig_vm_recover(vmig_engine *e, const char *name, char **ret_what,
                                  vmig_error **errp);
 

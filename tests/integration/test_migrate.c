@@ -3,6 +3,7 @@
  * the library.  Every test ends by checking that no QEMU and no file is left behind.
  */
 #include <criterion/criterion.h>
+#include <glib/gstdio.h>
 #include <criterion/new/assert.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -472,6 +473,30 @@ Test(migrate, recover_resumes_a_source_whose_destination_never_ran)
     cr_assert(eq(str, what, ""), "nothing is left to recover: %s", what);
     free(what);
     cr_assert(vmig_guest_verify(eng, "back", NULL, &err), "%s", vmig_error_message(err));
+}
+
+/* A vmigrate killed while its probe QEMU ran left .probe-PID-*: the next one removes it, and
+ * leaves a live engine's probe alone. */
+Test(migrate, probes_of_a_vmigrate_that_died_are_removed)
+{
+    pid_t dead = fork();
+    if (dead == 0) {
+        _exit(0);
+    }
+    waitpid(dead, NULL, 0);
+    g_autofree char *stale = g_strdup_printf("%s/.probe-%d-abcdef", state, (int)dead);
+    g_autofree char *live = g_strdup_printf("%s/.probe-%d-abcdef", state, (int)getpid());
+    g_autofree char *stale_log = g_build_filename(stale, "qemu.log", NULL);
+    cr_assert(eq(int, g_mkdir(stale, 0700), 0));
+    cr_assert(eq(int, g_mkdir(live, 0700), 0));
+    cr_assert(g_file_set_contents(stale_log, "", 0, NULL));
+    vmig_error *err = NULL;
+    cr_assert(not(vmig_vm_recover(eng, "nosuch", NULL, &err)));
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_NOTFOUND), "%s", vmig_error_message(err));
+    vmig_error_free(err);
+    cr_assert(not(g_file_test(stale, G_FILE_TEST_EXISTS)), "the dead vmigrate's probe is gone");
+    cr_assert(g_file_test(live, G_FILE_TEST_IS_DIR), "a live engine's probe stays");
+    g_rmdir(live);
 }
 
 Test(migrate, refused_up_front)
