@@ -6,6 +6,8 @@
 #include <glib/gstdio.h>
 #include <criterion/new/assert.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <string.h>
 #include <unistd.h>
@@ -473,6 +475,38 @@ Test(migrate, recover_resumes_a_source_whose_destination_never_ran)
     cr_assert(eq(str, what, ""), "nothing is left to recover: %s", what);
     free(what);
     cr_assert(vmig_guest_verify(eng, "back", NULL, &err), "%s", vmig_error_message(err));
+}
+
+/* A source still migrating when its vmigrate died (here: to a socket nobody reads) is
+ * cancelled by recover, and runs on. */
+Test(migrate, recover_cancels_a_migration_nobody_drives)
+{
+    start_guest("adrift", 64, 0);
+    g_autofree char *sock = g_build_filename(state, "sink.sock", NULL);
+    int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    g_strlcpy(a.sun_path, sock, sizeof(a.sun_path));
+    cr_assert(eq(int, bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0));
+    cr_assert(eq(int, listen(lfd, 1), 0)); /* connects, never read */
+    g_autofree char *dir = g_build_filename(state, "adrift", NULL);
+    g_autoptr(eng_vm) src = eng_vm_find(eng, dir, NULL);
+    vmig_error *err = NULL;
+    cr_assert(src && eng_vm_connect_sync(src, &err), "%s", vmig_error_message(err));
+    json_object *args = json_object_new_object();
+    g_autofree char *uri = g_strdup_printf("unix:%s", sock);
+    json_object_object_add(args, "uri", json_object_new_string(uri));
+    cr_assert(qmp_conn_call_void(src->qmp, "migrate", args, 10000, &err), "%s",
+              vmig_error_message(err));
+    eng_vm_disconnect(src); /* as if its vmigrate died */
+    char *what = NULL;
+    cr_assert(vmig_vm_recover(eng, "adrift", &what, &err), "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(what, "cancelled a migration"), "%s", what);
+    free(what);
+    close(lfd);
+    unlink(sock);
+    char buf[32];
+    cr_assert(eq(str, (char *)run_state("adrift", buf, sizeof(buf)), "running"));
+    cr_assert(vmig_guest_verify(eng, "adrift", NULL, &err), "%s", vmig_error_message(err));
 }
 
 /* A vmigrate killed while its probe QEMU ran left .probe-PID-*: the next one removes it, and
