@@ -75,6 +75,8 @@ struct vmig_job {
     bool cancelled; /* vmig_job_cancel() or vmig_engine_cancel() */
     bool failing;   /* the fail step has been scheduled or runs */
     bool ended;
+    bool advancing;       /* advance() runs: steps run from its loop, never nested */
+    bool release_pending; /* freed while advancing: released when the loop is done */
     int pending;    /* asynchronous work the current step waits for */
     eng_step_fn next;
     eng_pred_fn wait_pred;

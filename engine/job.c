@@ -173,9 +173,17 @@ static void detach_timer(vmig_job *j, int64_t *op)
     }
 }
 
-/* Runs what comes next once nothing is in flight: the fail step, or the joined step. */
+/* Runs what comes next once nothing is in flight: the fail step, or the joined step.  Steps
+ * run from this loop only, one at a time: a step that fails at once and then names its next
+ * step (eng_job_then) has that step dropped for the fail step when it returns, instead of
+ * running it on half-made state; and a done callback that frees the job inside a step frees it
+ * when the loop is done with it. */
 static void advance(vmig_job *j)
 {
+    if (j->advancing) {
+        return; /* the loop below looks again when the running step returns */
+    }
+    j->advancing = true;
     while (!j->ended && j->pending == 0 && !j->wait_pred) {
         if (j->err && !j->failing) {
             j->failing = true;
@@ -185,10 +193,14 @@ static void advance(vmig_job *j)
         }
         eng_step_fn next = j->next;
         if (!next) {
-            return;
+            break;
         }
         j->next = NULL;
         next(j);
+    }
+    j->advancing = false;
+    if (j->release_pending) {
+        job_release(j);
     }
 }
 
@@ -355,7 +367,11 @@ void eng_job_end(vmig_job *j, vmig_job_state final)
     j->ended = true;
     unlock_all(j);
     if (j->orphan) {
-        job_release(j);
+        if (j->advancing) {
+            j->release_pending = true;
+        } else {
+            job_release(j);
+        }
         return;
     }
     if (j->done) {
@@ -445,7 +461,11 @@ void vmig_job_free(vmig_job *job)
         return;
     }
     if (job->ended) {
-        job_release(job);
+        if (job->advancing) {
+            job->release_pending = true; /* from its done callback, inside a step */
+        } else {
+            job_release(job);
+        }
         return;
     }
     job->orphan = true;

@@ -564,7 +564,10 @@ static void one_run(unsigned seed, fault_kind kind, vmig_engine *e, tally *t)
     }
     g_autofree char *recovered = NULL;
     if (WIFSIGNALED(status)) {
-        r.status = g_strdup("killed");
+        r.status = g_strdup_printf("killed by signal %d", WTERMSIG(status));
+        if (kind != F_KILL_VMIGRATE || WTERMSIG(status) != SIGKILL) {
+            rule(&r, "vmigrate died of signal %d", WTERMSIG(status));
+        }
         char *const rec[] = {cli, "--state-dir", state, "vm", "recover", r.name, NULL};
         g_autofree char *rout = g_strdup_printf("/tmp/vmig-faults-recover-%d.txt", getpid());
         pid_t rc = spawn_cli(rec, rout, errlog);

@@ -477,6 +477,38 @@ Test(migrate, recover_resumes_a_source_whose_destination_never_ran)
     cr_assert(vmig_guest_verify(eng, "back", NULL, &err), "%s", vmig_error_message(err));
 }
 
+/* The destination fails to start at once (its kernel file is gone): the migration fails and
+ * rolls back.  It once went on to set up a destination that did not exist, and crashed (the
+ * fault matrix found it with a full disk). */
+Test(migrate, a_destination_that_cannot_start_rolls_back)
+{
+    g_autofree char *kernel = g_build_filename(state, "kernel.elf", NULL);
+    g_autofree char *text = NULL;
+    gsize len = 0;
+    cr_assert(g_file_get_contents(vmig_guest_kernel(), &text, &len, NULL));
+    cr_assert(g_file_set_contents(kernel, text, (gssize)len, NULL));
+    g_autofree char *json = g_strdup_printf("{\"name\": \"nokernel\", \"memory_mib\": 64, "
+                                            "\"kernel\": \"%s\"}", kernel);
+    vmig_error *err = NULL;
+    g_autoptr(vmig_spec) spec = vmig_spec_parse(json, &err);
+    cr_assert_not_null(spec, "%s", vmig_error_message(err));
+    cr_assert(vmig_vm_start(eng, spec, t_accel(), &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_guest_wait_ready(eng, "nokernel", READY_MS, &err), "%s",
+              vmig_error_message(err));
+    unlink(kernel);
+    vmig_migrate_opts o;
+    t_live_opts(&o);
+    cr_assert(not(vmig_migrate(eng, "nokernel", &o, NULL, NULL, NULL, &err)));
+    cr_assert_not_null(strstr(vmig_error_message(err), "starting the destination QEMU"), "%s",
+                       vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "kernel.elf"), "%s",
+                       vmig_error_message(err));
+    vmig_error_free(err);
+    err = NULL;
+    expect_only("nokernel", "running");
+    cr_assert(vmig_guest_verify(eng, "nokernel", NULL, &err), "%s", vmig_error_message(err));
+}
+
 /* A source still migrating when its vmigrate died (here: to a socket nobody reads) is
  * cancelled by recover, and runs on. */
 Test(migrate, recover_cancels_a_migration_nobody_drives)
