@@ -11,7 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECONDS_EACH="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(qmp_parser qmp_conn spec cpuid replies wire)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(qmp_parser qmp_conn spec cpuid replies wire handshake)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -39,7 +39,7 @@ seeds_for() {
     cpuid) echo "$s/cpuid $ROOT/tests/data/cpuid $ROOT/tests/fuzz/regressions/cpuid" \
         "$(ls -d "$ROOT"/../shared/cpudata/*/ 2>/dev/null | tr '\n' ' ')" ;;
     replies) echo "$s/replies $(find "$ROOT/tests/data/qmp" -type d | tr '\n' ' ')" ;;
-    wire) echo "$s/wire" ;;
+    wire | handshake) echo "$s/wire" ;;
     esac
 }
 
