@@ -146,6 +146,7 @@ static int count_settled(const char *needle)
 typedef struct relay {
     char *listen_path, *target_path;
     int lfd;
+    ino_t ino; /* of the relay's socket file: the path may hold another's after a migration */
     volatile int inject; /* set: the next thing the client reads is garbage */
     volatile int stop;
     pthread_t thread;
@@ -235,19 +236,25 @@ static relay *relay_start(const char *vm_dir)
         fprintf(stderr, "relay: %s: %s\n", r->listen_path, g_strerror(errno));
         exit(2);
     }
+    struct stat st;
+    r->ino = lstat(r->listen_path, &st) == 0 ? st.st_ino : 0;
     pthread_create(&r->thread, NULL, relay_main, r);
     return r;
 }
 
-/* Stops it, and puts the real monitor back if the VM's directory still holds it. */
+/* Stops it, and puts the real monitor back if the VM's directory still holds it.  After a
+ * completed migration the directory is the destination's: its qmp.sock is left alone. */
 static void relay_stop(relay *r)
 {
     r->stop = 1;
     pthread_join(r->thread, NULL);
     close(r->lfd);
-    unlink(r->listen_path);
-    if (g_file_test(r->target_path, G_FILE_TEST_EXISTS)) {
-        rename(r->target_path, r->listen_path);
+    struct stat st;
+    if (lstat(r->listen_path, &st) == 0 && st.st_ino == r->ino) {
+        unlink(r->listen_path);
+        if (g_file_test(r->target_path, G_FILE_TEST_EXISTS)) {
+            rename(r->target_path, r->listen_path);
+        }
     }
     g_free(r->listen_path);
     g_free(r->target_path);
