@@ -171,6 +171,11 @@ def main():
     a = ap.parse_args()
     if not shutil.which("socat"):
         sys.exit("relay.py: needs socat (apt-get install socat)")
+    if a.plot:
+        try:
+            import matplotlib  # noqa: F401  (checked before an hour of measuring, not after)
+        except ImportError:
+            sys.exit("relay.py: --plot needs matplotlib (apt-get install python3-matplotlib)")
     per = int(a.gib_per_stream * (1 << 30))
     kinds = ["direct", "pump", "socat", "socat_256k"]
     runs = []
