@@ -57,6 +57,7 @@ int main(int argc, char **argv)
     struct sockaddr_in la = loopback(lport);
     if (!r || bind(l, (struct sockaddr *)&la, sizeof(la)) < 0 || listen(l, 64) < 0) {
         perror("vmig-relay-hop: listen");
+        close(l);
         return 1;
     }
     fprintf(stderr, "ready\n");
@@ -68,6 +69,7 @@ int main(int argc, char **argv)
         struct sockaddr_in ta = loopback(tport);
         if (c[i].a < 0 || connect(c[i].b, (struct sockaddr *)&ta, sizeof(ta)) < 0) {
             perror("vmig-relay-hop: accept/connect");
+            close(l);
             return 1;
         }
         setsockopt(c[i].b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -86,23 +88,26 @@ int main(int argc, char **argv)
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"cpu_s\": %.3f, \"channels\": [", (double)ru.ru_utime.tv_sec +
-           (double)ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
+    printf("{\"cpu_s\": %.3f, \"channels\": [",
+           (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
     for (int i = 0; i < n; i++) {
         tp_pump_stats st;
         tp_pump_get_stats(c[i].p, &st);
         printf("%s{\"bytes\": [%lu, %lu], \"recv_wait_ms\": [%lu, %lu], "
-               "\"send_wait_ms\": [%lu, %lu], \"error\": \"%s\"}", i ? ", " : "",
-               (unsigned long)st.bytes[0], (unsigned long)st.bytes[1],
-               (unsigned long)(st.recv_wait_us[0] / 1000), (unsigned long)(st.recv_wait_us[1] / 1000),
-               (unsigned long)(st.send_wait_us[0] / 1000), (unsigned long)(st.send_wait_us[1] / 1000),
-               c[i].err);
+               "\"send_wait_ms\": [%lu, %lu], \"error\": \"%s\"}",
+               i ? ", " : "", (unsigned long)st.bytes[0], (unsigned long)st.bytes[1],
+               (unsigned long)(st.recv_wait_us[0] / 1000),
+               (unsigned long)(st.recv_wait_us[1] / 1000),
+               (unsigned long)(st.send_wait_us[0] / 1000),
+               (unsigned long)(st.send_wait_us[1] / 1000), c[i].err);
         tp_pump_free(c[i].p);
         close(c[i].a);
         close(c[i].b);
     }
     printf("], \"backend\": \"%s\"}\n", ring_backend_name(ring_get_backend(r)));
     tp_limiter_free(lim);
+    close(l);
     g_free(c);
     ring_free(r);
     return 0;

@@ -29,9 +29,10 @@ int cmd_cpu(const cli_global *g, int argc, char **argv);
 /* output.c */
 void cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints and frees @err, returns CLI_FAILED. */
 int cli_fail(vmig_error *err);
 /* getopt_long returned '?' or ':' (optstring starts with "+:"): report it, return CLI_USAGE. */
-int cli_bad_option(const char *cmd, int c, char **argv); /* prints and frees @err, returns CLI_FAILED */
+int cli_bad_option(const char *cmd, int c, char **argv);
 vmig_engine *cli_engine(const cli_global *g, vmig_error **errp);
 void cli_install_sigint(vmig_engine *e);
 /* Before the engine is freed. */
@@ -56,7 +57,7 @@ typedef struct cli_migrate_args {
     bool json;
 } cli_migrate_args;
 /* Handles one migrate option; returns 1 if taken, 0 if not a migrate option, -1 if bad. */
-int cli_migrate_opt(cli_migrate_args *a, int opt, const char *optarg_);
+int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val);
 
 extern const char cli_migrate_opts_help[];
 

@@ -32,9 +32,9 @@ typedef struct cpu_args {
     vmig_cpu_fmt fmt;
     bool features;
     bool migratable;
-    bool guest;      /* what a guest can have (--guest, implied by --qemu) */
-    bool explain;    /* baseline: what each input took out */
-    int index;       /* compare: which <cpu> of a file holding several (1-based), 0: none */
+    bool guest;   /* what a guest can have (--guest, implied by --qemu) */
+    bool explain; /* baseline: what each input took out */
+    int index;    /* compare: which <cpu> of a file holding several (1-based), 0: none */
     const char *export_fmt;
     bool from_qemu;  /* models from a live QEMU instead of the built-in table */
     bool qemu_model; /* cpu host: what QEMU here can give a guest, not raw CPUID */
@@ -87,7 +87,7 @@ static int parse(const char *cmd, int argc, char **argv, cpu_args *a)
             }
             break;
         case OPT_EXPORT:
-            if (strcmp(optarg, "xml") && strcmp(optarg, "json")) {
+            if (strcmp(optarg, "xml") != 0 && strcmp(optarg, "json") != 0) {
                 return cli_usage_error(cmd, "--export: '%s' is not xml or json", optarg);
             }
             a->export_fmt = optarg;
@@ -99,9 +99,11 @@ static int parse(const char *cmd, int argc, char **argv, cpu_args *a)
             a->qemu_model = true;
             break;
         case OPT_ACCEL:
-            if (strcmp(optarg, "tcg") && strcmp(optarg, "kvm")) {
-                return cli_usage_error(cmd, "--accel: '%s' is not an accelerator: use tcg or "
-                                            "kvm", optarg);
+            if (strcmp(optarg, "tcg") != 0 && strcmp(optarg, "kvm") != 0) {
+                return cli_usage_error(cmd,
+                                       "--accel: '%s' is not an accelerator: use tcg or "
+                                       "kvm",
+                                       optarg);
             }
             a->accel = strcmp(optarg, "kvm") == 0 ? VMIG_ACCEL_KVM : VMIG_ACCEL_TCG;
             break;
@@ -154,7 +156,8 @@ static void note_host_only(const char *origin, const vmig_cpu *cpu)
     }
     if (nested > 0) {
         cli_err("note: %s: %d vmx-* (nested VMX) features ignored: vmigrate does not model "
-                "them", origin, nested);
+                "them",
+                origin, nested);
     }
     free(names);
 }
@@ -162,9 +165,9 @@ static void note_host_only(const char *origin, const vmig_cpu *cpu)
 static void note_list(const char *origin, const vmig_cpu_list *l)
 {
     for (size_t i = 0; i < vmig_cpu_list_count(l); i++) {
-        g_autofree char *where = vmig_cpu_list_count(l) > 1 ? g_strdup_printf("%s, CPU %zu",
-                                                                               origin, i + 1)
-                                                            : g_strdup(origin);
+        g_autofree char *where = vmig_cpu_list_count(l) > 1
+                                     ? g_strdup_printf("%s, CPU %zu", origin, i + 1)
+                                     : g_strdup(origin);
         note_host_only(where, vmig_cpu_list_get(l, i));
     }
 }
@@ -268,7 +271,8 @@ static bool baseline_input(vmig_cpu_list *cpus, const char *arg, GPtrArray *orig
 {
     if (g_str_has_prefix(arg, "agent://")) {
         cli_err("%s: the vmigrate agent does not exist yet: run 'vmigrate cpu host --export "
-                "json' on that host and give the file", arg);
+                "json' on that host and give the file",
+                arg);
         return false;
     }
     size_t before = vmig_cpu_list_count(cpus);
@@ -277,8 +281,8 @@ static bool baseline_input(vmig_cpu_list *cpus, const char *arg, GPtrArray *orig
     }
     size_t n = vmig_cpu_list_count(cpus) - before;
     for (size_t i = 0; i < n; i++) {
-        g_ptr_array_add(origins, n > 1 ? g_strdup_printf("%s, CPU %zu", arg, i + 1)
-                                       : g_strdup(arg));
+        g_ptr_array_add(origins,
+                        n > 1 ? g_strdup_printf("%s, CPU %zu", arg, i + 1) : g_strdup(arg));
     }
     return true;
 }
@@ -321,8 +325,7 @@ static void explain(const vmig_cpu *base, GPtrArray *origins, json_object *json)
 /* The baseline as JSON, with --explain's per-input lists in it. */
 static void print_baseline_json(const vmig_cpu *base, const cpu_args *a, GPtrArray *origins)
 {
-    char *text = vmig_cpu_format(base, VMIG_CPU_FMT_JSON, a->features ? VMIG_CPU_ALL_FEATURES
-                                                                      : 0);
+    char *text = vmig_cpu_format(base, VMIG_CPU_FMT_JSON, a->features ? VMIG_CPU_ALL_FEATURES : 0);
     json_object *o = json_tokener_parse(text);
     free(text);
     explain(base, origins, o);
@@ -355,8 +358,7 @@ static int cpu_baseline_cmd(const cli_global *g, int argc, char **argv)
         note_host_only(g_ptr_array_index(origins, i), vmig_cpu_list_get(cpus, i));
     }
     vmig_cpu_models *m = models(&a, &err);
-    vmig_cpu *base = m ? vmig_cpu_baseline(m, cpus, a.migratable ? VMIG_CPU_MIGRATABLE : 0,
-                                           &err)
+    vmig_cpu *base = m ? vmig_cpu_baseline(m, cpus, a.migratable ? VMIG_CPU_MIGRATABLE : 0, &err)
                        : NULL;
     if (!base) {
         rc = cli_fail(err);
@@ -395,8 +397,7 @@ static void print_compare_json(vmig_cpu_cmp r, const char *missing, const char *
 
 /* The CPU of @path to compare: its only one, or with several, the one --index names (a file
  * with one CPU ignores --index, so one option serves whichever file holds several). */
-static vmig_cpu_list *load_one(const char *path, int index, const vmig_cpu **ret,
-                               vmig_error **errp)
+static vmig_cpu_list *load_one(const char *path, int index, const vmig_cpu **ret, vmig_error **errp)
 {
     vmig_cpu_list *l = vmig_cpu_list_load(path, errp);
     if (!l) {
@@ -431,8 +432,7 @@ static int cpu_compare_cmd(const cli_global *g, int argc, char **argv)
     vmig_cpu_list *guest = host ? load_one(argv[optind + 1], a.index, &gcpu, &err) : NULL;
     vmig_cpu_models *m = guest ? models(&a, &err) : NULL;
     char *missing = NULL, *why = NULL;
-    vmig_cpu_cmp r = m ? vmig_cpu_compare(m, hcpu, gcpu, &missing, &why, &err)
-                       : VMIG_CPU_CMP_ERROR;
+    vmig_cpu_cmp r = m ? vmig_cpu_compare(m, hcpu, gcpu, &missing, &why, &err) : VMIG_CPU_CMP_ERROR;
     vmig_cpu_models_free(m);
     vmig_cpu_list_free(guest);
     vmig_cpu_list_free(host);
@@ -449,7 +449,7 @@ static int cpu_compare_cmd(const cli_global *g, int argc, char **argv)
     }
     free(missing);
     free(why);
-    return r == VMIG_CPU_CMP_IDENTICAL ? CLI_OK
+    return r == VMIG_CPU_CMP_IDENTICAL  ? CLI_OK
            : r == VMIG_CPU_CMP_SUPERSET ? CMP_EXIT_SUPERSET
                                         : CMP_EXIT_INCOMPATIBLE;
 }
@@ -573,6 +573,8 @@ int cmd_cpu(const cli_global *g, int argc, char **argv)
     if (strcmp(sub, "models") == 0) {
         return cpu_models_cmd(g, argc, argv);
     }
-    return cli_usage_error("cpu", "unknown subcommand '%s': use host, decode, baseline, "
-                                  "compare or models", sub);
+    return cli_usage_error("cpu",
+                           "unknown subcommand '%s': use host, decode, baseline, "
+                           "compare or models",
+                           sub);
 }

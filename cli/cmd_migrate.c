@@ -16,12 +16,16 @@ enum {
     OPT_KEEP,
 };
 
-#define MIGRATE_LONGOPTS                                                                       \
-    {"live", no_argument, NULL, 'l'}, {"max-downtime", required_argument, NULL, 'D'},         \
-        {"bandwidth", required_argument, NULL, 'B'}, {"timeout", required_argument, NULL, 'T'}, \
-        {"verbose", no_argument, NULL, 'v'}, {"json", no_argument, NULL, 'j'},                \
-        {"force", no_argument, NULL, 'F'}, {"unsafe", no_argument, NULL, 'U'},                \
-        {"stall-timeout", required_argument, NULL, 'S'}
+/* clang-format off: a table, laid out by hand */
+#define MIGRATE_LONGOPTS                                                                           \
+    {"live", no_argument, NULL, 'l'}, {"max-downtime", required_argument, NULL, 'D'},              \
+        {"bandwidth", required_argument, NULL, 'B'}, {"timeout", required_argument, NULL, 'T'},    \
+        {"verbose", no_argument, NULL, 'v'}, {"json", no_argument, NULL, 'j'},                     \
+        {"force", no_argument, NULL, 'F'}, {"unsafe", no_argument, NULL, 'U'},                     \
+    {                                                                                              \
+        "stall-timeout", required_argument, NULL, 'S'                                              \
+    }
+/* clang-format on */
 
 static void print_summary(const char *name, const char *dest, const vmig_migration_stats *st)
 {
@@ -131,12 +135,11 @@ static int demo_parse(demo_args *d, int argc, char **argv)
         if (c == OPT_MEM && !cli_parse_int("--mem-mib", optarg, 16, 3072, &d->mem_mib)) {
             return CLI_USAGE;
         }
-        if (c == OPT_DIRTY &&
-            !cli_parse_int("--dirty-mib-s", optarg, 0, 100000, &d->dirty_mib_s)) {
+        if (c == OPT_DIRTY && !cli_parse_int("--dirty-mib-s", optarg, 0, 100000, &d->dirty_mib_s)) {
             return CLI_USAGE;
         }
         if (c == OPT_ACCEL) {
-            if (strcmp(optarg, "tcg") && strcmp(optarg, "kvm")) {
+            if (strcmp(optarg, "tcg") != 0 && strcmp(optarg, "kvm") != 0) {
                 cli_err("--accel: '%s' is not an accelerator: use tcg or kvm", optarg);
                 return CLI_USAGE;
             }
@@ -181,8 +184,8 @@ static void demo_report(const demo_args *d, bool migrated, const vmig_migration_
         json_object_object_add(o, "pages_checked", json_object_new_int64((int64_t)pages));
         json_object_object_add(o, "mem_mib", json_object_new_int(d->mem_mib));
         json_object_object_add(o, "dirty_mib_s", json_object_new_int(d->dirty_mib_s));
-        json_object_object_add(o, "accel", json_object_new_string(
-                                               d->accel == VMIG_ACCEL_KVM ? "kvm" : "tcg"));
+        json_object_object_add(o, "accel",
+                               json_object_new_string(d->accel == VMIG_ACCEL_KVM ? "kvm" : "tcg"));
         if (error) {
             json_object_object_add(o, "error", json_object_new_string(error));
         }
@@ -195,7 +198,8 @@ static void demo_report(const demo_args *d, bool migrated, const vmig_migration_
     }
     if (verified) {
         printf("  memory      %8llu pages checked on the destination: all as the guest wrote "
-               "them\n", (unsigned long long)pages);
+               "them\n",
+               (unsigned long long)pages);
     }
 }
 

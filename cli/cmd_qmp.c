@@ -21,8 +21,7 @@ int cmd_qmp(const cli_global *g, int argc, char **argv)
         json_object_put(args);
         if (!is_obj) {
             return cli_usage_error("qmp", "ARGS-JSON must be a JSON object: %s",
-                                   args ? "got another JSON type"
-                                        : json_tokener_error_desc(jerr));
+                                   args ? "got another JSON type" : json_tokener_error_desc(jerr));
         }
     }
     vmig_error *err = NULL;

@@ -201,6 +201,5 @@ int cmd_vm(const cli_global *g, int argc, char **argv)
     if (strcmp(sub, "recover") == 0) {
         return vm_recover(g, argc, argv);
     }
-    return cli_usage_error("vm", "unknown subcommand '%s': use start, list, stop or recover",
-                           sub);
+    return cli_usage_error("vm", "unknown subcommand '%s': use start, list, stop or recover", sub);
 }

@@ -137,17 +137,15 @@ static int cmd_version(const cli_global *g, int argc, char **argv)
     g_autofree char *path = g_find_program_in_path(qemu);
     char *package = NULL;
     int v = vmig_engine_qemu_version(e, &package, &err);
-    g_autofree char *qv = v < 0 ? NULL : g_strdup_printf("%d.%d.%d", v / 10000, v / 100 % 100,
-                                                         v % 100);
+    g_autofree char *qv = v < 0 ? NULL
+                                : g_strdup_printf("%d.%d.%d", v / 10000, v / 100 % 100, v % 100);
     if (json) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "vmigrate", json_object_new_string(vmig_version()));
         json_object_object_add(o, "qemu", json_object_new_string(path ? path : qemu));
         json_object_object_add(o, "qemu_version", qv ? json_object_new_string(qv) : NULL);
-        json_object_object_add(o, "qemu_package", package ? json_object_new_string(package)
-                                                          : NULL);
-        json_object_object_add(o, "event_loop",
-                               json_object_new_string(vmig_engine_event_loop(e)));
+        json_object_object_add(o, "qemu_package", package ? json_object_new_string(package) : NULL);
+        json_object_object_add(o, "event_loop", json_object_new_string(vmig_engine_event_loop(e)));
         cli_print_json(o);
         json_object_put(o);
     } else {
@@ -187,6 +185,7 @@ static int help(const char *topic)
 
 int main(int argc, char **argv)
 {
+    /* clang-format off */
     static const struct option opts[] = {
         {"state-dir", required_argument, NULL, 's'},
         {"qemu", required_argument, NULL, 'q'},
@@ -195,6 +194,7 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {0},
     };
+    /* clang-format on */
     cli_global g = {0};
     int c;
     opterr = 0;

@@ -118,7 +118,8 @@ bool cli_parse_int(const char *opt, const char *val, int lo, int hi, int *ret)
 
 void cli_print_json(json_object *o)
 {
-    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+    puts(
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     fflush(stdout);
 }
 
@@ -177,8 +178,9 @@ void cli_progress_cb(void *opaque, const vmig_migration_stats *st)
             bar[i] = i < fill ? '#' : '.';
         }
         bar[30] = '\0';
-        fprintf(stderr, "\r[%s] %5.1f%%  %7.1f MiB/s  remaining %8.1f MiB  dirty %6.1f MiB/s"
-                        "  pass %llu ",
+        fprintf(stderr,
+                "\r[%s] %5.1f%%  %7.1f MiB/s  remaining %8.1f MiB  dirty %6.1f MiB/s"
+                "  pass %llu ",
                 bar, pct, mib_s, rem_mib, dirty_mib_s, (unsigned long long)st->passes);
     } else {
         long long t = now_ms();
@@ -186,8 +188,9 @@ void cli_progress_cb(void *opaque, const vmig_migration_stats *st)
             return;
         }
         p->last_line_ms = t;
-        fprintf(stderr, "progress %5.1f%% %.1f MiB/s remaining %.1f MiB dirty %.1f MiB/s pass %llu\n",
-                pct, mib_s, rem_mib, dirty_mib_s, (unsigned long long)st->passes);
+        fprintf(stderr,
+                "progress %5.1f%% %.1f MiB/s remaining %.1f MiB dirty %.1f MiB/s pass %llu\n", pct,
+                mib_s, rem_mib, dirty_mib_s, (unsigned long long)st->passes);
     }
     fflush(stderr);
 }
@@ -224,8 +227,7 @@ int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
         a->opts.live = true;
         return 1;
     case 'D':
-        return cli_parse_int("--max-downtime", val, 1, 2000000, &a->opts.max_downtime_ms) ? 1
-                                                                                          : -1;
+        return cli_parse_int("--max-downtime", val, 1, 2000000, &a->opts.max_downtime_ms) ? 1 : -1;
     case 'B':
         return cli_parse_int("--bandwidth", val, 1, 1000000, &a->opts.bandwidth_mib_s) ? 1 : -1;
     case 'T':

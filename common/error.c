@@ -122,10 +122,10 @@ char *vmig_file_read(const char *path, gsize *ret_len, vmig_error **errp)
     char *text = NULL;
     g_autoptr(GError) gerr = NULL;
     if (!g_file_get_contents(path, &text, ret_len, &gerr)) {
-        int errnum = gerr->code == G_FILE_ERROR_NOENT    ? ENOENT
-                     : gerr->code == G_FILE_ERROR_ISDIR  ? EISDIR
-                     : gerr->code == G_FILE_ERROR_ACCES  ? EACCES
-                                                         : 0;
+        int errnum = gerr->code == G_FILE_ERROR_NOENT   ? ENOENT
+                     : gerr->code == G_FILE_ERROR_ISDIR ? EISDIR
+                     : gerr->code == G_FILE_ERROR_ACCES ? EACCES
+                                                        : 0;
         if (errnum) {
             vmig_set_error_errno(errp, errnum, "%s", path);
         } else {

@@ -5,12 +5,13 @@
 #include "error.h"
 
 static const char *const type_words[] = {
-    [VJ_STRING] = "a string",  [VJ_INT64] = "an integer", [VJ_UINT64] = "a non-negative integer",
-    [VJ_DOUBLE] = "a number",  [VJ_BOOL] = "a boolean",   [VJ_OBJECT] = "an object",
+    [VJ_STRING] = "a string", [VJ_INT64] = "an integer", [VJ_UINT64] = "a non-negative integer",
+    [VJ_DOUBLE] = "a number", [VJ_BOOL] = "a boolean",   [VJ_OBJECT] = "an object",
     [VJ_ARRAY] = "an array",
 };
 
-static bool store(json_object *v, const vmig_jfield *f, char *dst)
+/* @dst: the field at its offset in the caller's struct, of the type f->type names */
+static bool store(json_object *v, const vmig_jfield *f, void *dst)
 {
     switch (f->type) {
     case VJ_STRING:

@@ -18,8 +18,8 @@ struct vmig_cpu {
     cpu_def def;
     cpu_featset all; /* every feature it has, the model's included, when has_all */
     bool has_all;
-    cpu_raw *raw;    /* the CPUID it was read from, or NULL */
-    GArray *why;     /* baseline_why per input of a baseline, or NULL */
+    cpu_raw *raw; /* the CPUID it was read from, or NULL */
+    GArray *why;  /* baseline_why per input of a baseline, or NULL */
 };
 
 struct vmig_cpu_list {
@@ -85,7 +85,7 @@ vmig_cpu *vmig_cpu_host(vmig_error **errp)
 char *vmig_cpu_format(const vmig_cpu *cpu, vmig_cpu_fmt fmt, unsigned flags)
 {
     bool all = (flags & VMIG_CPU_ALL_FEATURES) && cpu->has_all;
-    cpu_output out = fmt == VMIG_CPU_FMT_JSON ? CPU_OUT_JSON
+    cpu_output out = fmt == VMIG_CPU_FMT_JSON   ? CPU_OUT_JSON
                      : fmt == VMIG_CPU_FMT_QEMU ? CPU_OUT_QEMU
                                                 : CPU_OUT_LIBVIRT;
     return cpu_format(&cpu->def, all ? &cpu->all : NULL, out);
@@ -94,8 +94,9 @@ char *vmig_cpu_format(const vmig_cpu *cpu, vmig_cpu_fmt fmt, unsigned flags)
 char *vmig_cpu_export(const vmig_cpu *cpu, vmig_cpu_dump fmt, vmig_error **errp)
 {
     if (!cpu->raw) {
-        vmig_set_error(errp, VMIG_E_INVAL, "this CPU was not read from raw CPUID data, so there "
-                                           "is no dump to export");
+        vmig_set_error(errp, VMIG_E_INVAL,
+                       "this CPU was not read from raw CPUID data, so there "
+                       "is no dump to export");
         return NULL;
     }
     return fmt == VMIG_CPU_DUMP_XML ? cpu_raw_to_xml(cpu->raw) : cpu_raw_to_json(cpu->raw);
@@ -262,8 +263,11 @@ const char *vmig_cpu_models_alias(const vmig_cpu_models *m, size_t i, size_t k)
 static vmig_cpu *decoded_cpu(const cpu_decoded *dec, const cpu_featset *set, const char *vendor,
                              int family, int model, int stepping)
 {
-    cpu_def d = {.family = family, .model = model, .stepping = stepping,
-                 .model_name = g_strdup(dec->model->name), .require = dec->require,
+    cpu_def d = {.family = family,
+                 .model = model,
+                 .stepping = stepping,
+                 .model_name = g_strdup(dec->model->name),
+                 .require = dec->require,
                  .disable = dec->disable};
     g_strlcpy(d.vendor, vendor, sizeof(d.vendor));
     vmig_cpu *cpu = cpu_api_cpu_new(&d);
@@ -334,8 +338,8 @@ static bool baseline_explain(const cpu_models *db, const cpu_def *defs, size_t n
     return true;
 }
 
-vmig_cpu *vmig_cpu_baseline(const vmig_cpu_models *m, const vmig_cpu_list *cpus,
-                            unsigned flags, vmig_error **errp)
+vmig_cpu *vmig_cpu_baseline(const vmig_cpu_models *m, const vmig_cpu_list *cpus, unsigned flags,
+                            vmig_error **errp)
 {
     /* cpu_baseline() reads an array of definitions: shallow copies, borrowed model names */
     g_autofree cpu_def *defs = g_new0(cpu_def, cpus->cpus->len + 1);
@@ -345,8 +349,8 @@ vmig_cpu *vmig_cpu_baseline(const vmig_cpu_models *m, const vmig_cpu_list *cpus,
     cpu_decoded dec;
     cpu_featset set;
     char vendor[13];
-    if (!cpu_baseline(m->db, defs, cpus->cpus->len, flags & VMIG_CPU_MIGRATABLE, &dec, &set,
-                      vendor, errp)) {
+    if (!cpu_baseline(m->db, defs, cpus->cpus->len, flags & VMIG_CPU_MIGRATABLE, &dec, &set, vendor,
+                      errp)) {
         return NULL;
     }
     GArray *why = g_array_new(FALSE, TRUE, sizeof(baseline_why));
@@ -359,8 +363,8 @@ vmig_cpu *vmig_cpu_baseline(const vmig_cpu_models *m, const vmig_cpu_list *cpus,
     return base;
 }
 
-bool vmig_cpu_baseline_explain(const vmig_cpu *base, size_t i, char **ret_alone,
-                               char **ret_shared, char **ret_not_guest)
+bool vmig_cpu_baseline_explain(const vmig_cpu *base, size_t i, char **ret_alone, char **ret_shared,
+                               char **ret_not_guest)
 {
     if (!base->why || i >= base->why->len) {
         return false;
@@ -372,9 +376,8 @@ bool vmig_cpu_baseline_explain(const vmig_cpu *base, size_t i, char **ret_alone,
     return true;
 }
 
-vmig_cpu_cmp vmig_cpu_compare(const vmig_cpu_models *m, const vmig_cpu *host,
-                              const vmig_cpu *guest, char **ret_missing, char **ret_why,
-                              vmig_error **errp)
+vmig_cpu_cmp vmig_cpu_compare(const vmig_cpu_models *m, const vmig_cpu *host, const vmig_cpu *guest,
+                              char **ret_missing, char **ret_why, vmig_error **errp)
 {
     cpu_featset missing;
     char *why = NULL;
@@ -391,7 +394,7 @@ vmig_cpu_cmp vmig_cpu_compare(const vmig_cpu_models *m, const vmig_cpu *host,
     } else {
         g_free(why);
     }
-    return r == CPU_CMP_IDENTICAL ? VMIG_CPU_CMP_IDENTICAL
+    return r == CPU_CMP_IDENTICAL  ? VMIG_CPU_CMP_IDENTICAL
            : r == CPU_CMP_SUPERSET ? VMIG_CPU_CMP_SUPERSET
                                    : VMIG_CPU_CMP_INCOMPATIBLE;
 }

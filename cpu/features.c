@@ -7,29 +7,23 @@ _Static_assert(CPU_FEAT_MAX % 64 == 0, "feature sets are whole words");
 
 /* Spellings libvirt (or Linux) uses where QEMU's differ and the difference is more than '_'
  * for '-'.  The underscore forms (tsc_adjust, lahf_lm, ds_cpl, ...) are handled generally. */
+/* clang-format off: a table, laid out by hand */
 static const struct {
     const char *alias;
     const char *qemu;
     bool libvirt_output; /* libvirt writes this spelling */
 } aliases[] = {
-    {"pclmuldq", "pclmulqdq", true},
-    {"sse3", "pni", false},
-    {"sse4_1", "sse4.1", false},
-    {"sse4_2", "sse4.2", false},
-    {"sse4-1", "sse4.1", false},
-    {"sse4-2", "sse4.2", false},
-    {"ffxsr", "fxsr-opt", false},
-    {"i64", "lm", false},
-    {"xd", "nx", false},
-    {"md_clear", "md-clear", false},
-    {"cqm", "cmt", false},
+    {"pclmuldq", "pclmulqdq", true}, {"sse3", "pni", false},      {"sse4_1", "sse4.1", false},
+    {"sse4_2", "sse4.2", false},     {"sse4-1", "sse4.1", false}, {"sse4-2", "sse4.2", false},
+    {"ffxsr", "fxsr-opt", false},    {"i64", "lm", false},        {"xd", "nx", false},
+    {"md_clear", "md-clear", false}, {"cqm", "cmt", false},
 };
 
 /* libvirt keeps these historical underscore names in its CPU map. */
 static const char *const libvirt_underscored[] = {
-    "lahf-lm", "ds-cpl", "tsc-adjust", "cmp-legacy", "fxsr-opt", "perfctr-core",
-    "perfctr-nb", "nodeid-msr", "svm-lock", "nrip-save", "tsc-scale", "vmcb-clean",
-    "pause-filter",
+    "lahf-lm",      "ds-cpl",     "tsc-adjust",   "cmp-legacy", "fxsr-opt",
+    "perfctr-core", "perfctr-nb", "nodeid-msr",   "svm-lock",   "nrip-save",
+    "tsc-scale",    "vmcb-clean", "pause-filter",
 };
 
 static const char *const unmigratable[] = {"invtsc"};
@@ -39,8 +33,15 @@ static const char *const unmigratable[] = {"invtsc"};
  * overflow-recov, succor), bits QEMU passes under no name (flush-l1d), and bits newer QEMUs
  * name that the built-in table does not (fsrs, auto-ibrs, the newer ARCH_CAPABILITIES bits).
  * Positions from libvirt's x86_features.xml and the Intel SDM / AMD APM. */
-#define HO(n, l, s, r, b) {n, CPU_ITEM_CPUID, l, s, r, b}
-#define HO_MSR(n, i, b) {n, CPU_ITEM_MSR, i, 0, 0, b}
+#define HO(n, l, s, r, b)                                                                          \
+    {                                                                                              \
+        n, CPU_ITEM_CPUID, l, s, r, b                                                              \
+    }
+#define HO_MSR(n, i, b)                                                                            \
+    {                                                                                              \
+        n, CPU_ITEM_MSR, i, 0, 0, b                                                                \
+    }
+/* clang-format on */
 enum { EAX, EBX, ECX, EDX };
 static const cpu_feature_def host_only[] = {
     HO("osxsave", 0x1, 0, ECX, 27),
@@ -134,7 +135,7 @@ int cpu_feature_index(const char *name)
         return -1;
     }
     for (size_t k = 0; k <= n; k++) {
-        dashed[k] = name[k] == '_' ? '-' : name[k];
+        dashed[k] = (char)(name[k] == '_' ? '-' : name[k]);
     }
     return exact(dashed);
 }
@@ -152,7 +153,7 @@ const char *cpu_feature_libvirt_name(int idx)
         if (strcmp(libvirt_underscored[k], q) == 0) {
             size_t n = strlen(q);
             for (size_t c = 0; c <= n && c < sizeof(buf); c++) {
-                buf[c] = q[c] == '-' ? '_' : q[c];
+                buf[c] = (char)(q[c] == '-' ? '_' : q[c]);
             }
             return buf;
         }
@@ -194,15 +195,58 @@ void cpu_featset_drop_host_only(cpu_featset *s)
 /* QEMU's features that KVM never passes to a guest (Linux kvm_set_cpu_caps() masks them
  * out).  Of the SVM leaf only npt and nrip-save pass, as the recorded host models
  * (shared/cpudata *-json.xml) show. */
+/* clang-format off: a table, laid out by hand */
 static const char *const kvm_never[] = {
-    "dtes64", "monitor", "ds-cpl", "smx", "est", "tm2", "cid", "xtpr", "dca",
-    "pn", "ds", "acpi", "ht", "tm", "ia64", "pbe",
-    "sgx", "mpx", "pcommit", "intel-pt", "sgxlc", "core-capability",
-    "sgx1", "sgx2", "sgx-exinfo", "sgx-debug", "sgx-mode64", "sgx-provisionkey",
-    "sgx-tokenkey", "sgx-kss", "intel-pt-lip", "kvm-hint-dedicated",
-    "extapic", "ibs", "skinit", "wdt", "lwp", "tce", "nodeid-msr",
-    "lbrv", "svm-lock", "tsc-scale", "vmcb-clean", "flushbyasid", "decodeassists",
-    "pause-filter", "pfthreshold", "avic", "v-vmsave-vmload", "vgif",
+    "dtes64",
+    "monitor",
+    "ds-cpl",
+    "smx",
+    "est",
+    "tm2",
+    "cid",
+    "xtpr",
+    "dca",
+    "pn",
+    "ds",
+    "acpi",
+    "ht",
+    "tm",
+    "ia64",
+    "pbe",
+    "sgx",
+    "mpx",
+    "pcommit",
+    "intel-pt",
+    "sgxlc",
+    "core-capability",
+    "sgx1",
+    "sgx2",
+    "sgx-exinfo",
+    "sgx-debug",
+    "sgx-mode64",
+    "sgx-provisionkey",
+    "sgx-tokenkey",
+    "sgx-kss",
+    "intel-pt-lip",
+    "kvm-hint-dedicated",
+    "extapic",
+    "ibs",
+    "skinit",
+    "wdt",
+    "lwp",
+    "tce",
+    "nodeid-msr",
+    "lbrv",
+    "svm-lock",
+    "tsc-scale",
+    "vmcb-clean",
+    "flushbyasid",
+    "decodeassists",
+    "pause-filter",
+    "pfthreshold",
+    "avic",
+    "v-vmsave-vmload",
+    "vgif",
     "split-lock-detect",
 };
 
@@ -216,9 +260,10 @@ static const char *const host_model_omits[] = {
  * ARAT, TSC_ADJUST and IA32_ARCH_CAPABILITIES, whose pschange-mc-no it always sets and
  * skip-l1dfl-vmentry unless L1TF flushing is "never" (not a default). */
 static const char *const kvm_always[] = {
-    "hypervisor", "x2apic", "tsc-deadline", "arat", "tsc-adjust", "arch-capabilities",
-    "pschange-mc-no", "skip-l1dfl-vmentry",
+    "hypervisor",        "x2apic",         "tsc-deadline",       "arat", "tsc-adjust",
+    "arch-capabilities", "pschange-mc-no", "skip-l1dfl-vmentry",
 };
+/* clang-format on */
 
 static void set_names(cpu_featset *s, const char *const *names, size_t n, bool on)
 {

@@ -77,12 +77,11 @@ static json_object *names_array(const cpu_featset *s)
 static char *format_json(const cpu_def *d, const cpu_featset *require)
 {
     g_autoptr(json_object) o = json_object_new_object();
-    json_object_object_add(o, "model", d->model_name ? json_object_new_string(d->model_name)
-                                                     : NULL);
+    json_object_object_add(o, "model",
+                           d->model_name ? json_object_new_string(d->model_name) : NULL);
     /* the vendor as libvirt and the text outputs write it */
-    json_object_object_add(o, "vendor", d->vendor[0] ? json_object_new_string(
-                                                           cpu_vendor_libvirt(d->vendor))
-                                                     : NULL);
+    json_object_object_add(
+        o, "vendor", d->vendor[0] ? json_object_new_string(cpu_vendor_libvirt(d->vendor)) : NULL);
     json_object_object_add(o, "type", json_object_new_string(d->host ? "host" : "guest"));
     json_object_object_add(o, "require", names_array(require));
     json_object_object_add(o, "disable", names_array(&d->disable));

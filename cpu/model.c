@@ -69,15 +69,56 @@ const cpu_model *cpu_models_find(const cpu_models *m, const char *name)
 
 /* QEMU's model families, oldest first within each vendor, as libvirt's cpu_map/index.xml
  * orders them.  Decoding tries models newest first, so on equal cost the newer one wins. */
+/* clang-format off: a table, laid out by hand */
 static const char *const generations[] = {
-    "486", "pentium", "pentium2", "pentium3", "coreduo", "n270", "core2duo", "qemu32",
-    "kvm32", "qemu64", "kvm64", "athlon", "phenom", "Conroe", "Penryn", "Nehalem", "Westmere",
-    "SandyBridge", "IvyBridge", "Haswell", "Broadwell", "Skylake-Client", "Skylake-Server",
-    "Cascadelake-Server", "Icelake-Client", "Icelake-Server", "Cooperlake", "Snowridge",
-    "KnightsMill", "Denverton", "SapphireRapids", "SierraForest", "GraniteRapids",
-    "ClearwaterForest", "Opteron_G1", "Opteron_G2", "Opteron_G3", "Opteron_G4", "Opteron_G5",
-    "EPYC", "EPYC-Rome", "EPYC-Milan", "EPYC-Genoa", "EPYC-Turin", "Dhyana", "YongFeng",
+    "486",
+    "pentium",
+    "pentium2",
+    "pentium3",
+    "coreduo",
+    "n270",
+    "core2duo",
+    "qemu32",
+    "kvm32",
+    "qemu64",
+    "kvm64",
+    "athlon",
+    "phenom",
+    "Conroe",
+    "Penryn",
+    "Nehalem",
+    "Westmere",
+    "SandyBridge",
+    "IvyBridge",
+    "Haswell",
+    "Broadwell",
+    "Skylake-Client",
+    "Skylake-Server",
+    "Cascadelake-Server",
+    "Icelake-Client",
+    "Icelake-Server",
+    "Cooperlake",
+    "Snowridge",
+    "KnightsMill",
+    "Denverton",
+    "SapphireRapids",
+    "SierraForest",
+    "GraniteRapids",
+    "ClearwaterForest",
+    "Opteron_G1",
+    "Opteron_G2",
+    "Opteron_G3",
+    "Opteron_G4",
+    "Opteron_G5",
+    "EPYC",
+    "EPYC-Rome",
+    "EPYC-Milan",
+    "EPYC-Genoa",
+    "EPYC-Turin",
+    "Dhyana",
+    "YongFeng",
 };
+/* clang-format on */
 
 /* How new @versioned (IvyBridge-v2) is: its family's place above, then its version.  A family
  * this list does not know came after it. */
@@ -117,8 +158,8 @@ cpu_models *cpu_models_empty(void)
     return db;
 }
 
-void cpu_models_add(cpu_models *db, const char *name, const char *vendor, int family,
-                    int model, int stepping, const cpu_featset *features)
+void cpu_models_add(cpu_models *db, const char *name, const char *vendor, int family, int model,
+                    int stepping, const cpu_featset *features)
 {
     cpu_model *m = g_new0(cpu_model, 1);
     m->name = g_strdup(name);
@@ -242,8 +283,7 @@ const char *cpu_def_vendor(const cpu_models *m, const cpu_def *d)
     return cm ? cm->vendor : "";
 }
 
-bool cpu_def_guest_set(const cpu_models *m, const cpu_def *d, cpu_featset *ret,
-                       vmig_error **errp)
+bool cpu_def_guest_set(const cpu_models *m, const cpu_def *d, cpu_featset *ret, vmig_error **errp)
 {
     cpu_featset s;
     if (!cpu_def_expand(m, d, &s, errp)) {
@@ -293,14 +333,15 @@ static void add_feature(defs_ctx *x, const char *name, const char *policy, GErro
     }
     cpu_featset *dst = !policy || !strcmp(policy, "require") || !strcmp(policy, "force")
                            ? &x->cur.require
-                       : !strcmp(policy, "disable") ? &x->cur.disable
-                       : !strcmp(policy, "forbid")  ? &x->cur.forbid
+                       : !strcmp(policy, "disable")  ? &x->cur.disable
+                       : !strcmp(policy, "forbid")   ? &x->cur.forbid
                        : !strcmp(policy, "optional") ? &x->cur.optional
                                                      : NULL;
     if (!dst) {
         g_set_error(gerr, G_MARKUP_ERROR, G_MARKUP_ERROR_INVALID_CONTENT,
                     "feature '%s': unknown policy '%s' (require, force, optional, disable, "
-                    "forbid)", name, policy);
+                    "forbid)",
+                    name, policy);
         return;
     }
     cpu_featset_add(dst, f);
@@ -314,8 +355,7 @@ static void defs_start(GMarkupParseContext *ctx, const gchar *el, const gchar **
     g_string_truncate(x->text, 0);
     if (strcmp(el, "cpu") == 0 && x->in_cpu) {
         /* found by fuzzing: resetting the CPU in progress leaked its model name */
-        g_set_error(gerr, G_MARKUP_ERROR, G_MARKUP_ERROR_INVALID_CONTENT,
-                    "a <cpu> inside a <cpu>");
+        g_set_error(gerr, G_MARKUP_ERROR, G_MARKUP_ERROR_INVALID_CONTENT, "a <cpu> inside a <cpu>");
         return;
     }
     if (strcmp(el, "cpu") == 0) {
@@ -393,8 +433,7 @@ static void clear_def(gpointer p)
 
 GArray *cpu_defs_parse_xml(const char *text, size_t len, const char *origin, vmig_error **errp)
 {
-    defs_ctx x = {.defs = g_array_new(FALSE, TRUE, sizeof(cpu_def)),
-                  .text = g_string_new(NULL)};
+    defs_ctx x = {.defs = g_array_new(FALSE, TRUE, sizeof(cpu_def)), .text = g_string_new(NULL)};
     g_array_set_clear_func(x.defs, clear_def);
     GMarkupParser p = {.start_element = defs_start, .end_element = defs_end, .text = defs_text};
     bool ok = vmig_markup_parse(&p, &x, text, len, origin, errp);
@@ -414,8 +453,8 @@ GArray *cpu_defs_parse_xml(const char *text, size_t len, const char *origin, vmi
 /* ---- decode ---------------------------------------------------------------------------------- */
 
 bool cpu_decode(const cpu_models *db, const cpu_featset *set, const char *vendor, int family,
-                int model, cpu_decode_mode mode, const char *const *preferred,
-                cpu_decoded *ret, vmig_error **errp)
+                int model, cpu_decode_mode mode, const char *const *preferred, cpu_decoded *ret,
+                vmig_error **errp)
 {
     const cpu_model *best = NULL;
     int best_cost = 0, best_dis = 0;
@@ -473,8 +512,7 @@ bool cpu_decode(const cpu_models *db, const cpu_featset *set, const char *vendor
 /* ---- baseline ------------------------------------------------------------------------------- */
 
 bool cpu_baseline(const cpu_models *m, const cpu_def *defs, size_t n, bool migratable,
-                  cpu_decoded *ret, cpu_featset *ret_set, char ret_vendor[13],
-                  vmig_error **errp)
+                  cpu_decoded *ret, cpu_featset *ret_set, char ret_vendor[13], vmig_error **errp)
 {
     if (n == 0) {
         vmig_set_error(errp, VMIG_E_INVAL, "a baseline needs at least one CPU");
@@ -492,8 +530,10 @@ bool cpu_baseline(const cpu_models *m, const cpu_def *defs, size_t n, bool migra
         }
         const char *v = cpu_def_vendor(m, &defs[i]);
         if (v[0] && vendor[0] && strcmp(v, vendor) != 0) {
-            vmig_set_error(errp, VMIG_E_CPU, "CPU vendors do not match: CPU 1 is %s, CPU %zu "
-                                             "is %s", vendor, i + 1, v);
+            vmig_set_error(errp, VMIG_E_CPU,
+                           "CPU vendors do not match: CPU 1 is %s, CPU %zu "
+                           "is %s",
+                           vendor, i + 1, v);
             return false;
         }
         if (!vendor[0]) {
@@ -517,8 +557,8 @@ bool cpu_baseline(const cpu_models *m, const cpu_def *defs, size_t n, bool migra
         cpu_featset_drop_unmigratable(&base);
     }
     g_ptr_array_add(names, NULL);
-    if (!cpu_decode(m, &base, vendor, -1, -1, CPU_DECODE_GUEST,
-                    (const char *const *)names->pdata, ret, errp)) {
+    if (!cpu_decode(m, &base, vendor, -1, -1, CPU_DECODE_GUEST, (const char *const *)names->pdata,
+                    ret, errp)) {
         return false;
     }
     *ret_set = base;
@@ -546,8 +586,8 @@ cpu_cmp cpu_compare(const cpu_models *m, const cpu_def *host, const cpu_def *gue
     }
     if (guest->host) {
         /* a host's CPU as the guest's: the host model a VM there would have */
-        cpu_def g = {.disable = guest->disable, .forbid = guest->forbid,
-                     .optional = guest->optional};
+        cpu_def g = {
+            .disable = guest->disable, .forbid = guest->forbid, .optional = guest->optional};
         if (!cpu_def_guest_set(m, guest, &g.require, errp)) {
             return -1;
         }

@@ -30,8 +30,8 @@ cpu_models *cpu_models_builtin(void);
 /* Building a table (cpu/qemu-reply.c reads one from a live QEMU's replies): add models, then
  * aliases, then call cpu_models_done(). */
 cpu_models *cpu_models_empty(void);
-void cpu_models_add(cpu_models *db, const char *name, const char *vendor, int family,
-                    int model, int stepping, const cpu_featset *features);
+void cpu_models_add(cpu_models *db, const char *name, const char *vendor, int family, int model,
+                    int stepping, const cpu_featset *features);
 void cpu_models_alias(cpu_models *db, const char *alias, const char *of);
 void cpu_models_done(cpu_models *db);
 void cpu_models_free(cpu_models *m);
@@ -45,15 +45,15 @@ const cpu_model *cpu_models_find(const cpu_models *m, const char *name);
  * CPU (raw CPUID, or libvirt's host <cpu> as virsh capabilities prints it) has every bit the
  * silicon has; a guest CPU (custom, host-model) has what a guest is given. */
 typedef struct cpu_def {
-    char vendor[13];            /* "" when not given */
+    char vendor[13];             /* "" when not given */
     int family, model, stepping; /* -1 when not known */
-    char *model_name;           /* NULL for a bare feature list */
-    cpu_featset require;        /* require + force */
-    cpu_featset disable;        /* disable */
+    char *model_name;            /* NULL for a bare feature list */
+    cpu_featset require;         /* require + force */
+    cpu_featset disable;         /* disable */
     cpu_featset forbid;
     cpu_featset optional;
-    bool host;                  /* a host's CPU, not a guest's */
-    int nested_ignored;         /* vmx-* features read, which are not modelled */
+    bool host;          /* a host's CPU, not a guest's */
+    int nested_ignored; /* vmx-* features read, which are not modelled */
 } cpu_def;
 
 void cpu_def_clear(cpu_def *d);
@@ -61,8 +61,7 @@ void cpu_def_clear(cpu_def *d);
 bool cpu_def_expand(const cpu_models *m, const cpu_def *d, cpu_featset *ret, vmig_error **errp);
 /* What a guest can have from @d: for a host CPU, what KVM gives on it (cpu_kvm_guest); for a
  * guest CPU, its features less those no KVM guest can have (cpu_kvm_possible). */
-bool cpu_def_guest_set(const cpu_models *m, const cpu_def *d, cpu_featset *ret,
-                       vmig_error **errp);
+bool cpu_def_guest_set(const cpu_models *m, const cpu_def *d, cpu_featset *ret, vmig_error **errp);
 /* @d's vendor, or its model's when it names none ("" if neither). */
 const char *cpu_def_vendor(const cpu_models *m, const cpu_def *d);
 
@@ -88,14 +87,13 @@ typedef enum cpu_decode_mode {
  * disabled), the newer on a tie.  @family/@model (-1 if unknown) prefer models of that
  * signature; @preferred (NULL-terminated, may be NULL) lists input model names. */
 bool cpu_decode(const cpu_models *m, const cpu_featset *set, const char *vendor, int family,
-                int model, cpu_decode_mode mode, const char *const *preferred,
-                cpu_decoded *ret, vmig_error **errp);
+                int model, cpu_decode_mode mode, const char *const *preferred, cpu_decoded *ret,
+                vmig_error **errp);
 
 /* Intersection of what a guest can have from each of @n definitions (cpu_def_guest_set),
  * decoded as a guest CPU.  Fails on mixed vendors. */
 bool cpu_baseline(const cpu_models *m, const cpu_def *defs, size_t n, bool migratable,
-                  cpu_decoded *ret, cpu_featset *ret_set, char ret_vendor[13],
-                  vmig_error **errp);
+                  cpu_decoded *ret, cpu_featset *ret_set, char ret_vendor[13], vmig_error **errp);
 
 typedef enum cpu_cmp {
     CPU_CMP_INCOMPATIBLE,

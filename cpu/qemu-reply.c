@@ -12,8 +12,8 @@
 /* ---- reading replies through field tables ---------------------------------------------------- */
 
 typedef enum field_type {
-    FIELD_U32,  /* uint32_t, a JSON integer from 0 to max (0: UINT32_MAX) */
-    FIELD_STR,  /* const char *, borrowed from the reply */
+    FIELD_U32, /* uint32_t, a JSON integer from 0 to max (0: UINT32_MAX) */
+    FIELD_STR, /* const char *, borrowed from the reply */
 } field_type;
 
 typedef struct reply_field {
@@ -60,10 +60,12 @@ static bool read_fields(json_object *obj, const char *what, const reply_field *f
         }
         if (f->type == FIELD_U32) {
             if (!is_u32(v, f->max)) {
-                vmig_set_error(errp, VMIG_E_PROTO, "%s: '%s' must be a number from 0 to %u, "
-                               "not %s", what, f->key, f->max ? f->max : UINT32_MAX,
+                vmig_set_error(errp, VMIG_E_PROTO,
+                               "%s: '%s' must be a number from 0 to %u, "
+                               "not %s",
+                               what, f->key, f->max ? f->max : UINT32_MAX,
                                json_object_is_type(v, json_type_int) ? "out of range"
-                                                                      : type_name(v));
+                                                                     : type_name(v));
                 return false;
             }
             *(uint32_t *)(void *)p = (uint32_t)json_object_get_int64(v);
@@ -97,8 +99,10 @@ static bool read_vendor(json_object *v, const char *what, char ret[13], vmig_err
         return false;
     }
     if (json_object_get_string_len(v) > 12) {
-        vmig_set_error(errp, VMIG_E_PROTO, "%s: '%.40s' is not a CPUID vendor (12 characters at "
-                       "most)", what, json_object_get_string(v));
+        vmig_set_error(errp, VMIG_E_PROTO,
+                       "%s: '%.40s' is not a CPUID vendor (12 characters at "
+                       "most)",
+                       what, json_object_get_string(v));
         return false;
     }
     g_strlcpy(ret, json_object_get_string(v), 13);
@@ -109,7 +113,9 @@ static bool read_vendor(json_object *v, const char *what, char ret[13], vmig_err
 
 char *cpu_first_qom_path(json_object *cpus, vmig_error **errp)
 {
-    typedef struct { const char *path; } cpu_info;
+    typedef struct {
+        const char *path;
+    } cpu_info;
     static const reply_field fields[] = {
         {"qom-path", FIELD_STR, false, offsetof(cpu_info, path), 0},
     };
@@ -167,8 +173,7 @@ static bool register_index(const char *name, int *ret)
 }
 
 /* A list of X86CPUFeatureWordInfo (a qom-get reply) -> the features of our table it sets. */
-static bool words_to_set(json_object *words, const char *what, cpu_featset *out,
-                         vmig_error **errp)
+static bool words_to_set(json_object *words, const char *what, cpu_featset *out, vmig_error **errp)
 {
     static const reply_field fields[] = {
         {"cpuid-input-eax", FIELD_U32, false, offsetof(feature_word, leaf), 0},
@@ -183,8 +188,8 @@ static bool words_to_set(json_object *words, const char *what, cpu_featset *out,
         feature_word w = {0};
         int reg = -1;
         g_autofree char *where = g_strdup_printf("%s: word %zu", what, i);
-        if (!read_fields(json_object_array_get_idx(words, i), where, fields,
-                         G_N_ELEMENTS(fields), &w, errp)) {
+        if (!read_fields(json_object_array_get_idx(words, i), where, fields, G_N_ELEMENTS(fields),
+                         &w, errp)) {
             return false;
         }
         if (!register_index(w.reg, &reg)) {
@@ -232,8 +237,10 @@ static bool msrs_to_set(json_object *msrs, cpu_featset *out, vmig_error **errp)
             return false;
         }
         if (!json_object_is_type(val, json_type_boolean)) {
-            vmig_set_error(errp, VMIG_E_PROTO, "qom-get %s (MSR feature): the reply must be a "
-                           "boolean, not %s", key, type_name(val));
+            vmig_set_error(errp, VMIG_E_PROTO,
+                           "qom-get %s (MSR feature): the reply must be a "
+                           "boolean, not %s",
+                           key, type_name(val));
             return false;
         }
         if (json_object_get_boolean(val)) {
@@ -304,8 +311,10 @@ static bool props_to_def(json_object *props, const char *what, cpu_def *ret, vmi
             continue; /* not in the built-in table: vmigrate gives no guest these */
         }
         if (!json_object_is_type(val, json_type_boolean)) {
-            vmig_set_error(errp, VMIG_E_PROTO, "%s: feature 'model.props.%s' must be a boolean, "
-                           "not %s", what, key, type_name(val));
+            vmig_set_error(errp, VMIG_E_PROTO,
+                           "%s: feature 'model.props.%s' must be a boolean, "
+                           "not %s",
+                           what, key, type_name(val));
             return false;
         }
         if (json_object_get_boolean(val)) {
@@ -343,8 +352,8 @@ static bool definition_at(json_object *defs, size_t i, cpu_definition *ret, vmig
     };
     cpu_definition d = {0};
     g_autofree char *where = g_strdup_printf("query-cpu-definitions: model %zu", i);
-    if (!read_fields(json_object_array_get_idx(defs, i), where, fields, G_N_ELEMENTS(fields),
-                     &d, errp)) {
+    if (!read_fields(json_object_array_get_idx(defs, i), where, fields, G_N_ELEMENTS(fields), &d,
+                     errp)) {
         return false;
     }
     *ret = d;
@@ -365,8 +374,8 @@ static long definitions_count(json_object *defs, vmig_error **errp)
     }
     size_t n = json_object_array_length(defs);
     if (n > MAX_MODELS) {
-        vmig_set_error(errp, VMIG_E_PROTO, "query-cpu-definitions: %zu models, more than %d",
-                       n, MAX_MODELS);
+        vmig_set_error(errp, VMIG_E_PROTO, "query-cpu-definitions: %zu models, more than %d", n,
+                       MAX_MODELS);
         return -1;
     }
     return (long)n;
@@ -395,7 +404,9 @@ char **cpu_definitions_models(json_object *defs, vmig_error **errp)
 bool cpu_models_add_expansion(cpu_models *db, const char *name, json_object *expansion,
                               vmig_error **errp)
 {
-    typedef struct { uint32_t family, model, stepping; } signature;
+    typedef struct {
+        uint32_t family, model, stepping;
+    } signature;
     /* family is 0-15 plus an extended 0-255; model and stepping are smaller still */
     static const reply_field fields[] = {
         {"family", FIELD_U32, true, offsetof(signature, family), 0xffff},

@@ -26,11 +26,11 @@ typedef struct raw_msr {
 } raw_msr;
 
 struct cpu_raw {
-    GArray *items;     /* raw_item, in the order read */
-    GArray *msrs;      /* raw_msr */
-    GHashTable *index; /* (leaf << 32 | subleaf) -> position in items + 1 */
+    GArray *items;         /* raw_item, in the order read */
+    GArray *msrs;          /* raw_msr */
+    GHashTable *index;     /* (leaf << 32 | subleaf) -> position in items + 1 */
     GHashTable *msr_index; /* MSR index -> position in msrs + 1 */
-    uint64_t *probes;  /* lookups made: the work a reader did (tests bound it) */
+    uint64_t *probes;      /* lookups made: the work a reader did (tests bound it) */
 };
 
 cpu_raw *cpu_raw_new(void)
@@ -79,14 +79,15 @@ static raw_item *find(const cpu_raw *r, uint32_t leaf, uint32_t sub)
 void cpu_raw_set(cpu_raw *r, uint32_t leaf, uint32_t sub, const uint32_t regs[4])
 {
     raw_item *it = find(r, leaf, sub);
-    if (!it) {
-        raw_item n = {.leaf = leaf, .sub = sub};
-        g_array_append_val(r->items, n);
-        g_hash_table_insert(r->index, g_memdup2(&(int64_t){key_of(leaf, sub)}, sizeof(int64_t)),
-                            GUINT_TO_POINTER(r->items->len));
-        it = &g_array_index(r->items, raw_item, r->items->len - 1);
+    if (it) {
+        memcpy(it->r, regs, sizeof(it->r));
+        return;
     }
-    memcpy(it->r, regs, sizeof(it->r));
+    raw_item n = {.leaf = leaf, .sub = sub};
+    memcpy(n.r, regs, sizeof(n.r));
+    g_array_append_val(r->items, n);
+    g_hash_table_insert(r->index, g_memdup2(&(int64_t){key_of(leaf, sub)}, sizeof(int64_t)),
+                        GUINT_TO_POINTER(r->items->len));
 }
 
 static raw_msr *find_msr(const cpu_raw *r, uint32_t index)
@@ -193,16 +194,17 @@ static bool validate(const cpu_raw *r, const char *origin, vmig_error **errp)
 {
     uint32_t l0[4], e0[4];
     if (!cpu_raw_get(r, 0, 0, l0) || !cpu_raw_get(r, 1, 0, (uint32_t[4]){0})) {
-        vmig_set_error(errp, VMIG_E_INVAL, "%s: truncated CPUID dump: leaf 0x%x is missing",
-                       origin, find(r, 0, 0) ? 1u : 0u);
+        vmig_set_error(errp, VMIG_E_INVAL, "%s: truncated CPUID dump: leaf 0x%x is missing", origin,
+                       find(r, 0, 0) ? 1u : 0u);
         return false;
     }
     uint32_t max_basic = l0[0];
     uint32_t max_ext = cpu_raw_get(r, 0x80000000u, 0, e0) ? e0[0] : 0;
     if (max_basic > 0x100 || (max_ext && (max_ext < 0x80000000u || max_ext > 0x800000ffu))) {
-        vmig_set_error(errp, VMIG_E_INVAL, "%s: implausible CPUID: leaf 0 reports leaves up to "
-                                           "0x%x, leaf 0x80000000 up to 0x%x", origin,
-                       max_basic, max_ext);
+        vmig_set_error(errp, VMIG_E_INVAL,
+                       "%s: implausible CPUID: leaf 0 reports leaves up to "
+                       "0x%x, leaf 0x80000000 up to 0x%x",
+                       origin, max_basic, max_ext);
         return false;
     }
     for (guint i = 0; i < r->items->len; i++) {
@@ -210,7 +212,8 @@ static bool validate(const cpu_raw *r, const char *origin, vmig_error **errp)
         if (!leaf_expected(it->leaf, max_basic, max_ext)) {
             vmig_set_error(errp, VMIG_E_INVAL,
                            "%s: unknown CPUID leaf 0x%x: leaf 0 reports leaves up to 0x%x and "
-                           "leaf 0x80000000 up to 0x%x", origin, it->leaf, max_basic, max_ext);
+                           "leaf 0x80000000 up to 0x%x",
+                           origin, it->leaf, max_basic, max_ext);
             return false;
         }
     }
@@ -219,8 +222,9 @@ static bool validate(const cpu_raw *r, const char *origin, vmig_error **errp)
         uint32_t l = needed[i];
         bool declared = l < 0x80000000u ? l <= max_basic : (max_ext && l <= max_ext);
         if (declared && !find(r, l, 0)) {
-            vmig_set_error(errp, VMIG_E_INVAL, "%s: truncated CPUID dump: leaf 0x%x is missing "
-                                               "though the CPU reports leaves up to 0x%x",
+            vmig_set_error(errp, VMIG_E_INVAL,
+                           "%s: truncated CPUID dump: leaf 0x%x is missing "
+                           "though the CPU reports leaves up to 0x%x",
                            origin, l, l < 0x80000000u ? max_basic : max_ext);
             return false;
         }
@@ -272,8 +276,8 @@ static void xml_start(GMarkupParseContext *ctx, const gchar *el, const gchar **n
         return;
     }
     if (!x->root_seen) {
-        g_set_error(gerr, G_MARKUP_ERROR, G_MARKUP_ERROR_UNKNOWN_ELEMENT,
-                    "<%s> outside <cpudata>", el);
+        g_set_error(gerr, G_MARKUP_ERROR, G_MARKUP_ERROR_UNKNOWN_ELEMENT, "<%s> outside <cpudata>",
+                    el);
         return;
     }
     uint64_t a[6];
@@ -382,8 +386,8 @@ static cpu_raw *parse_libcpuid(const char *text, const char *origin, vmig_error 
         if (strcmp(key, "basic_cpuid") == 0 || strcmp(key, "ext_cpuid") == 0) {
             GArray *arr = key[0] == 'b' ? basic : ext;
             if (idx >= 256) {
-                vmig_set_error(errp, VMIG_E_INVAL, "%s:%d: index %u out of range", origin,
-                               n + 1, idx);
+                vmig_set_error(errp, VMIG_E_INVAL, "%s:%d: index %u out of range", origin, n + 1,
+                               idx);
                 return NULL;
             }
             if (arr->len <= idx) {
@@ -446,8 +450,10 @@ static cpu_raw *parse_json(const char *text, const char *origin, vmig_error **er
             v[k] = ok ? (uint64_t)json_object_get_int64(n) : 0;
         }
         if (!ok) {
-            vmig_set_error(errp, VMIG_E_INVAL, "%s: cpuid[%zu] is not [leaf, subleaf, eax, ebx, "
-                                               "ecx, edx] of 32-bit numbers", origin, i);
+            vmig_set_error(errp, VMIG_E_INVAL,
+                           "%s: cpuid[%zu] is not [leaf, subleaf, eax, ebx, "
+                           "ecx, edx] of 32-bit numbers",
+                           origin, i);
             return NULL;
         }
         uint32_t regs[4] = {(uint32_t)v[2], (uint32_t)v[3], (uint32_t)v[4], (uint32_t)v[5]};
@@ -494,7 +500,8 @@ cpu_raw *cpu_raw_parse(const char *text, size_t len, const char *origin, vmig_er
     } else {
         vmig_set_error(errp, VMIG_E_INVAL,
                        "%s: not a CPUID dump (expected libvirt cpudata XML, InstLatx64/AIDA64 "
-                       "text, a libcpuid test file or vmigrate JSON)", origin);
+                       "text, a libcpuid test file or vmigrate JSON)",
+                       origin);
         return NULL;
     }
     if (r && !validate(r, origin, errp)) {
@@ -671,14 +678,15 @@ char *cpu_raw_to_xml(const cpu_raw *r)
     GString *out = g_string_new("<cpudata arch='x86'>\n");
     for (guint i = 0; i < items->len; i++) {
         const raw_item *it = &g_array_index(items, raw_item, i);
-        g_string_append_printf(out, "  <cpuid eax_in='0x%08x' ecx_in='0x%02x' eax='0x%08x' "
-                                    "ebx='0x%08x' ecx='0x%08x' edx='0x%08x'/>\n",
+        g_string_append_printf(out,
+                               "  <cpuid eax_in='0x%08x' ecx_in='0x%02x' eax='0x%08x' "
+                               "ebx='0x%08x' ecx='0x%08x' edx='0x%08x'/>\n",
                                it->leaf, it->sub, it->r[0], it->r[1], it->r[2], it->r[3]);
     }
     for (guint i = 0; i < r->msrs->len; i++) {
         const raw_msr *m = &g_array_index(r->msrs, raw_msr, i);
-        g_string_append_printf(out, "  <msr index='0x%x' edx='0x%08x' eax='0x%08x'/>\n",
-                               m->index, (uint32_t)(m->value >> 32), (uint32_t)m->value);
+        g_string_append_printf(out, "  <msr index='0x%x' edx='0x%08x' eax='0x%08x'/>\n", m->index,
+                               (uint32_t)(m->value >> 32), (uint32_t)m->value);
     }
     g_string_append(out, "</cpudata>\n");
     return g_string_free(out, FALSE);

@@ -31,8 +31,8 @@ static json_object *qom_get_msrs(qmp_conn *c, const char *path)
 
 bool cpu_vm_from_qemu(qmp_conn *c, cpu_def *ret, cpu_featset *ret_filtered, vmig_error **errp)
 {
-    g_autoptr(json_object) cpus = qmp_conn_call(c, "query-cpus-fast", NULL, 0,
-                                                CPU_QMP_TIMEOUT_MS, errp);
+    g_autoptr(json_object) cpus = qmp_conn_call(c, "query-cpus-fast", NULL, 0, CPU_QMP_TIMEOUT_MS,
+                                                errp);
     g_autofree char *path = cpus ? cpu_first_qom_path(cpus, errp) : NULL;
     g_autoptr(json_object) words = path ? qom_get(c, path, "feature-words", errp) : NULL;
     g_autoptr(json_object) filtered = words ? qom_get(c, path, "filtered-features", errp) : NULL;

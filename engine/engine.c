@@ -77,24 +77,26 @@ bool eng_state_dir_check(const char *dir, vmig_error **errp)
         vmig_set_error_errno(errp, errno, "state directory %s", dir);
         return false;
     }
-    const char *why = S_ISLNK(st.st_mode)                   ? "is a symbolic link"
-                      : !S_ISDIR(st.st_mode)                ? "is not a directory"
-                      : st.st_mode & (S_IWGRP | S_IWOTH)    ? "may be written by others"
-                                                            : NULL;
+    const char *why = S_ISLNK(st.st_mode)                ? "is a symbolic link"
+                      : !S_ISDIR(st.st_mode)             ? "is not a directory"
+                      : st.st_mode & (S_IWGRP | S_IWOTH) ? "may be written by others"
+                                                         : NULL;
     if (!why && st.st_uid != geteuid()) {
-        vmig_set_error(errp, VMIG_E_STATE, "state directory %s is owned by uid %u, not by this "
-                                           "user (uid %u): whoever owns it controls the VMs' "
-                                           "monitors, pid files and specs; give a directory of "
-                                           "your own with --state-dir or $VMIG_STATE_DIR", dir,
-                       (unsigned)st.st_uid, (unsigned)geteuid());
+        vmig_set_error(errp, VMIG_E_STATE,
+                       "state directory %s is owned by uid %u, not by this "
+                       "user (uid %u): whoever owns it controls the VMs' "
+                       "monitors, pid files and specs; give a directory of "
+                       "your own with --state-dir or $VMIG_STATE_DIR",
+                       dir, (unsigned)st.st_uid, (unsigned)geteuid());
         return false;
     }
     if (why) {
-        vmig_set_error(errp, VMIG_E_STATE, "state directory %s %s (mode %04o): another user "
-                                           "could plant files or links there that vmigrate "
-                                           "would trust; give a directory only you may write "
-                                           "with --state-dir or $VMIG_STATE_DIR", dir, why,
-                       (unsigned)(st.st_mode & 07777));
+        vmig_set_error(errp, VMIG_E_STATE,
+                       "state directory %s %s (mode %04o): another user "
+                       "could plant files or links there that vmigrate "
+                       "would trust; give a directory only you may write "
+                       "with --state-dir or $VMIG_STATE_DIR",
+                       dir, why, (unsigned)(st.st_mode & 07777));
         return false;
     }
     return true;
@@ -328,8 +330,8 @@ const char *vmig_guest_kernel(void)
     g_autoptr(GPtrArray) candidates = g_ptr_array_new_with_free_func(g_free);
     g_ptr_array_add(candidates, g_build_filename(exedir, "guest", "vmig-guest.elf", NULL));
     g_ptr_array_add(candidates, g_build_filename(exedir, "..", "guest", "vmig-guest.elf", NULL));
-    g_ptr_array_add(candidates, g_build_filename(exedir, "..", "share", "vmigrate",
-                                                 "vmig-guest.elf", NULL));
+    g_ptr_array_add(candidates,
+                    g_build_filename(exedir, "..", "share", "vmigrate", "vmig-guest.elf", NULL));
     g_ptr_array_add(candidates, g_build_filename(VMIG_DATADIR, "vmig-guest.elf", NULL));
     /* build tree (build/vmigrate, build/tests/...), then <prefix>/bin -> <prefix>/share */
     for (guint i = 0; i < candidates->len; i++) {

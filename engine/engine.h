@@ -11,7 +11,7 @@
 #include "qmp/qmp.h"
 #include "vmigrate.h"
 
-#define ENG_QMP_TIMEOUT_MS 10000   /* one monitor command */
+#define ENG_QMP_TIMEOUT_MS 10000 /* one monitor command */
 #define ENG_CONNECT_TIMEOUT_MS 5000
 #define ENG_START_TIMEOUT_MS 30000 /* QEMU up and its monitor answering */
 #define ENG_INCOMING_SUFFIX ".incoming"
@@ -56,10 +56,10 @@ typedef void (*eng_reply_opt_fn)(vmig_job *j, json_object *ret, const vmig_error
 typedef bool (*eng_pred_fn)(vmig_job *j);
 
 typedef struct eng_job_ops {
-    const char *name;        /* "migrate", "vm-start", ... */
-    const char *what;        /* "migration", in "migration cancelled" */
+    const char *name;                /* "migrate", "vm-start", ... */
+    const char *what;                /* "migration", in "migration cancelled" */
     bool (*may_cancel)(vmig_job *j); /* NULL: always */
-    eng_step_fn fail;        /* runs once when the job fails: roll back, then eng_job_end() */
+    eng_step_fn fail;          /* runs once when the job fails: roll back, then eng_job_end() */
     void (*free)(vmig_job *j); /* the kind's own data */
 } eng_job_ops;
 
@@ -77,7 +77,7 @@ struct vmig_job {
     bool ended;
     bool advancing;       /* advance() runs: steps run from its loop, never nested */
     bool release_pending; /* freed while advancing: released when the loop is done */
-    int pending;    /* asynchronous work the current step waits for */
+    int pending;          /* asynchronous work the current step waits for */
     eng_step_fn next;
     eng_pred_fn wait_pred;
     eng_step_fn wait_next;
@@ -92,7 +92,7 @@ struct vmig_job {
     char *lock_paths[2];
     int64_t state_written_ms;
     bool state_write_failed; /* warned once until a write succeeds again */
-    void *data; /* the kind's own state */
+    void *data;              /* the kind's own state */
 };
 
 vmig_job *eng_job_new(vmig_engine *e, vmig_job_kind kind, const eng_job_ops *ops, void *data,
@@ -154,7 +154,7 @@ struct vmig_spec {
     char *kernel;
     char *initrd;
     char *append;
-    char *uuid; /* filled in at the first start; the destination reuses it */
+    char *uuid;            /* filled in at the first start; the destination reuses it */
     GPtrArray *disks;      /* eng_disk * */
     GPtrArray *extra_args; /* char * */
 };
@@ -171,7 +171,7 @@ typedef struct eng_launch {
     const char *qemu;
     const char *dir; /* absolute instance directory */
     vmig_accel accel;
-    bool incoming;   /* -incoming defer -S */
+    bool incoming; /* -incoming defer -S */
 } eng_launch;
 
 /* The QEMU argv (NULL-terminated, owned strings) for @s under @l: the engine's monitor
@@ -305,10 +305,10 @@ bool eng_preflight_tcg(const eng_preflight *p, bool *ret_warn, vmig_error **errp
 typedef struct eng_verify_result {
     uint64_t pages_checked;
     uint64_t bad_pages;
-    uint32_t first_bad;     /* index of the first bad page */
-    uint32_t expected_gen;  /* what it should have held */
+    uint32_t first_bad;    /* index of the first bad page */
+    uint32_t expected_gen; /* what it should have held */
     uint32_t found_magic, found_index, found_gen;
-    bool content_bad;       /* header right, body wrong */
+    bool content_bad; /* header right, body wrong */
 } eng_verify_result;
 
 /* Checks @n pages starting at index @first against @st (pure: for tests). */

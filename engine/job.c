@@ -17,10 +17,14 @@
 #include "engine.h"
 
 static const char *const state_names[VMIG_JOB_STATE_COUNT] = {
-    [VMIG_JOB_PREPARING] = "preparing",       [VMIG_JOB_MIGRATING] = "migrating",
-    [VMIG_JOB_SWITCHOVER] = "switchover",     [VMIG_JOB_FINISHING] = "finishing",
-    [VMIG_JOB_ROLLING_BACK] = "rolling-back", [VMIG_JOB_COMPLETED] = "completed",
-    [VMIG_JOB_FAILED] = "failed",             [VMIG_JOB_CANCELLED] = "cancelled",
+    [VMIG_JOB_PREPARING] = "preparing",
+    [VMIG_JOB_MIGRATING] = "migrating",
+    [VMIG_JOB_SWITCHOVER] = "switchover",
+    [VMIG_JOB_FINISHING] = "finishing",
+    [VMIG_JOB_ROLLING_BACK] = "rolling-back",
+    [VMIG_JOB_COMPLETED] = "completed",
+    [VMIG_JOB_FAILED] = "failed",
+    [VMIG_JOB_CANCELLED] = "cancelled",
 };
 
 const char *vmig_job_state_name(vmig_job_state s)
@@ -85,8 +89,10 @@ int eng_lock_vm(const char *state_dir, const char *name, char **ret_path, vmig_e
     g_autofree char *path = g_build_filename(state_dir, file, NULL);
     int fd = lock_path(path, errp);
     if (fd == -2) {
-        vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is busy: another vmigrate is starting, "
-                                           "stopping or migrating it (%s)", name, path);
+        vmig_set_error(errp, VMIG_E_STATE,
+                       "VM '%s' is busy: another vmigrate is starting, "
+                       "stopping or migrating it (%s)",
+                       name, path);
         return -1;
     }
     if (fd >= 0) {
@@ -155,8 +161,7 @@ bool eng_job_set_state(vmig_job *j, vmig_job_state from, vmig_job_state to)
 {
     if (j->state != from) {
         eng_log(j->e, VMIG_LOG_ERROR, "bug: %s job moving %s -> %s while %s", j->ops->name,
-                vmig_job_state_name(from), vmig_job_state_name(to),
-                vmig_job_state_name(j->state));
+                vmig_job_state_name(from), vmig_job_state_name(to), vmig_job_state_name(j->state));
         return false;
     }
     j->state = to;
@@ -302,8 +307,7 @@ static void wait_expired(void *opaque, int res)
     eng_job_fail(j, err);
 }
 
-void eng_job_wait(vmig_job *j, eng_pred_fn pred, int timeout_ms, const char *what,
-                  eng_step_fn next)
+void eng_job_wait(vmig_job *j, eng_pred_fn pred, int timeout_ms, const char *what, eng_step_fn next)
 {
     j->wait_pred = pred;
     j->wait_next = next;
@@ -388,8 +392,10 @@ void eng_job_write_state(vmig_job *j, json_object *obj)
     if (!eng_write_file(j->state_file, json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN),
                         &err)) {
         if (!j->state_write_failed) { /* once, not every 250 ms while the disk is full */
-            eng_log(j->e, VMIG_LOG_WARN, "job state file (not updated until it can be "
-                                         "written again): %s", vmig_error_message(err));
+            eng_log(j->e, VMIG_LOG_WARN,
+                    "job state file (not updated until it can be "
+                    "written again): %s",
+                    vmig_error_message(err));
         }
         j->state_write_failed = true;
         vmig_error_free(err);

@@ -37,8 +37,8 @@ static bool cpu_gate(vmig_job *j, vmig_error **errp)
     mig *m = M(j);
     cpu_def vm, host;
     cpu_featset filtered, missing;
-    if (!cpu_vm_from_qom(m->qom_words, m->qom_filtered, m->qom_vendor, m->qom_msrs, &vm,
-                         &filtered, errp)) {
+    if (!cpu_vm_from_qom(m->qom_words, m->qom_filtered, m->qom_vendor, m->qom_msrs, &vm, &filtered,
+                         errp)) {
         vmig_prefix_error(errp, "reading the CPU of VM '%s': ", m->name);
         return false;
     }
@@ -54,14 +54,18 @@ static bool cpu_gate(vmig_job *j, vmig_error **errp)
         return false;
     }
     if (r == CPU_CMP_INCOMPATIBLE && !m->o.force) {
-        vmig_set_error(errp, VMIG_E_CPU, "the destination cannot run the CPU of VM '%s' (%s): "
-                                         "%s; --force migrates anyway", m->name, source, why);
+        vmig_set_error(errp, VMIG_E_CPU,
+                       "the destination cannot run the CPU of VM '%s' (%s): "
+                       "%s; --force migrates anyway",
+                       m->name, source, why);
         g_free(why);
         return false;
     }
     if (r == CPU_CMP_INCOMPATIBLE) {
-        eng_log(j->e, VMIG_LOG_WARN, "--force: migrating VM '%s' although the destination "
-                                     "(%s) cannot run its CPU: %s", m->name, source, why);
+        eng_log(j->e, VMIG_LOG_WARN,
+                "--force: migrating VM '%s' although the destination "
+                "(%s) cannot run its CPU: %s",
+                m->name, source, why);
     }
     g_strlcpy(m->st.cpu_check, r == CPU_CMP_INCOMPATIBLE ? "forced" : "passed",
               sizeof(m->st.cpu_check));
@@ -85,12 +89,12 @@ static bool preflight_qemus(vmig_job *j, vmig_error **errp)
     p->machine = m->src->spec->machine;
     p->live = m->o.live;
     p->unsafe = m->o.unsafe;
-    g_autofree char *src_machine = m->src_machines ? eng_machine_resolve(m->src_machines,
-                                                                         p->machine)
-                                                   : NULL;
-    g_autofree char *dst_machine = m->dst_machines ? eng_machine_resolve(m->dst_machines,
-                                                                         p->machine)
-                                                   : NULL;
+    g_autofree char *src_machine = m->src_machines
+                                       ? eng_machine_resolve(m->src_machines, p->machine)
+                                       : NULL;
+    g_autofree char *dst_machine = m->dst_machines
+                                       ? eng_machine_resolve(m->dst_machines, p->machine)
+                                       : NULL;
     p->src_machine = src_machine;
     p->dst_machine_known = !m->dst_machines ? ENG_MACHINE_UNCHECKED
                            : dst_machine    ? ENG_MACHINE_KNOWN
@@ -102,8 +106,8 @@ static bool preflight_qemus(vmig_job *j, vmig_error **errp)
         eng_log(j->e, VMIG_LOG_WARN,
                 "--unsafe: migrating VM '%s' live on QEMU %d.%d.%d under TCG, which loses "
                 "guest writes in live migration (fixed in QEMU 9.0, commit 03bfc2188f): the "
-                "destination may hold stale memory", m->name, p->src.major, p->src.minor,
-                p->src.micro);
+                "destination may hold stale memory",
+                m->name, p->src.major, p->src.minor, p->src.micro);
     }
     return ok;
 }
@@ -243,8 +247,10 @@ static void on_dst_kvm(vmig_job *j, json_object *ret, const vmig_error *err)
         return;
     }
     if (has_file) {
-        eng_log(j->e, VMIG_LOG_INFO, "the destination runs TCG, which emulates a CPU whatever "
-                                     "the host's: %s does not decide", file);
+        eng_log(j->e, VMIG_LOG_INFO,
+                "the destination runs TCG, which emulates a CPU whatever "
+                "the host's: %s does not decide",
+                file);
     }
     json_object *model = json_object_new_object();
     json_object_object_add(model, "name", json_object_new_string(tcg ? "max" : "host"));
@@ -267,20 +273,21 @@ static void check_source(vmig_job *j)
 {
     mig *m = M(j);
     if (strcmp(m->src_state, "postmigrate") == 0) {
-        mig_fail_new(j, VMIG_E_STATE, "VM '%s' is paused after a migration that did not finish "
-                                      "(postmigrate): 'vmigrate vm recover %s' resumes it",
+        mig_fail_new(j, VMIG_E_STATE,
+                     "VM '%s' is paused after a migration that did not finish "
+                     "(postmigrate): 'vmigrate vm recover %s' resumes it",
                      m->name, m->name);
         return;
     }
     if (strcmp(m->src_state, "running") != 0 && strcmp(m->src_state, "paused") != 0) {
         mig_fail_new(j, VMIG_E_STATE, "VM '%s' is %s: only a running or paused VM can migrate",
-                 m->name, m->src_state);
+                     m->name, m->src_state);
         return;
     }
     m->was_running = strcmp(m->src_state, "running") == 0;
     if (mig_status_active(m->src_status)) {
         mig_fail_new(j, VMIG_E_STATE, "VM '%s' is already migrating (%s)", m->name,
-                 mig_status_names[m->src_status]);
+                     mig_status_names[m->src_status]);
         return;
     }
     size_t n = m->blocked ? json_object_array_length(m->blocked) : 0;
@@ -377,4 +384,3 @@ void mig_ask_source(vmig_job *j)
     }
     eng_job_then(j, check_source);
 }
-

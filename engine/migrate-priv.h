@@ -52,7 +52,7 @@ typedef struct mig {
     vmig_migration_stats st;
     /* what the pre-flight learns */
     char src_state[32];
-    json_object *blocked;                  /* query-migrate's blocked-reasons, owned */
+    json_object *blocked;                     /* query-migrate's blocked-reasons, owned */
     json_object *src_machines, *dst_machines; /* query-machines, owned */
     eng_preflight pf;
     char *cpu_path;

@@ -155,7 +155,7 @@ static void set_state(vmig_job *j, vmig_job_state from, vmig_job_state to)
     }
 }
 
-/* ---- events ------------------------------------------------------------------------------------ */
+/* ---- events ---------------------------------------------------------------------------------- */
 
 static void on_status_event(vmig_job *j, json_object *data, mig_status *ret, const char *side)
 {
@@ -294,13 +294,12 @@ static void on_query_migrate_opt(vmig_job *j, json_object *ret, const vmig_error
 {
     vmig_error *perr = NULL;
     if (err || !read_query_migrate(M(j), ret, &perr)) {
-        eng_log(j->e, VMIG_LOG_DEBUG, "query-migrate: %s",
-                vmig_error_message(err ? err : perr));
+        eng_log(j->e, VMIG_LOG_DEBUG, "query-migrate: %s", vmig_error_message(err ? err : perr));
     }
     vmig_error_free(perr);
 }
 
-/* ---- perform: figures every 250 ms ------------------------------------------------------------- */
+/* ---- perform: figures every 250 ms ----------------------------------------------------------- */
 
 static void poll_done(vmig_job *j, json_object *ret, const vmig_error *err)
 {
@@ -338,10 +337,11 @@ static bool stalled(vmig_job *j)
     if (m->o.stall_timeout_s < 0 || now - m->progress_ms < (int64_t)m->o.stall_timeout_s * 1000) {
         return false;
     }
-    mig_fail_new(j, VMIG_E_TIMEOUT, "the migration made no progress for %d s (QEMU moved no byte "
-                                "since %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT "; status %s)",
-             m->o.stall_timeout_s, m->st.transferred_bytes, m->st.total_bytes,
-             mig_status_names[m->src_status]);
+    mig_fail_new(j, VMIG_E_TIMEOUT,
+                 "the migration made no progress for %d s (QEMU moved no byte "
+                 "since %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT "; status %s)",
+                 m->o.stall_timeout_s, m->st.transferred_bytes, m->st.total_bytes,
+                 mig_status_names[m->src_status]);
     return true;
 }
 
@@ -352,8 +352,10 @@ static void tick(vmig_job *j)
     mig *m = M(j);
     if (m->o.timeout_s && j->state == VMIG_JOB_MIGRATING &&
         vmig_now_ms() - m->t_migrate > (int64_t)m->o.timeout_s * 1000) {
-        mig_fail_new(j, VMIG_E_TIMEOUT, "migration did not finish within %d s (remaining %" G_GUINT64_FORMAT " bytes, pass %" G_GUINT64_FORMAT ")",
-                 m->o.timeout_s, m->st.remaining_bytes, m->st.passes);
+        mig_fail_new(j, VMIG_E_TIMEOUT,
+                     "migration did not finish within %d s (remaining %" G_GUINT64_FORMAT
+                     " bytes, pass %" G_GUINT64_FORMAT ")",
+                     m->o.timeout_s, m->st.remaining_bytes, m->st.passes);
         return;
     }
     if (j->state == VMIG_JOB_MIGRATING && stalled(j)) {
@@ -371,7 +373,7 @@ static void tick(vmig_job *j)
     eng_job_kick(j);
 }
 
-/* ---- confirm ------------------------------------------------------------------------------------- */
+/* ---- confirm --------------------------------------------------------------------------------- */
 
 static void finish(vmig_job *j)
 {
@@ -530,8 +532,9 @@ static void src_final(vmig_job *j)
     }
     if (m->src_closed && !eng_vm_alive(m->src)) {
         g_autofree char *tail = eng_vm_log_tail(m->src);
-        mig_fail_new(j, VMIG_E_QEMU, "the source QEMU (pid %d) exited during the migration, "
-                                     "and the VM with it: %s; the destination was torn down",
+        mig_fail_new(j, VMIG_E_QEMU,
+                     "the source QEMU (pid %d) exited during the migration, "
+                     "and the VM with it: %s; the destination was torn down",
                      m->src->pid, *tail ? tail : "(no output)");
         return;
     }
@@ -549,8 +552,8 @@ static void src_final(vmig_job *j)
         return;
     }
     set_state(j, VMIG_JOB_MIGRATING, VMIG_JOB_SWITCHOVER);
-    eng_job_wait(j, dst_settled, DEST_LOAD_TIMEOUT_MS,
-                 "the destination did not finish loading", dst_loaded);
+    eng_job_wait(j, dst_settled, DEST_LOAD_TIMEOUT_MS, "the destination did not finish loading",
+                 dst_loaded);
 }
 
 static bool src_settled(vmig_job *j)
@@ -560,7 +563,7 @@ static bool src_settled(vmig_job *j)
            m->src_status == MS_CANCELLED || m->dst_closed || m->src_closed;
 }
 
-/* ---- perform -------------------------------------------------------------------------------------- */
+/* ---- perform --------------------------------------------------------------------------------- */
 
 static void wait_source(vmig_job *j)
 {
@@ -616,12 +619,10 @@ static void setup(vmig_job *j)
     eng_job_call(j, m->src->qmp, "migrate-set-capabilities", caps_events(), NULL);
     eng_job_call(j, m->dst->qmp, "migrate-set-capabilities", caps_events(), NULL);
     json_object *args = json_object_new_object();
-    uint64_t bw = m->o.bandwidth_mib_s ? (uint64_t)m->o.bandwidth_mib_s << 20
-                                       : BANDWIDTH_UNLIMITED;
+    uint64_t bw = m->o.bandwidth_mib_s ? (uint64_t)m->o.bandwidth_mib_s << 20 : BANDWIDTH_UNLIMITED;
     json_object_object_add(args, "max-bandwidth", json_object_new_int64((int64_t)bw));
     if (m->o.max_downtime_ms) {
-        json_object_object_add(args, "downtime-limit",
-                               json_object_new_int64(m->o.max_downtime_ms));
+        json_object_object_add(args, "downtime-limit", json_object_new_int64(m->o.max_downtime_ms));
     }
     eng_job_call(j, m->src->qmp, "migrate-set-parameters", args, NULL);
     eng_job_then(j, incoming);
@@ -645,8 +646,13 @@ void mig_launch_destination(vmig_job *j)
     g_autoptr(vmig_spec) dspec = eng_spec_copy(m->src->spec);
     g_free(dspec->cpu);
     dspec->cpu = g_strdup(m->dst_cpu);
-    eng_launch_req req = {.spec = dspec, .dir = stage, .accel = m->src->accel, .incoming = true,
-                          .guard = true, .ev = dst_event, .ev_opaque = j};
+    eng_launch_req req = {.spec = dspec,
+                          .dir = stage,
+                          .accel = m->src->accel,
+                          .incoming = true,
+                          .guard = true,
+                          .ev = dst_event,
+                          .ev_opaque = j};
     m->uri = g_strdup_printf("unix:%s/migrate.sock", stage);
     vmig_error *err = NULL;
     eng_job_hold(j);
@@ -668,7 +674,7 @@ static void src_ready(void *opaque, const vmig_error *err)
     eng_job_release(j);
 }
 
-/* ---- rollback ------------------------------------------------------------------------------------ */
+/* ---- rollback -------------------------------------------------------------------------------- */
 
 static void rb_end(vmig_job *j)
 {
@@ -752,8 +758,7 @@ static void dst_torn_down(void *opaque, const vmig_error *err)
     vmig_job *j = opaque;
     mig *m = M(j);
     if (err) {
-        eng_log(j->e, VMIG_LOG_ERROR, "tearing down the destination: %s",
-                vmig_error_message(err));
+        eng_log(j->e, VMIG_LOG_ERROR, "tearing down the destination: %s", vmig_error_message(err));
     }
     eng_vm_remove_dir(m->dst->dir);
     eng_job_release(j);
@@ -782,7 +787,7 @@ static void rollback(vmig_job *j)
     eng_job_then(j, rb_cancel);
 }
 
-/* ---- the job --------------------------------------------------------------------------------------- */
+/* ---- the job --------------------------------------------------------------------------------- */
 
 static void mig_free(vmig_job *j)
 {
@@ -819,7 +824,10 @@ static bool mig_may_cancel(vmig_job *j)
 }
 
 static const eng_job_ops mig_ops = {
-    .name = "migrate", .what = "migration", .fail = rollback, .free = mig_free,
+    .name = "migrate",
+    .what = "migration",
+    .fail = rollback,
+    .free = mig_free,
     .may_cancel = mig_may_cancel,
 };
 
@@ -828,8 +836,9 @@ static bool read_opts(mig *m, const vmig_migrate_opts *o, vmig_error **errp)
     vmig_migrate_opts_init(&m->o);
     if (o) {
         if (o->size < offsetof(vmig_migrate_opts, live) + sizeof(o->live)) {
-            vmig_set_error(errp, VMIG_E_INVAL, "migration options not set up with "
-                                               "vmig_migrate_opts_init()");
+            vmig_set_error(errp, VMIG_E_INVAL,
+                           "migration options not set up with "
+                           "vmig_migrate_opts_init()");
             return false;
         }
         /* An older caller's struct is shorter: the fields it lacks keep their defaults. */
@@ -851,8 +860,10 @@ static bool read_opts(mig *m, const vmig_migrate_opts *o, vmig_error **errp)
         return false;
     }
     if (m->o.stall_timeout_s < -1) {
-        vmig_set_error(errp, VMIG_E_INVAL, "stall timeout %d s: give seconds, 0 for the default "
-                                           "or -1 for none", m->o.stall_timeout_s);
+        vmig_set_error(errp, VMIG_E_INVAL,
+                       "stall timeout %d s: give seconds, 0 for the default "
+                       "or -1 for none",
+                       m->o.stall_timeout_s);
         return false;
     }
     if (m->o.stall_timeout_s == 0) {
@@ -876,8 +887,8 @@ static bool resolve_dest(vmig_engine *e, mig *m, vmig_error **errp)
         return false;
     }
     if (!g_file_test(d + 6, G_FILE_TEST_IS_DIR)) {
-        vmig_set_error(errp, VMIG_E_NOTFOUND,
-                       "destination state directory %s does not exist", d + 6);
+        vmig_set_error(errp, VMIG_E_NOTFOUND, "destination state directory %s does not exist",
+                       d + 6);
         return false;
     }
     if (!eng_state_dir_check(d + 6, errp)) {
@@ -908,8 +919,7 @@ static bool begin(vmig_job *j, vmig_engine *e, mig *m, vmig_error **errp)
         /* left by a vmigrate that died mid-migration: these locks prove none drives it now */
         g_autofree char *what = NULL;
         if (!eng_vm_recover_locked(e, src_dir, m->final_dir, &what, errp)) {
-            vmig_prefix_error(errp, "cleaning up after an earlier migration of VM '%s': ",
-                              m->name);
+            vmig_prefix_error(errp, "cleaning up after an earlier migration of VM '%s': ", m->name);
             return false;
         }
         if (*what) {
@@ -978,8 +988,8 @@ static bool finished(void *opaque)
 }
 
 bool vmig_migrate_sized(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
-                        vmig_progress_fn progress, void *opaque,
-                        vmig_migration_stats *ret_stats, size_t stats_size, vmig_error **errp)
+                        vmig_progress_fn progress, void *opaque, vmig_migration_stats *ret_stats,
+                        size_t stats_size, vmig_error **errp)
 {
     vmig_job *j = vmig_migrate_start(e, name, o, progress, opaque, NULL, NULL, errp);
     if (!j) {

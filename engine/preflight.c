@@ -32,8 +32,10 @@ static bool version_part(json_object *obj, const char *key, int *ret, vmig_error
     json_object *v = NULL;
     if (!json_object_object_get_ex(obj, key, &v) || !json_object_is_type(v, json_type_int) ||
         json_object_get_int64(v) < 0 || json_object_get_int64(v) > 9999) {
-        vmig_set_error(errp, VMIG_E_PROTO, "query-version: 'qemu.%s' is not a number from 0 "
-                                           "to 9999", key);
+        vmig_set_error(errp, VMIG_E_PROTO,
+                       "query-version: 'qemu.%s' is not a number from 0 "
+                       "to 9999",
+                       key);
         return false;
     }
     *ret = (int)json_object_get_int64(v);
@@ -65,8 +67,7 @@ bool eng_qemu_version_parse(json_object *reply, eng_qemu_version *ret, vmig_erro
 
 bool eng_qemu_version_query(qmp_conn *c, eng_qemu_version *ret, vmig_error **errp)
 {
-    g_autoptr(json_object) r = qmp_conn_call(c, "query-version", NULL, 0, ENG_QMP_TIMEOUT_MS,
-                                             errp);
+    g_autoptr(json_object) r = qmp_conn_call(c, "query-version", NULL, 0, ENG_QMP_TIMEOUT_MS, errp);
     return r && eng_qemu_version_parse(r, ret, errp);
 }
 
@@ -140,26 +141,30 @@ bool eng_preflight_versions(const eng_preflight *p, vmig_error **errp)
                          (p->dst.major == p->src.major && p->dst.minor < p->src.minor))) {
         vmig_set_error(errp, VMIG_E_STATE,
                        "cannot migrate VM '%s' from QEMU %s to the older QEMU %s of the "
-                       "destination: QEMU migrates only to the same or a newer version", p->vm,
-                       sv, dv);
+                       "destination: QEMU migrates only to the same or a newer version",
+                       p->vm, sv, dv);
         return false;
     }
     if (!same_series && !eng_machine_is_versioned(p->machine)) {
         g_autofree char *pin = p->src_machine && strcmp(p->src_machine, p->machine) != 0
                                    ? g_strdup_printf("\"%s\", which is what '%s' means on "
-                                                     "QEMU %s", p->src_machine, p->machine, sv)
+                                                     "QEMU %s",
+                                                     p->src_machine, p->machine, sv)
                                    : g_strdup_printf("\"pc-i440fx-%d.%d\"", p->src.major,
                                                      p->src.minor);
         vmig_set_error(errp, VMIG_E_STATE,
                        "VM '%s' has the unversioned machine type '%s', which names a different "
                        "machine on the source's QEMU %s and on the destination's QEMU %s: pin "
                        "the machine type in the VM's spec, for example \"machine\": %s, and "
-                       "restart the VM", p->vm, p->machine, sv, dv, pin);
+                       "restart the VM",
+                       p->vm, p->machine, sv, dv, pin);
         return false;
     }
     if (p->dst_machine_known == ENG_MACHINE_UNKNOWN) {
-        vmig_set_error(errp, VMIG_E_STATE, "the destination's QEMU %s has no machine type '%s' "
-                                           "(VM '%s')", dv, p->machine, p->vm);
+        vmig_set_error(errp, VMIG_E_STATE,
+                       "the destination's QEMU %s has no machine type '%s' "
+                       "(VM '%s')",
+                       dv, p->machine, p->vm);
         return false;
     }
     return true;
@@ -180,7 +185,8 @@ bool eng_preflight_tcg(const eng_preflight *p, bool *ret_warn, vmig_error **errp
                        "(its dirty bitmap sync leaves TCG's TLB notdirty flags set; fixed in "
                        "QEMU 9.0 by commit 03bfc2188f).  Migrate without --live (the VM is "
                        "paused while it moves, and nothing is lost), run the VM on QEMU >= 9.0, "
-                       "or give --unsafe to migrate live anyway", p->vm, sv);
+                       "or give --unsafe to migrate live anyway",
+                       p->vm, sv);
         return false;
     }
     *ret_warn = true;

@@ -31,8 +31,8 @@ static const char *status_of(eng_vm *vm, char *buf, size_t len)
 /* The source's migration status ("none" when it never migrated), or NULL. */
 static const char *migration_of(eng_vm *vm, char *buf, size_t len)
 {
-    g_autoptr(json_object) r = qmp_conn_call(vm->qmp, "query-migrate", NULL, 0,
-                                             ENG_QMP_TIMEOUT_MS, NULL);
+    g_autoptr(json_object) r = qmp_conn_call(vm->qmp, "query-migrate", NULL, 0, ENG_QMP_TIMEOUT_MS,
+                                             NULL);
     const char *status = NULL;
     static const vmig_jfield fields[] = {{"status", VJ_STRING, 0, 0}, {NULL}};
     if (!r || !vmig_json_read(r, fields, &status, "query-migrate", NULL)) {
@@ -99,8 +99,10 @@ static bool hand_over(eng_vm *src, eng_vm *dst, const char *src_dir, const char 
         vmig_set_error_errno(errp, errno, "renaming %s to %s", dst->dir, final_dir);
         return false;
     }
-    note(what, "the destination (pid %d) had taken over; it keeps the VM and the source is "
-               "retired", dst->pid);
+    note(what,
+         "the destination (pid %d) had taken over; it keeps the VM and the source is "
+         "retired",
+         dst->pid);
     return true;
 }
 
@@ -116,8 +118,10 @@ bool eng_vm_recover_locked(vmig_engine *e, const char *src_dir, const char *fina
         src = eng_vm_find(e, src_dir, NULL);
     }
     if (src && !status_of(src, sst, sizeof(sst))) {
-        vmig_set_error(errp, VMIG_E_QEMU, "VM '%s': its QEMU (pid %d) does not answer on its "
-                                          "monitor", src->name, src->pid);
+        vmig_set_error(errp, VMIG_E_QEMU,
+                       "VM '%s': its QEMU (pid %d) does not answer on its "
+                       "monitor",
+                       src->name, src->pid);
         return false;
     }
     if (g_file_test(stage, G_FILE_TEST_IS_DIR)) {

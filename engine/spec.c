@@ -9,7 +9,7 @@
 #include "engine.h"
 
 #define MEMORY_MIB_MIN 16
-#define MEMORY_MIB_MAX (4u * 1024u * 1024u)
+#define MEMORY_MIB_MAX (UINT64_C(4) * 1024 * 1024)
 #define VCPUS_MAX 255
 #define NAME_MAX_LEN 64
 
@@ -121,8 +121,9 @@ static bool get_uint(spec_ctx *x, json_object *v, const char *field, uint64_t lo
     }
     int64_t n = json_object_get_int64(v);
     if (n < 0 || (uint64_t)n < lo || (uint64_t)n > hi) {
-        g_autofree char *msg = g_strdup_printf("%" G_GINT64_FORMAT " is out of range %" G_GUINT64_FORMAT
-                                               "-%" G_GUINT64_FORMAT, n, lo, hi);
+        g_autofree char *msg = g_strdup_printf(
+            "%" G_GINT64_FORMAT " is out of range %" G_GUINT64_FORMAT "-%" G_GUINT64_FORMAT, n, lo,
+            hi);
         return bad(x, field, msg);
     }
     *ret = (uint64_t)n;
@@ -144,15 +145,15 @@ static bool is_word(const char *v)
     return true;
 }
 
-static bool get_word(spec_ctx *x, json_object *v, const char *field, const char *what,
-                     char **ret)
+static bool get_word(spec_ctx *x, json_object *v, const char *field, const char *what, char **ret)
 {
     if (!get_string(x, v, field, ret)) {
         return false;
     }
     if (!is_word(*ret)) {
         g_autofree char *msg = g_strdup_printf("'%s' is not %s (letters, digits, '.', '_', "
-                                               "'-')", *ret, what);
+                                               "'-')",
+                                               *ret, what);
         return bad(x, field, msg);
     }
     return true;
@@ -173,12 +174,14 @@ static bool get_cpu(spec_ctx *x, json_object *v, char **ret)
         const char *f = parts[i];
         if ((f[0] != '+' && f[0] != '-') || !is_word(f + 1)) {
             g_autofree char *msg = g_strdup_printf("'%s': after the model, give features as "
-                                                   "+name or -name", f);
+                                                   "+name or -name",
+                                                   f);
             return bad(x, "cpu", msg);
         }
         if (!strcmp(f + 1, "enforce") || !strcmp(f + 1, "check")) {
-            return bad(x, "cpu", "'enforce' and 'check' are vmigrate's to set: the destination "
-                                 "always runs with enforce");
+            return bad(x, "cpu",
+                       "'enforce' and 'check' are vmigrate's to set: the destination "
+                       "always runs with enforce");
         }
     }
     return true;
@@ -187,8 +190,8 @@ static bool get_cpu(spec_ctx *x, json_object *v, char **ret)
 /* Options vmigrate owns: the monitors it talks to, the pid file it reads, how the destination
  * waits, and the VM's identity.  extra_args may not take them over. */
 static const char *const owned_options[] = {
-    "mon", "qmp", "qmp-pretty", "monitor", "incoming", "pidfile", "daemonize", "name", "uuid",
-    "readconfig", "S", "preconfig", "runas", "chroot", "run-with",
+    "mon",  "qmp",        "qmp-pretty", "monitor",   "incoming", "pidfile", "daemonize", "name",
+    "uuid", "readconfig", "S",          "preconfig", "runas",    "chroot",  "run-with",
 };
 
 static bool check_extra_arg(spec_ctx *x, const char *arg, size_t i)
@@ -275,8 +278,9 @@ static bool parse_field(spec_ctx *x, const char *key, json_object *val, vmig_spe
             return false;
         }
         return eng_spec_name_valid(s->name) ||
-               bad(x, key, "use 1-64 letters, digits, '-', '_' or '.', not starting with '.' "
-                           "or '-', not ending in '" ENG_INCOMING_SUFFIX "'");
+               bad(x, key,
+                   "use 1-64 letters, digits, '-', '_' or '.', not starting with '.' "
+                   "or '-', not ending in '" ENG_INCOMING_SUFFIX "'");
     }
     if (strcmp(key, "memory_mib") == 0) {
         if (!get_uint(x, val, key, MEMORY_MIB_MIN, MEMORY_MIB_MAX, &n)) {
@@ -321,8 +325,9 @@ static bool parse_field(spec_ctx *x, const char *key, json_object *val, vmig_spe
     if (strcmp(key, "disks") == 0 || strcmp(key, "extra_args") == 0) {
         return parse_array(x, val, key, s);
     }
-    return bad(x, key, "unknown field (name, memory_mib, vcpus, machine, cpu, kernel, initrd, "
-                       "append, disks, extra_args, uuid)");
+    return bad(x, key,
+               "unknown field (name, memory_mib, vcpus, machine, cpu, kernel, initrd, "
+               "append, disks, extra_args, uuid)");
 }
 
 vmig_spec *eng_spec_from_json(json_object *obj, const char *origin, const char *base_dir,
@@ -349,8 +354,7 @@ vmig_spec *eng_spec_from_json(json_object *obj, const char *origin, const char *
         return NULL;
     }
     if (!s->kernel && s->disks->len == 0) {
-        vmig_set_error(errp, VMIG_E_INVAL, "%s: nothing to boot: give 'kernel' or 'disks'",
-                       origin);
+        vmig_set_error(errp, VMIG_E_INVAL, "%s: nothing to boot: give 'kernel' or 'disks'", origin);
         return NULL;
     }
     if ((s->initrd || s->append) && !s->kernel) {
@@ -367,8 +371,7 @@ vmig_spec *eng_spec_from_json(json_object *obj, const char *origin, const char *
 }
 
 /* One JSON value and nothing after it but white space; NULL with an error naming @origin. */
-static json_object *parse_one(const char *text, size_t len, const char *origin,
-                              vmig_error **errp)
+static json_object *parse_one(const char *text, size_t len, const char *origin, vmig_error **errp)
 {
     if (len > INT32_MAX) {
         vmig_set_error(errp, VMIG_E_INVAL, "%s: too large for a VM spec", origin);
@@ -390,8 +393,10 @@ static json_object *parse_one(const char *text, size_t len, const char *origin,
     for (size_t i = end; i < len; i++) {
         if (!g_ascii_isspace(text[i])) {
             json_object_put(obj);
-            vmig_set_error(errp, VMIG_E_INVAL, "%s: not valid JSON (data after the spec, at "
-                                               "byte %zu)", origin, i);
+            vmig_set_error(errp, VMIG_E_INVAL,
+                           "%s: not valid JSON (data after the spec, at "
+                           "byte %zu)",
+                           origin, i);
             return NULL;
         }
     }
@@ -462,8 +467,7 @@ static json_object *spec_to_obj(const vmig_spec *s)
     if (s->extra_args->len) {
         json_object *arr = json_object_new_array();
         for (guint i = 0; i < s->extra_args->len; i++) {
-            json_object_array_add(arr,
-                                  json_object_new_string(g_ptr_array_index(s->extra_args, i)));
+            json_object_array_add(arr, json_object_new_string(g_ptr_array_index(s->extra_args, i)));
         }
         json_object_object_add(o, "extra_args", arr);
     }

@@ -105,8 +105,7 @@ bool eng_guest_status_check(const struct vmig_guest_status *st, uint64_t ram_byt
     return true;
 }
 
-static bool status_at(eng_vm *vm, const char *path, struct vmig_guest_status *st,
-                      vmig_error **errp)
+static bool status_at(eng_vm *vm, const char *path, struct vmig_guest_status *st, vmig_error **errp)
 {
     if (!read_guest(vm, path, VMIG_GUEST_STATUS_ADDR, sizeof(*st), (uint8_t *)st, errp)) {
         return false;
@@ -148,8 +147,8 @@ static bool check_range(eng_vm *vm, const char *path, const struct vmig_guest_st
     return true;
 }
 
-static bool judge(const eng_vm *vm, const struct vmig_guest_status *st,
-                  const eng_verify_result *r, vmig_error **errp)
+static bool judge(const eng_vm *vm, const struct vmig_guest_status *st, const eng_verify_result *r,
+                  vmig_error **errp)
 {
     if (st->errors) {
         vmig_set_error(errp, VMIG_E_VERIFY,
@@ -164,15 +163,17 @@ static bool judge(const eng_vm *vm, const struct vmig_guest_status *st,
     uint64_t addr = st->range_start + (uint64_t)r->first_bad * VMIG_GUEST_PAGE_SIZE;
     if (r->content_bad) {
         vmig_set_error(errp, VMIG_E_VERIFY,
-                       "guest memory check of '%s' failed: %" G_GUINT64_FORMAT " of %"
-                       G_GUINT64_FORMAT " pages wrong; first: page %u (guest-physical 0x%"
-                       G_GINT64_MODIFIER "x) has the right header but corrupted contents",
+                       "guest memory check of '%s' failed: %" G_GUINT64_FORMAT
+                       " of %" G_GUINT64_FORMAT
+                       " pages wrong; first: page %u (guest-physical 0x%" G_GINT64_MODIFIER
+                       "x) has the right header but corrupted contents",
                        vm->name, r->bad_pages, r->pages_checked, r->first_bad, addr);
     } else {
         vmig_set_error(errp, VMIG_E_VERIFY,
-                       "guest memory check of '%s' failed: %" G_GUINT64_FORMAT " of %"
-                       G_GUINT64_FORMAT " pages wrong; first: page %u (guest-physical 0x%"
-                       G_GINT64_MODIFIER "x) should hold generation %u, holds magic 0x%08x "
+                       "guest memory check of '%s' failed: %" G_GUINT64_FORMAT
+                       " of %" G_GUINT64_FORMAT
+                       " pages wrong; first: page %u (guest-physical 0x%" G_GINT64_MODIFIER
+                       "x) should hold generation %u, holds magic 0x%08x "
                        "index %u generation %u",
                        vm->name, r->bad_pages, r->pages_checked, r->first_bad, addr,
                        r->expected_gen, r->found_magic, r->found_index, r->found_gen);
@@ -200,8 +201,7 @@ bool eng_guest_verify(eng_vm *vm, uint64_t *ret_pages, vmig_error **errp)
     ok = ok && status_at(vm, path, &st, errp);
     if (ok && st.state != VMIG_GUEST_RUNNING) {
         vmig_set_error(errp, VMIG_E_STATE,
-                       "the test guest in '%s' has not finished filling its memory yet",
-                       vm->name);
+                       "the test guest in '%s' has not finished filling its memory yet", vm->name);
         ok = false;
     }
     ok = ok && check_range(vm, path, &st, &res, errp) && judge(vm, &st, &res, errp);
@@ -256,9 +256,8 @@ bool vmig_guest_wait_ready(vmig_engine *e, const char *name, int timeout_ms, vmi
         int left = vmig_ms_left(deadline);
         if (left == 0) {
             vmig_set_error(errp, VMIG_E_TIMEOUT,
-                           "the test guest in '%s' did not fill its memory within %d ms (%s)",
-                           name, timeout_ms,
-                           err ? vmig_error_message(err) : "still filling");
+                           "the test guest in '%s' did not fill its memory within %d ms (%s)", name,
+                           timeout_ms, err ? vmig_error_message(err) : "still filling");
             vmig_error_free(err);
             return false;
         }

@@ -13,9 +13,9 @@
  * A destination QEMU is guarded until the switchover: the first child also forks a small guard
  * process that holds a pidfd of QEMU and one end of a lifeline socket whose other end only
  * the engine holds.  If the engine dies (or lets go of the VM without releasing it), the
- * lifeline reads end-of-file and the guard kills QEMU; eng_vm_release_guard() sends one byte first and
- * the guard just exits.  So a crashed vmigrate leaves no destination behind, and the source,
- * whose migration then fails, goes on running.
+ * lifeline reads end-of-file and the guard kills QEMU; eng_vm_release_guard() sends one byte
+ * first and the guard just exits.  So a crashed vmigrate leaves no destination behind, and the
+ * source, whose migration then fails, goes on running.
  *
  * Starting and stopping are asynchronous: timers on the engine's ring look for the monitor
  * socket and for the process to be gone; nothing here sleeps.
@@ -37,7 +37,7 @@
 
 #include "engine.h"
 
-#define LAUNCH_STEP_MS 5  /* QEMU opens its monitor ~30 ms after exec */
+#define LAUNCH_STEP_MS 5 /* QEMU opens its monitor ~30 ms after exec */
 #define KILL_STEP_MS 10
 #define PROBE_PREFIX ".probe-"
 #define KILL_GRACE_MS 5000 /* after SIGKILL */
@@ -70,8 +70,7 @@ bool eng_write_file(const char *path, const char *text, vmig_error **errp)
     /* Atomic (a temporary file, then rename) but not durable: g_file_set_contents() fsyncs
      * before replacing a file, and this runs inside dispatch, every 250 ms for a job's file. */
     g_autoptr(GError) gerr = NULL;
-    if (!g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600,
-                                  &gerr)) {
+    if (!g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, &gerr)) {
         vmig_set_error(errp, VMIG_E_IO, "%s", gerr->message);
         return false;
     }
@@ -160,7 +159,7 @@ void eng_vm_remove_dir(const char *dir)
     }
     struct dirent *de;
     while ((de = readdir(d))) {
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
             unlinkat(dirfd(d), de->d_name, 0); /* a subdirectory is left: rmdir then fails */
         }
     }
@@ -306,8 +305,8 @@ static _Noreturn void guard_main(int lifeline, int qemu)
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     prctl(PR_SET_NAME, "vmigrate-guard", 0, 0, 0);
-    struct pollfd fds[2] = {{.fd = 0, .events = POLLIN}, {.fd = pidfd >= 0 ? 1 : -1,
-                                                          .events = POLLIN}};
+    struct pollfd fds[2] = {{.fd = 0, .events = POLLIN},
+                            {.fd = pidfd >= 0 ? 1 : -1, .events = POLLIN}};
     for (;;) {
         if (poll(fds, 2, -1) < 0) {
             if (errno == EINTR) {
@@ -340,8 +339,8 @@ static _Noreturn void guard_main(int lifeline, int qemu)
 }
 
 /* Forks twice; the grandchild execs QEMU.  With @lifeline >= 0 (the guard's end of its
- * lifeline), the first child also forks the guard before it exits.  Returns QEMU's pid, or 0 with an
- * error. */
+ * lifeline), the first child also forks the guard before it exits.  Returns QEMU's pid, or 0
+ * with an error. */
 static int spawn_detached(char **argv, const char *logpath, int lifeline, vmig_error **errp)
 {
     int p[2];
@@ -404,8 +403,8 @@ static int spawn_detached(char **argv, const char *logpath, int lifeline, vmig_e
     int32_t pid = 0;
     int err = 0;
     ssize_t r = read_full(p[0], &pid, sizeof(pid));
-    if (r == (ssize_t)sizeof(pid) && pid > 0 && read_full(p[0], &err, sizeof(err)) ==
-                                                    (ssize_t)sizeof(err)) {
+    if (r == (ssize_t)sizeof(pid) && pid > 0 &&
+        read_full(p[0], &err, sizeof(err)) == (ssize_t)sizeof(err)) {
         vmig_set_error_errno(errp, err, "cannot run %s", argv[0]);
         pid = 0;
     } else if (r != (ssize_t)sizeof(pid) || pid <= 0) {
@@ -422,8 +421,8 @@ static bool prepare_dir(const char *dir, const char *name, vmig_error **errp)
     if (lstat(dir, &st) == 0) {
         int pid = S_ISDIR(st.st_mode) ? read_pidfile(dir) : 0;
         if (pid_alive(pid) && pid_is_instance(pid, name)) {
-            vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is already running (pid %d, %s)", name,
-                           pid, dir);
+            vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is already running (pid %d, %s)", name, pid,
+                           dir);
             return false;
         }
         eng_vm_remove_dir(dir); /* left over from a VM that died */
@@ -560,9 +559,20 @@ static GPtrArray *probe_argv(vmig_engine *e, const char *dir, vmig_accel accel)
 {
     g_autofree char *chardev = g_strdup_printf("socket,id=m,path=%s/qmp.sock,server=on,wait=off",
                                                dir);
-    const char *const words[] = {e->qemu, "-name", "guest=probe", "-machine", "none", "-accel",
-                                 eng_accel_name(accel), "-nodefaults", "-display", "none",
-                                 "-chardev", chardev, "-mon", "chardev=m,mode=control"};
+    const char *const words[] = {e->qemu,
+                                 "-name",
+                                 "guest=probe",
+                                 "-machine",
+                                 "none",
+                                 "-accel",
+                                 eng_accel_name(accel),
+                                 "-nodefaults",
+                                 "-display",
+                                 "none",
+                                 "-chardev",
+                                 chardev,
+                                 "-mon",
+                                 "chardev=m,mode=control"};
     GPtrArray *argv = g_ptr_array_new_with_free_func(g_free);
     for (size_t i = 0; i < G_N_ELEMENTS(words); i++) {
         g_ptr_array_add(argv, g_strdup(words[i]));
@@ -605,8 +615,8 @@ static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, vmig_er
             eng_vm_remove_dir(dir);
             return NULL;
         }
-        eng_launch l = {.qemu = e->qemu, .dir = dir, .accel = req->accel,
-                        .incoming = req->incoming};
+        eng_launch l = {
+            .qemu = e->qemu, .dir = dir, .accel = req->accel, .incoming = req->incoming};
         argv = eng_spec_argv(vm->spec, &l);
     }
     g_autofree char *cmdline = g_strjoinv(" ", (char **)argv->pdata);
@@ -743,9 +753,10 @@ eng_vm *eng_vm_find(vmig_engine *e, const char *dir, vmig_error **errp)
     }
     vm->pid = read_pidfile(dir);
     if (!pid_alive(vm->pid)) {
-        vmig_set_error(errp, VMIG_E_STATE, "VM '%s' is not running (its QEMU is gone; "
-                                           "'vmigrate vm stop %s' cleans up)", vm->name,
-                       vm->name);
+        vmig_set_error(errp, VMIG_E_STATE,
+                       "VM '%s' is not running (its QEMU is gone; "
+                       "'vmigrate vm stop %s' cleans up)",
+                       vm->name, vm->name);
         return NULL;
     }
     return g_steal_pointer(&vm);
@@ -808,8 +819,8 @@ bool eng_vm_connect_sync(eng_vm *vm, vmig_error **errp)
 
 const char *eng_vm_run_state(eng_vm *vm, char *buf, size_t len, vmig_error **errp)
 {
-    g_autoptr(json_object) st = qmp_conn_call(vm->qmp, "query-status", NULL, 0,
-                                              ENG_QMP_TIMEOUT_MS, errp);
+    g_autoptr(json_object) st = qmp_conn_call(vm->qmp, "query-status", NULL, 0, ENG_QMP_TIMEOUT_MS,
+                                              errp);
     const char *status = NULL;
     static const vmig_jfield fields[] = {{"status", VJ_STRING, 0, VJ_MANDATORY}, {NULL}};
     if (!st || !vmig_json_read(st, fields, &status, "query-status", errp)) {
@@ -924,7 +935,7 @@ void eng_clean_stale_probes(vmig_engine *e)
     }
 }
 
-/* ---- the start and stop jobs ------------------------------------------------------------------ */
+/* ---- the start and stop jobs ----------------------------------------------------------------- */
 
 typedef struct vm_job {
     vmig_spec *spec;
@@ -958,8 +969,8 @@ static void vm_job_killed(void *opaque, const vmig_error *err)
 
 static void end_failed(vmig_job *j)
 {
-    eng_job_end(j, vmig_error_code(j->err) == VMIG_E_CANCELLED ? VMIG_JOB_CANCELLED
-                                                              : VMIG_JOB_FAILED);
+    eng_job_end(j,
+                vmig_error_code(j->err) == VMIG_E_CANCELLED ? VMIG_JOB_CANCELLED : VMIG_JOB_FAILED);
 }
 
 /* A start that failed after QEMU came up (cancelled): it goes again. */
@@ -993,7 +1004,10 @@ static void started(void *opaque, eng_vm *vm, const vmig_error *err)
 }
 
 static const eng_job_ops start_ops = {
-    .name = "vm-start", .what = "starting the VM", .fail = start_fail, .free = vm_job_free,
+    .name = "vm-start",
+    .what = "starting the VM",
+    .fail = start_fail,
+    .free = vm_job_free,
 };
 
 vmig_job *vmig_vm_start_async(vmig_engine *e, const vmig_spec *spec, vmig_accel accel,
@@ -1044,7 +1058,10 @@ static bool stop_may_cancel(vmig_job *j)
 }
 
 static const eng_job_ops stop_ops = {
-    .name = "vm-stop", .what = "stopping the VM", .fail = stop_fail, .free = vm_job_free,
+    .name = "vm-stop",
+    .what = "stopping the VM",
+    .fail = stop_fail,
+    .free = vm_job_free,
     .may_cancel = stop_may_cancel,
 };
 
@@ -1089,7 +1106,7 @@ vmig_job *vmig_vm_stop_async(vmig_engine *e, const char *name, int timeout_ms,
     return j;
 }
 
-/* ---- waiting versions -------------------------------------------------------------------------- */
+/* ---- waiting versions ------------------------------------------------------------------------ */
 
 static bool job_finished(void *opaque)
 {
@@ -1120,7 +1137,7 @@ bool vmig_vm_stop(vmig_engine *e, const char *name, int timeout_ms, vmig_error *
     return wait_job(e, vmig_vm_stop_async(e, name, timeout_ms, NULL, NULL, errp), errp);
 }
 
-/* ---- listing ------------------------------------------------------------------------------------ */
+/* ---- listing --------------------------------------------------------------------------------- */
 
 typedef struct list_probe {
     vmig_vm_info *info;
@@ -1235,8 +1252,8 @@ static void list_deadline(void *opaque, int res)
     (void)res; /* wakes eng_run_until to look at the clock */
 }
 
-int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, size_t size,
-                       int timeout_ms, vmig_error **errp)
+int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, size_t size, int timeout_ms,
+                       vmig_error **errp)
 {
     if (timeout_ms < 0) {
         vmig_set_error(errp, VMIG_E_INVAL, "vm list: timeout %d ms is negative", timeout_ms);

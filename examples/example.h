@@ -46,8 +46,10 @@ static inline vmig_spec *example_spec(const char *name, int argc, char **argv, v
     int mem = argc > 1 ? atoi(argv[1]) : 1024, dirty = argc > 2 ? atoi(argv[2]) : 50;
     const char *kernel = vmig_guest_kernel();
     if (!kernel || mem <= 0 || dirty < 0) {
-        fprintf(stderr, "usage: %s [MEM_MIB [DIRTY_MIB_S]]; the test guest is found through "
-                        "$VMIG_GUEST\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s [MEM_MIB [DIRTY_MIB_S]]; the test guest is found through "
+                "$VMIG_GUEST\n",
+                argv[0]);
         exit(2);
     }
     json_object *o = json_object_new_object();
@@ -62,11 +64,10 @@ static inline vmig_spec *example_spec(const char *name, int argc, char **argv, v
     return s;
 }
 
-
-
 /* The one JSON line; @err (may be NULL) says what went wrong. */
-static inline int report(const char *status, bool verified, const app *a, const vmig_migration_stats *st,
-                  uint64_t pages, const char *what, const vmig_error *err)
+static inline int report(const char *status, bool verified, const app *a,
+                         const vmig_migration_stats *st, uint64_t pages, const char *what,
+                         const vmig_error *err)
 {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "status", json_object_new_string(status));

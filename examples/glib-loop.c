@@ -31,8 +31,7 @@ static gboolean es_prepare(GSource *s, gint *timeout)
 static gboolean es_check(GSource *s)
 {
     engine_source *es = (engine_source *)s;
-    return (g_source_query_unix_fd(s, es->fd_tag) & G_IO_IN) ||
-           vmig_engine_timeout_ms(es->e) == 0;
+    return (g_source_query_unix_fd(s, es->fd_tag) & G_IO_IN) || vmig_engine_timeout_ms(es->e) == 0;
 }
 
 static gboolean es_dispatch(GSource *s, GSourceFunc cb, gpointer data)
@@ -43,8 +42,8 @@ static gboolean es_dispatch(GSource *s, GSourceFunc cb, gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
-static GSourceFuncs engine_funcs = {.prepare = es_prepare, .check = es_check,
-                                    .dispatch = es_dispatch};
+static GSourceFuncs engine_funcs = {
+    .prepare = es_prepare, .check = es_check, .dispatch = es_dispatch};
 
 static GSource *engine_source_new(vmig_engine *e)
 {

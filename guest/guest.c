@@ -31,8 +31,8 @@ struct mb_info {
     uint32_t cmdline;
 };
 
-static volatile struct vmig_guest_status *const status =
-    (volatile struct vmig_guest_status *)VMIG_GUEST_STATUS_ADDR;
+static volatile struct vmig_guest_status *const status = (volatile struct vmig_guest_status *)
+    VMIG_GUEST_STATUS_ADDR;
 
 void guest_main(uint32_t magic, const struct mb_info *mbi);
 

@@ -202,13 +202,11 @@ typedef enum vmig_accel {
 /* Starts QEMU for @spec, detached, with its QMP sockets under the state directory.  The job
  * completes when QEMU answers query-status with a run state; if QEMU exits first, the job
  * fails with QEMU's own message.  Fails at once when a VM of that name runs already. */
-VMIG_EXPORT vmig_job *vmig_vm_start_async(vmig_engine *e, const vmig_spec *spec,
-                                          vmig_accel accel, vmig_job_done_fn done,
-                                          void *opaque, vmig_error **errp);
+VMIG_EXPORT vmig_job *vmig_vm_start_async(vmig_engine *e, const vmig_spec *spec, vmig_accel accel,
+                                          vmig_job_done_fn done, void *opaque, vmig_error **errp);
 /* Stops the VM (QMP quit, then SIGKILL after @timeout_ms) and removes its directory. */
 VMIG_EXPORT vmig_job *vmig_vm_stop_async(vmig_engine *e, const char *name, int timeout_ms,
-                                         vmig_job_done_fn done, void *opaque,
-                                         vmig_error **errp);
+                                         vmig_job_done_fn done, void *opaque, vmig_error **errp);
 /* The same, waiting (starting waits at most 30 s). */
 VMIG_EXPORT bool vmig_vm_start(vmig_engine *e, const vmig_spec *spec, vmig_accel accel,
                                vmig_error **errp);
@@ -231,12 +229,12 @@ VMIG_EXPORT bool vmig_vm_recover(vmig_engine *e, const char *name, char **ret_wh
  */
 typedef struct vmig_vm_info {
     char name[128];
-    int pid;          /* 0 when the QEMU process is gone */
-    char status[32];  /* QMP run state ("running", "paused", "inmigrate", ...), "dead", or
-                       * "busy" when the monitor did not answer in time */
+    int pid;         /* 0 when the QEMU process is gone */
+    char status[32]; /* QMP run state ("running", "paused", "inmigrate", ...), "dead", or
+                      * "busy" when the monitor did not answer in time */
     char qmp_path[4096];
-    char job[16];       /* the job on this VM ("migrate"), "" when none */
-    char job_state[16]; /* vmig_job_state_name() of that job */
+    char job[16];        /* the job on this VM ("migrate"), "" when none */
+    char job_state[16];  /* vmig_job_state_name() of that job */
     double job_progress; /* 0..1 */
 } vmig_vm_info;
 
@@ -248,9 +246,9 @@ typedef struct vmig_vm_info {
  * "busy".  Returns how many VMs there are (may exceed @max), or -1. */
 VMIG_EXPORT int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, size_t size,
                                    int timeout_ms, vmig_error **errp);
-#define vmig_vm_list(e, out, max, errp)                                                          \
+#define vmig_vm_list(e, out, max, errp)                                                            \
     vmig_vm_list_sized((e), (out), (max), sizeof(vmig_vm_info), VMIG_VM_LIST_TIMEOUT_MS, (errp))
-#define vmig_vm_list_wait(e, out, max, timeout_ms, errp)                                         \
+#define vmig_vm_list_wait(e, out, max, timeout_ms, errp)                                           \
     vmig_vm_list_sized((e), (out), (max), sizeof(vmig_vm_info), (timeout_ms), (errp))
 
 /* ---- migration ---------------------------------------------------------------------------- */
@@ -261,17 +259,17 @@ VMIG_EXPORT int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, s
  * an older header keeps working with a newer library.  New fields are only ever appended.
  */
 typedef struct vmig_migrate_opts {
-    uint32_t size;           /* set by vmig_migrate_opts_init(); do not touch */
-    bool live;               /* pre-copy while the VM runs; false pauses the VM first */
-    int max_downtime_ms;     /* 0: QEMU's default (300 ms) */
-    int bandwidth_mib_s;     /* 0: unlimited (QEMU 7.2 would cap at 128 MiB/s) */
-    int timeout_s;           /* 0: none; else cancel and roll back after this long */
-    const char *dest;        /* "local" or "local:STATE_DIR" (another state directory) */
-    bool force;              /* migrate even if the destination's CPU cannot run the VM's */
-    bool unsafe;             /* migrate live although the source QEMU is known to lose guest
-                              * writes doing so (QEMU < 9.0 under TCG); warns */
-    int stall_timeout_s;     /* no byte moved for this long rolls back: 0 the default (60 s),
-                              * -1 never */
+    uint32_t size;       /* set by vmig_migrate_opts_init(); do not touch */
+    bool live;           /* pre-copy while the VM runs; false pauses the VM first */
+    int max_downtime_ms; /* 0: QEMU's default (300 ms) */
+    int bandwidth_mib_s; /* 0: unlimited (QEMU 7.2 would cap at 128 MiB/s) */
+    int timeout_s;       /* 0: none; else cancel and roll back after this long */
+    const char *dest;    /* "local" or "local:STATE_DIR" (another state directory) */
+    bool force;          /* migrate even if the destination's CPU cannot run the VM's */
+    bool unsafe;         /* migrate live although the source QEMU is known to lose guest
+                          * writes doing so (QEMU < 9.0 under TCG); warns */
+    int stall_timeout_s; /* no byte moved for this long rolls back: 0 the default (60 s),
+                          * -1 never */
 } vmig_migrate_opts;
 
 /* Fills in the defaults for a struct of @size bytes (the caller's sizeof). */
@@ -279,21 +277,21 @@ VMIG_EXPORT void vmig_migrate_opts_init_sized(vmig_migrate_opts *o, size_t size)
 #define vmig_migrate_opts_init(o) vmig_migrate_opts_init_sized((o), sizeof(vmig_migrate_opts))
 
 typedef struct vmig_migration_stats {
-    char status[24];            /* QEMU's MigrationStatus name */
-    uint64_t total_ms;          /* our clock: from the start to the destination running */
-    uint64_t setup_ms;          /* preparing the destination up to `migrate` */
-    uint64_t downtime_ms;       /* STOP on the source to RESUME on the destination */
-    uint64_t qemu_downtime_ms;  /* QEMU's own figure */
-    uint64_t qemu_total_ms;     /* QEMU's total-time */
+    char status[24];           /* QEMU's MigrationStatus name */
+    uint64_t total_ms;         /* our clock: from the start to the destination running */
+    uint64_t setup_ms;         /* preparing the destination up to `migrate` */
+    uint64_t downtime_ms;      /* STOP on the source to RESUME on the destination */
+    uint64_t qemu_downtime_ms; /* QEMU's own figure */
+    uint64_t qemu_total_ms;    /* QEMU's total-time */
     uint64_t transferred_bytes;
     uint64_t remaining_bytes;
-    uint64_t total_bytes;       /* guest RAM */
-    uint64_t dirty_pages_rate;  /* pages/s, as QEMU last reported */
-    uint64_t passes;            /* dirty-sync-count */
-    double mbps;                /* QEMU's last throughput figure, megabits/s */
-    double progress;            /* 0..1: 1 - remaining / total while running */
-    char cpu_check[16];         /* "passed", "forced" (--force over a mismatch), or "" */
-    char vm_holder[16];         /* which side holds the VM: "source" or "destination" */
+    uint64_t total_bytes;      /* guest RAM */
+    uint64_t dirty_pages_rate; /* pages/s, as QEMU last reported */
+    uint64_t passes;           /* dirty-sync-count */
+    double mbps;               /* QEMU's last throughput figure, megabits/s */
+    double progress;           /* 0..1: 1 - remaining / total while running */
+    char cpu_check[16];        /* "passed", "forced" (--force over a mismatch), or "" */
+    char vm_holder[16];        /* which side holds the VM: "source" or "destination" */
 } vmig_migration_stats;
 
 /* @st is the library's own struct, borrowed for the call; read only the fields you know. */
@@ -308,12 +306,11 @@ typedef void (*vmig_progress_fn)(void *opaque, const vmig_migration_stats *st);
  */
 VMIG_EXPORT vmig_job *vmig_migrate_start(vmig_engine *e, const char *name,
                                          const vmig_migrate_opts *o, vmig_progress_fn progress,
-                                         void *progress_opaque, vmig_job_done_fn done,
-                                         void *opaque, vmig_error **errp);
+                                         void *progress_opaque, vmig_job_done_fn done, void *opaque,
+                                         vmig_error **errp);
 /* The job's figures so far (final ones once it finished) into @ret of @size bytes (the
  * caller's sizeof: use the macro).  False when @job is not a migration. */
-VMIG_EXPORT bool vmig_job_stats_sized(const vmig_job *job, vmig_migration_stats *ret,
-                                      size_t size);
+VMIG_EXPORT bool vmig_job_stats_sized(const vmig_job *job, vmig_migration_stats *ret, size_t size);
 #define vmig_job_stats(job, ret) vmig_job_stats_sized((job), (ret), sizeof(vmig_migration_stats))
 
 /* vmig_migrate_start() and a loop until the job finishes.  @ret_stats (may be NULL) receives
@@ -322,8 +319,8 @@ VMIG_EXPORT bool vmig_migrate_sized(vmig_engine *e, const char *name, const vmig
                                     vmig_progress_fn progress, void *opaque,
                                     vmig_migration_stats *ret_stats, size_t stats_size,
                                     vmig_error **errp);
-#define vmig_migrate(e, name, o, progress, opaque, ret_stats, errp)                              \
-    vmig_migrate_sized((e), (name), (o), (progress), (opaque), (ret_stats),                     \
+#define vmig_migrate(e, name, o, progress, opaque, ret_stats, errp)                                \
+    vmig_migrate_sized((e), (name), (o), (progress), (opaque), (ret_stats),                        \
                        sizeof(vmig_migration_stats), (errp))
 
 /* ---- CPUs ---- */
@@ -337,7 +334,9 @@ typedef struct vmig_cpu vmig_cpu;               /* one CPU definition */
 typedef struct vmig_cpu_list vmig_cpu_list;     /* CPUs read from files, in order */
 typedef struct vmig_cpu_models vmig_cpu_models; /* a table of named models */
 typedef enum vmig_cpu_fmt {
-    VMIG_CPU_FMT_LIBVIRT, VMIG_CPU_FMT_JSON, VMIG_CPU_FMT_QEMU /* see vmig_cpu_format() */
+    VMIG_CPU_FMT_LIBVIRT,
+    VMIG_CPU_FMT_JSON,
+    VMIG_CPU_FMT_QEMU /* see vmig_cpu_format() */
 } vmig_cpu_fmt;
 typedef enum vmig_cpu_dump { VMIG_CPU_DUMP_XML, VMIG_CPU_DUMP_JSON } vmig_cpu_dump;
 enum {
@@ -346,7 +345,9 @@ enum {
     VMIG_CPU_GUEST = 1u << 2,        /* decode: what a guest can have on that host (KVM) */
 };
 typedef enum vmig_cpu_cmp {
-    VMIG_CPU_CMP_ERROR = -1, VMIG_CPU_CMP_INCOMPATIBLE, VMIG_CPU_CMP_IDENTICAL,
+    VMIG_CPU_CMP_ERROR = -1,
+    VMIG_CPU_CMP_INCOMPATIBLE,
+    VMIG_CPU_CMP_IDENTICAL,
     VMIG_CPU_CMP_SUPERSET, /* the host runs the guest's CPU and has more */
 } vmig_cpu_cmp;
 
@@ -393,8 +394,8 @@ VMIG_EXPORT const char *vmig_cpu_models_alias(const vmig_cpu_models *m, size_t i
 /* @cpu as the cheapest model plus features (libvirt's decode); NULL on failure (VMIG_E_CPU:
  * none fits).  A host CPU decodes as a host's, nothing disabled; with VMIG_CPU_GUEST, or for a
  * guest's CPU, as what a guest can have, where disabling model features is allowed. */
-VMIG_EXPORT vmig_cpu *vmig_cpu_decode(const vmig_cpu_models *m, const vmig_cpu *cpu,
-                                      unsigned flags, vmig_error **errp);
+VMIG_EXPORT vmig_cpu *vmig_cpu_decode(const vmig_cpu_models *m, const vmig_cpu *cpu, unsigned flags,
+                                      vmig_error **errp);
 /* The largest guest CPU every one of @cpus can run (host CPUs count as what KVM gives on
  * them); NULL on failure (VMIG_E_CPU: mixed vendors, ...). */
 VMIG_EXPORT vmig_cpu *vmig_cpu_baseline(const vmig_cpu_models *m, const vmig_cpu_list *cpus,
@@ -407,8 +408,8 @@ VMIG_EXPORT bool vmig_cpu_baseline_explain(const vmig_cpu *base, size_t i, char 
 /* Can @host run @guest?  _ERROR on failure; @ret_missing (features, "" if none) and @ret_why (a
  * sentence if incompatible, else NULL) may be NULL. */
 VMIG_EXPORT vmig_cpu_cmp vmig_cpu_compare(const vmig_cpu_models *m, const vmig_cpu *host,
-                                          const vmig_cpu *guest, char **ret_missing,
-                                          char **ret_why, vmig_error **errp);
+                                          const vmig_cpu *guest, char **ret_missing, char **ret_why,
+                                          vmig_error **errp);
 /* "incompatible", "identical", "superset" or "error"; libvirt's "Intel" for "GenuineIntel". */
 VMIG_EXPORT const char *vmig_cpu_cmp_name(vmig_cpu_cmp r);
 VMIG_EXPORT const char *vmig_cpu_vendor_name(const char *cpuid_vendor);
@@ -438,12 +439,14 @@ VMIG_EXPORT bool vmig_guest_verify(vmig_engine *e, const char *name, uint64_t *r
 
 /* ---- cleanup helper ------------------------------------------------------------------------ */
 
-#define VMIG_DEFINE_CLEANUP(type, fn)                                                           \
-    static inline void type##_cleanupp(type **p)                                               \
-    {                                                                                          \
-        fn(*p);                                                                                \
+/* NOLINTBEGIN(bugprone-macro-parentheses): @type is a type name, which takes none */
+#define VMIG_DEFINE_CLEANUP(type, fn)                                                              \
+    static inline void type##_cleanupp(type **p)                                                   \
+    {                                                                                              \
+        fn(*p);                                                                                    \
     }
 #define VMIG_CLEANUP(type) __attribute__((cleanup(type##_cleanupp))) type *
+/* NOLINTEND(bugprone-macro-parentheses) */
 
 #ifdef __cplusplus
 }

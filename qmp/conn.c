@@ -289,15 +289,17 @@ static void timer_done(void *opaque, int res)
         if (q->fail) {
             err = g_steal_pointer(&q->fail);
         } else {
-            vmig_set_error(&err, VMIG_E_TIMEOUT, "%s: %s: no reply within %d ms", c->label,
-                           q->cmd, q->timeout_ms);
+            vmig_set_error(&err, VMIG_E_TIMEOUT, "%s: %s: no reply within %d ms", c->label, q->cmd,
+                           q->timeout_ms);
         }
         complete(c, id, NULL, err);
     }
     if (!c->freed && c->starting && c->start_deadline <= now) {
         g_autoptr(vmig_error) err = NULL;
-        vmig_set_error(&err, VMIG_E_TIMEOUT, "%s: no QMP greeting within %d ms: is this a "
-                                             "QEMU monitor?", c->label, c->start_timeout_ms);
+        vmig_set_error(&err, VMIG_E_TIMEOUT,
+                       "%s: no QMP greeting within %d ms: is this a "
+                       "QEMU monitor?",
+                       c->label, c->start_timeout_ms);
         fail_start(c, err);
     }
     if (!leave(c)) {
@@ -340,8 +342,8 @@ static void broken(qmp_conn *c, vmig_errc code, const char *why)
     }
     if (!c->freed && c->starting) {
         g_autoptr(vmig_error) serr = NULL;
-        vmig_set_error(&serr, VMIG_E_PROTO, "%s: not a QMP server: %s before a greeting",
-                       c->label, why);
+        vmig_set_error(&serr, VMIG_E_PROTO, "%s: not a QMP server: %s before a greeting", c->label,
+                       why);
         fail_start(c, c->greeted ? err : serr);
     } else if (!c->freed && c->ready && c->closed_cb) {
         c->closed_cb(c->closed_opaque, err);
@@ -452,14 +454,14 @@ void qmp_call(qmp_conn *c, const char *cmd, json_object *args, unsigned flags, i
         return;
     }
     bool now = c->ready || strcmp(cmd, "qmp_capabilities") == 0;
-    int64_t id = queue_line(c, now ? c->queued : c->held, cmd, g_steal_pointer(&owned_args),
-                            flags);
+    int64_t id = queue_line(c, now ? c->queued : c->held, cmd, g_steal_pointer(&owned_args), flags);
     add_pending(c, id, cmd, timeout_ms, cb, opaque);
     arm_timer(c);
     flush_out(c);
 }
 
-/* ---- input ------------------------------------------------------------------------------------ */
+/* ---- input ------------------------------------------------------------------------------------
+ */
 
 /* A non-negative integer no larger than @max at @key of @obj, else -1. */
 static int64_t get_bounded(json_object *obj, const char *key, int64_t max)
@@ -575,9 +577,9 @@ static void handle_reply(qmp_conn *c, json_object *msg)
         g_autoptr(vmig_error) e = NULL;
         vmig_set_error(&e, VMIG_E_QEMU, "%s: %s (%s)", q->cmd,
                        json_object_is_type(desc, json_type_string) ? json_object_get_string(desc)
-                                                                  : "unknown error",
+                                                                   : "unknown error",
                        json_object_is_type(cls, json_type_string) ? json_object_get_string(cls)
-                                                                 : "no class");
+                                                                  : "no class");
         complete(c, key, NULL, e);
         return;
     }
@@ -652,7 +654,8 @@ static void recv_done(void *opaque, int res)
     }
 }
 
-/* ---- connecting ------------------------------------------------------------------------------- */
+/* ---- connecting -------------------------------------------------------------------------------
+ */
 
 bool qmp_conn_attach_fd(qmp_conn *c, int fd, vmig_error **errp)
 {
@@ -662,8 +665,7 @@ bool qmp_conn_attach_fd(qmp_conn *c, int fd, vmig_error **errp)
         return false;
     }
     int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
-        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
         vmig_set_error_errno(errp, errno, "%s: fcntl", c->label);
         close(fd);
         return false;
@@ -880,18 +882,19 @@ qmp_conn *qmp_conn_open_unix(ring *r, const char *path, int timeout_ms, vmig_err
     return g_steal_pointer(&c);
 }
 
-/* ---- public: one command, for poking at a QEMU ------------------------------------------------ */
+/* ---- public: one command, for poking at a QEMU ------------------------------------------------
+ */
 
-char *vmig_qmp_call(const char *socket_path, const char *cmd, const char *args_json,
-                    int timeout_ms, vmig_error **errp)
+char *vmig_qmp_call(const char *socket_path, const char *cmd, const char *args_json, int timeout_ms,
+                    vmig_error **errp)
 {
     g_autoptr(json_object) args = NULL;
     if (args_json) {
         enum json_tokener_error jerr = json_tokener_success;
         args = json_tokener_parse_verbose(args_json, &jerr);
         if (!args || !json_object_is_type(args, json_type_object)) {
-            vmig_set_error(errp, VMIG_E_INVAL, "the arguments of %s must be a JSON object: %s",
-                           cmd, args ? "got another JSON type" : json_tokener_error_desc(jerr));
+            vmig_set_error(errp, VMIG_E_INVAL, "the arguments of %s must be a JSON object: %s", cmd,
+                           args ? "got another JSON type" : json_tokener_error_desc(jerr));
             return NULL;
         }
     }

@@ -81,8 +81,8 @@ static size_t count_values(const char *line, size_t len, size_t max)
             }
             continue;
         }
-        bool delim = ch == '{' || ch == '[' || ch == '}' || ch == ']' || ch == ',' ||
-                     ch == ':' || ch == '"' || g_ascii_isspace(ch);
+        bool delim = ch == '{' || ch == '[' || ch == '}' || ch == ']' || ch == ',' || ch == ':' ||
+                     ch == '"' || g_ascii_isspace(ch);
         if (!delim) {
             n += !in_scalar; /* the first character of a number or a literal */
             in_scalar = true;

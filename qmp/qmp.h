@@ -28,7 +28,7 @@
 #include "ring/ring.h"
 #include "vmigrate.h"
 
-#define QMP_MSG_MAX (10u * 1024u * 1024u) /* libvirt's bound too */
+#define QMP_MSG_MAX ((size_t)10 * 1024 * 1024) /* libvirt's bound too */
 #define QMP_DEPTH_MAX 64
 #define QMP_VALUES_MAX 100000u /* per message: json-c allocates ~800 bytes a value */
 

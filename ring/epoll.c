@@ -205,8 +205,7 @@ static bool attempt(ring *r, ring_req *q, uint32_t revents)
         n = q->offset < 0 ? read(q->fd, q->buf, q->len) : pread(q->fd, q->buf, q->len, q->offset);
         break;
     case RING_OP_WRITE:
-        n = q->offset < 0 ? write(q->fd, q->buf, q->len)
-                          : pwrite(q->fd, q->buf, q->len, q->offset);
+        n = q->offset < 0 ? write(q->fd, q->buf, q->len) : pwrite(q->fd, q->buf, q->len, q->offset);
         break;
     case RING_OP_CONNECT: {
         int err = 0;

@@ -58,8 +58,8 @@ struct ring {
     GHashTable *reqs; /* id -> ring_req * (owned) */
     GArray *done;     /* ring_done: completed, callback not yet run */
     int64_t next_id;
-    int dispatching;  /* > 0 inside ring_dispatch() */
-    void *backend;    /* the backend's state */
+    int dispatching; /* > 0 inside ring_dispatch() */
+    void *backend;   /* the backend's state */
 };
 
 /* A backend reports a result.  Unknown ids (already completed) are dropped. */

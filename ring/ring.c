@@ -13,9 +13,9 @@ static const char *const backend_names[RING_BACKEND_COUNT] = {
 };
 
 static const char *const op_names[RING_OP_COUNT] = {
-    [RING_OP_POLL] = "poll",       [RING_OP_TIMER] = "timer",     [RING_OP_RECV] = "recv",
-    [RING_OP_SEND] = "send",       [RING_OP_ACCEPT] = "accept",   [RING_OP_CONNECT] = "connect",
-    [RING_OP_READ] = "read",       [RING_OP_WRITE] = "write",
+    [RING_OP_POLL] = "poll", [RING_OP_TIMER] = "timer",   [RING_OP_RECV] = "recv",
+    [RING_OP_SEND] = "send", [RING_OP_ACCEPT] = "accept", [RING_OP_CONNECT] = "connect",
+    [RING_OP_READ] = "read", [RING_OP_WRITE] = "write",
 };
 
 const char *ring_backend_name(ring_backend b)
@@ -191,7 +191,10 @@ int64_t ring_timer(ring *r, int ms, ring_done_fn cb, void *opaque)
     if (ms < 0) {
         return -EINVAL;
     }
-    ring_req q = {.op = RING_OP_TIMER, .fd = -1, .cb = cb, .opaque = opaque,
+    ring_req q = {.op = RING_OP_TIMER,
+                  .fd = -1,
+                  .cb = cb,
+                  .opaque = opaque,
                   .deadline_ms = ring_now_ms() + ms,
                   .ts = {.tv_sec = ms / 1000, .tv_nsec = (long long)(ms % 1000) * 1000000}};
     return submit(r, &q);
@@ -200,8 +203,8 @@ int64_t ring_timer(ring *r, int ms, ring_done_fn cb, void *opaque)
 static int64_t io(ring *r, ring_op op, int fd, void *buf, size_t len, int64_t offset,
                   ring_done_fn cb, void *opaque)
 {
-    ring_req q = {.op = op, .fd = fd, .buf = buf, .len = len, .offset = offset, .cb = cb,
-                  .opaque = opaque};
+    ring_req q = {
+        .op = op, .fd = fd, .buf = buf, .len = len, .offset = offset, .cb = cb, .opaque = opaque};
     return submit(r, &q);
 }
 
@@ -221,8 +224,8 @@ int64_t ring_read(ring *r, int fd, void *buf, size_t len, int64_t offset, ring_d
     return io(r, RING_OP_READ, fd, buf, len, offset, cb, opaque);
 }
 
-int64_t ring_write(ring *r, int fd, const void *buf, size_t len, int64_t offset,
-                   ring_done_fn cb, void *opaque)
+int64_t ring_write(ring *r, int fd, const void *buf, size_t len, int64_t offset, ring_done_fn cb,
+                   void *opaque)
 {
     return io(r, RING_OP_WRITE, fd, (void *)(uintptr_t)buf, len, offset, cb, opaque);
 }

@@ -24,11 +24,11 @@
 #ifndef VMIG_RING_H
 #define VMIG_RING_H
 
+#include <glib.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
-#include <glib.h>
 
 #include "vmigrate.h"
 
@@ -81,8 +81,8 @@ int64_t ring_connect(ring *r, int fd, const struct sockaddr *sa, socklen_t len, 
 /* @offset -1: the file's current position (pipes, sockets, character devices). */
 int64_t ring_read(ring *r, int fd, void *buf, size_t len, int64_t offset, ring_done_fn cb,
                   void *opaque);
-int64_t ring_write(ring *r, int fd, const void *buf, size_t len, int64_t offset,
-                   ring_done_fn cb, void *opaque);
+int64_t ring_write(ring *r, int fd, const void *buf, size_t len, int64_t offset, ring_done_fn cb,
+                   void *opaque);
 
 /* Asks operation @id to stop.  False when no such operation is in flight (it completed, or
  * its callback already ran).  Its callback still runs exactly once. */

@@ -10,9 +10,9 @@
 #include "handshake.h"
 
 typedef enum hs_step {
-    HS_AGENT_CHALLENGE, /* agent: sending CHALLENGE */
-    HS_AGENT_HELLO,     /* agent: reading HELLO */
-    HS_AGENT_ANSWER,    /* agent: sending WELCOME or REFUSE */
+    HS_AGENT_CHALLENGE,  /* agent: sending CHALLENGE */
+    HS_AGENT_HELLO,      /* agent: reading HELLO */
+    HS_AGENT_ANSWER,     /* agent: sending WELCOME or REFUSE */
     HS_SOURCE_CHALLENGE, /* source: reading CHALLENGE */
     HS_SOURCE_HELLO,     /* source: sending HELLO */
     HS_SOURCE_ANSWER,    /* source: reading WELCOME or REFUSE */
@@ -197,8 +197,8 @@ static void sent(void *opaque, int res)
         } else {
             h->out_sent += (size_t)res;
             if (h->out_sent < h->out_len) {
-                int64_t id = ring_send(h->r, h->fd, h->out + h->out_sent,
-                                       h->out_len - h->out_sent, sent, h);
+                int64_t id = ring_send(h->r, h->fd, h->out + h->out_sent, h->out_len - h->out_sent,
+                                       sent, h);
                 if (id < 0) {
                     fail(h, VMIG_E_IO, "%s", g_strerror((int)-id));
                 } else {
@@ -333,8 +333,7 @@ static void source_challenge(tp_handshake *h, const tp_frame *f)
 static void source_answer(tp_handshake *h, const tp_frame *f)
 {
     if (f->type == TP_REFUSE) {
-        fail(h, VMIG_E_PROTO, "the agent refused: %.*s", (int)f->len,
-             (const char *)f->payload);
+        fail(h, VMIG_E_PROTO, "the agent refused: %.*s", (int)f->len, (const char *)f->payload);
         return;
     }
     if (!tp_welcome_verify(f, h->key.bytes, h->key.len, h->hello.nonce, h->challenge)) {
@@ -397,10 +396,9 @@ tp_handshake *tp_handshake_agent(ring *r, int fd, const tp_key *key, int timeout
     return h;
 }
 
-tp_handshake *tp_handshake_source(ring *r, int fd, const tp_key *key, int timeout_ms,
-                                  tp_kind kind, unsigned index,
-                                  const uint8_t token[TP_TOKEN_LEN], tp_handshake_fn done,
-                                  void *opaque)
+tp_handshake *tp_handshake_source(ring *r, int fd, const tp_key *key, int timeout_ms, tp_kind kind,
+                                  unsigned index, const uint8_t token[TP_TOKEN_LEN],
+                                  tp_handshake_fn done, void *opaque)
 {
     tp_handshake *h = hs_new(r, fd, key, timeout_ms, done, opaque);
     h->hello.kind = (uint8_t)kind;

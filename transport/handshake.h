@@ -33,10 +33,9 @@ tp_handshake *tp_handshake_agent(ring *r, int fd, const tp_key *key, int timeout
                                  tp_admit_fn admit, void *admit_opaque, tp_handshake_fn done,
                                  void *opaque);
 /* The source's side on connected socket @fd, for a channel of @kind and @index. */
-tp_handshake *tp_handshake_source(ring *r, int fd, const tp_key *key, int timeout_ms,
-                                  tp_kind kind, unsigned index,
-                                  const uint8_t token[TP_TOKEN_LEN], tp_handshake_fn done,
-                                  void *opaque);
+tp_handshake *tp_handshake_source(ring *r, int fd, const tp_key *key, int timeout_ms, tp_kind kind,
+                                  unsigned index, const uint8_t token[TP_TOKEN_LEN],
+                                  tp_handshake_fn done, void *opaque);
 /* Stops a handshake (its callback does not run) or frees a finished one.  Accepts NULL. */
 void tp_handshake_free(tp_handshake *h);
 

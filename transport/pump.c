@@ -133,8 +133,7 @@ static void start_recv(pump_dir *d)
 static void start_send(pump_dir *d)
 {
     d->step = D_SEND;
-    submitted(d, ring_send(d->p->r, d->to, d->buf + d->sent, d->len - d->sent, on_send, d),
-              "send");
+    submitted(d, ring_send(d->p->r, d->to, d->buf + d->sent, d->len - d->sent, on_send, d), "send");
 }
 
 /* Settles an operation's callback: its time, its reference; false when the pump is over. */
@@ -206,8 +205,7 @@ static void on_send(void *opaque, int res)
     unref(p);
 }
 
-tp_pump *tp_pump_new(ring *r, int a, int b, tp_limiter *limiter, tp_pump_done_fn done,
-                     void *opaque)
+tp_pump *tp_pump_new(ring *r, int a, int b, tp_limiter *limiter, tp_pump_done_fn done, void *opaque)
 {
     tp_pump *p = g_new0(tp_pump, 1);
     p->r = r;

@@ -19,7 +19,7 @@
 
 #include "ring/ring.h"
 
-#define TP_PUMP_BUF (256 * 1024)
+#define TP_PUMP_BUF ((size_t)256 * 1024)
 
 typedef struct tp_pump tp_pump;
 typedef struct tp_limiter tp_limiter;
@@ -31,8 +31,8 @@ typedef enum tp_dir {
 
 typedef struct tp_pump_stats {
     uint64_t bytes[2];
-    uint64_t recv_wait_us[2]; /* waiting for bytes to arrive */
-    uint64_t send_wait_us[2]; /* waiting for the other side to take them (back-pressure) */
+    uint64_t recv_wait_us[2];  /* waiting for bytes to arrive */
+    uint64_t send_wait_us[2];  /* waiting for the other side to take them (back-pressure) */
     uint64_t limit_wait_us[2]; /* held back by the limiter */
     bool eof[2];
 } tp_pump_stats;

@@ -63,8 +63,8 @@ tp_parse_result tp_frame_parse(const uint8_t *buf, size_t len, tp_frame *ret, si
         return TP_PARSE_ERROR;
     }
     if (len > 4 && buf[4] != TP_VERSION) {
-        vmig_set_error(errp, VMIG_E_PROTO, "transport protocol version %u, expected %u",
-                       buf[4], TP_VERSION);
+        vmig_set_error(errp, VMIG_E_PROTO, "transport protocol version %u, expected %u", buf[4],
+                       TP_VERSION);
         return TP_PARSE_ERROR;
     }
     if (len > 5 && !type_name(buf[5])) {
@@ -79,8 +79,8 @@ tp_parse_result tp_frame_parse(const uint8_t *buf, size_t len, tp_frame *ret, si
     size_t want = fixed_len(type);
     size_t max = type == TP_REFUSE ? TP_REASON_MAX : TP_PAYLOAD_MAX;
     if (want && plen != want) {
-        vmig_set_error(errp, VMIG_E_PROTO, "%s frame of %zu bytes, expected %zu",
-                       type_name(type), plen, want);
+        vmig_set_error(errp, VMIG_E_PROTO, "%s frame of %zu bytes, expected %zu", type_name(type),
+                       plen, want);
         return TP_PARSE_ERROR;
     }
     if (!want && plen > max) {
@@ -112,7 +112,8 @@ size_t tp_frame_encode(tp_type type, const void *payload, size_t len, uint8_t *o
     if (len > TP_PAYLOAD_MAX) {
         return 0;
     }
-    memcpy(out, TP_MAGIC, 4);
+    static const uint8_t magic[4] = {'V', 'M', 'G', 'W'}; /* TP_MAGIC, without its NUL */
+    memcpy(out, magic, sizeof(magic));
     out[4] = TP_VERSION;
     out[5] = (uint8_t)type;
     out[6] = (uint8_t)(len >> 8);

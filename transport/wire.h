@@ -61,7 +61,7 @@ typedef enum tp_kind {
 const char *tp_kind_name(tp_kind k);
 
 typedef struct tp_hello {
-    uint8_t kind;  /* tp_kind */
+    uint8_t kind; /* tp_kind */
     uint16_t index;
     uint8_t token[TP_TOKEN_LEN]; /* the migration's, from the agent; zero on the control link */
     uint8_t nonce[TP_NONCE_LEN];

@@ -39,8 +39,8 @@
 
 #include "vmigrate.h"
 
-#define WINDOW_MS 4000     /* faults land in the first WINDOW_MS of a migration */
-#define STOP_MS 5000       /* SIGSTOP lasts this long */
+#define WINDOW_MS 4000 /* faults land in the first WINDOW_MS of a migration */
+#define STOP_MS 5000   /* SIGSTOP lasts this long */
 #define CLI_DEADLINE_MS 180000
 #define SETTLE_MS 5000
 
@@ -57,8 +57,8 @@ typedef enum {
 } fault_kind;
 
 static const char *const kind_names[F_COUNT] = {
-    "kill-source", "kill-destination", "kill-vmigrate", "stop-source",
-    "stop-destination", "close-socket", "disk-full", "qmp-garbage",
+    "kill-source",      "kill-destination", "kill-vmigrate", "stop-source",
+    "stop-destination", "close-socket",     "disk-full",     "qmp-garbage",
 };
 
 typedef struct tally {
@@ -96,8 +96,8 @@ static bool alive(int pid)
     return rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
 }
 
-/* Live processes whose command line contains @needle. */
-static GArray *procs_matching(const char *needle)
+/* Live processes one of whose arguments contains @needle, or is @exact, or both. */
+static GArray *procs_with(const char *needle, const char *exact)
 {
     GArray *pids = g_array_new(FALSE, FALSE, sizeof(int));
     DIR *d = opendir("/proc");
@@ -113,11 +113,12 @@ static GArray *procs_matching(const char *needle)
         if (!g_file_get_contents(path, &text, &len, NULL)) {
             continue;
         }
-        bool hit = false;
-        for (gsize off = 0; off < len && !hit; off += strlen(text + off) + 1) {
-            hit = strstr(text + off, needle) != NULL;
+        bool has = !needle, is = !exact;
+        for (gsize off = 0; off < len; off += strlen(text + off) + 1) {
+            has = has || strstr(text + off, needle) != NULL;
+            is = is || strcmp(text + off, exact) == 0;
         }
-        if (hit) {
+        if (has && is) {
             g_array_append_val(pids, pid);
         }
     }
@@ -127,9 +128,14 @@ static GArray *procs_matching(const char *needle)
     return pids;
 }
 
+static GArray *procs_matching(const char *needle)
+{
+    return procs_with(needle, NULL);
+}
+
 static int count_settled(const char *needle)
 {
-    gint64 end = g_get_monotonic_time() + SETTLE_MS * 1000;
+    gint64 end = g_get_monotonic_time() + (gint64)SETTLE_MS * 1000;
     for (;;) {
         GArray *p = procs_matching(needle);
         int n = (int)p->len;
@@ -137,7 +143,7 @@ static int count_settled(const char *needle)
         if (n == 0 || g_get_monotonic_time() > end) {
             return n;
         }
-        g_usleep(50 * 1000);
+        g_usleep(50000);
     }
 }
 
@@ -158,12 +164,13 @@ static int unix_socket(const char *path, bool listen_on)
     if (strlen(path) >= sizeof(a.sun_path)) {
         return -1;
     }
-    strcpy(a.sun_path, path);
+    g_strlcpy(a.sun_path, path, sizeof(a.sun_path));
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         return -1;
     }
-    int r = listen_on ? bind(fd, (struct sockaddr *)&a, sizeof(a)) : connect(fd, (struct sockaddr *)&a, sizeof(a));
+    int r = listen_on ? bind(fd, (struct sockaddr *)&a, sizeof(a))
+                      : connect(fd, (struct sockaddr *)&a, sizeof(a));
     if (r < 0 || (listen_on && listen(fd, 4) < 0)) {
         close(fd);
         return -1;
@@ -271,10 +278,10 @@ typedef struct run {
     char *dir, *stage;
     int src_pid;
     bool injected;
-    bool died; /* no QEMU holds the VM, and the fault killed the one that did */
-    char *status;   /* the report's status, "killed" when vmigrate was the victim */
-    char *holder;   /* the report's vm_holder */
-    char *error;    /* the report's error */
+    bool died;       /* no QEMU holds the VM, and the fault killed the one that did */
+    char *status;    /* the report's status, "killed" when vmigrate was the victim */
+    char *holder;    /* the report's vm_holder */
+    char *error;     /* the report's error */
     GString *broken; /* the rules this run broke */
 } run;
 
@@ -319,7 +326,7 @@ static bool wait_child(pid_t pid, int ms, int *status)
         if (g_get_monotonic_time() >= end) {
             return false;
         }
-        g_usleep(10 * 1000);
+        g_usleep(10000);
     }
 }
 
@@ -370,8 +377,10 @@ static bool inject(run *r, pid_t cli_pid, relay *rl, bool *stopped, int *stopped
         return true;
     }
     case F_QMP_GARBAGE:
-        rl->inject = 1;
-        return true;
+        if (rl) {
+            rl->inject = 1;
+        }
+        return rl != NULL;
     default:
         return false;
     }
@@ -390,8 +399,7 @@ static void read_report(run *r, const char *out_path)
     if (json_object_object_get_ex(o, "status", &v) && json_object_is_type(v, json_type_string)) {
         r->status = g_strdup(json_object_get_string(v));
     }
-    if (json_object_object_get_ex(o, "vm_holder", &v) &&
-        json_object_is_type(v, json_type_string)) {
+    if (json_object_object_get_ex(o, "vm_holder", &v) && json_object_is_type(v, json_type_string)) {
         r->holder = g_strdup(json_object_get_string(v));
     }
     if (json_object_object_get_ex(o, "error", &v) && json_object_is_type(v, json_type_string)) {
@@ -407,7 +415,7 @@ static void read_report(run *r, const char *out_path)
  * line) other than @holder, once they have had SETTLE_MS to go. */
 static int strays_settled(int holder)
 {
-    gint64 end = g_get_monotonic_time() + SETTLE_MS * 1000;
+    gint64 end = g_get_monotonic_time() + (gint64)SETTLE_MS * 1000;
     for (;;) {
         GArray *p = procs_matching(state);
         int n = 0;
@@ -418,7 +426,7 @@ static int strays_settled(int holder)
         if (n == 0 || g_get_monotonic_time() > end) {
             return n;
         }
-        g_usleep(50 * 1000);
+        g_usleep(50000);
     }
 }
 
@@ -431,7 +439,8 @@ static void check_strays(run *r, int holder)
     DIR *d = opendir(state);
     struct dirent *de;
     while (d && (de = readdir(d))) {
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, r->name)) {
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0 &&
+            strcmp(de->d_name, r->name) != 0) {
             rule(r, "stray file %s/%s", state, de->d_name);
         }
     }
@@ -443,23 +452,23 @@ static void check_strays(run *r, int holder)
 static void check(run *r, vmig_engine *e)
 {
     GArray *q = NULL;
-    gint64 end = g_get_monotonic_time() + SETTLE_MS * 1000;
+    gint64 end = g_get_monotonic_time() + (gint64)SETTLE_MS * 1000;
     for (;;) { /* a killed QEMU takes a moment to let go */
-        g_autofree char *needle = g_strdup_printf("guest=%s", r->name);
-        q = procs_matching(needle);
+        g_autofree char *exact = g_strdup_printf("guest=%s", r->name);
+        q = procs_with(state, exact); /* ours: other runs may have a VM of that name */
         if (q->len <= 1 || g_get_monotonic_time() > end) {
             break;
         }
         g_array_free(q, TRUE);
-        g_usleep(50 * 1000);
+        g_usleep(50000);
     }
     int holder_pid = q->len == 1 ? g_array_index(q, int, 0) : 0;
     bool completed = strcmp(r->status, "completed") == 0;
     if (q->len == 0) {
         /* Only a fault that killed the QEMU holding the VM may leave none. */
         bool src_held = r->kind == F_KILL_SRC && !completed;
-        bool dst_held = r->kind == F_KILL_DST && (completed || (r->holder &&
-                                                              !strcmp(r->holder, "destination")));
+        bool dst_held = r->kind == F_KILL_DST &&
+                        (completed || (r->holder && !strcmp(r->holder, "destination")));
         if (!src_held && !dst_held) {
             rule(r, "no QEMU holds the VM (VM lost)");
         }
@@ -499,57 +508,42 @@ static void check(run *r, vmig_engine *e)
     check_strays(r, holder_pid);
 }
 
-static void one_run(unsigned seed, fault_kind kind, vmig_engine *e, tally *t)
+static void start_guest(run *r, vmig_engine *e)
 {
-    run r = {.seed = seed, .kind = kind, .broken = g_string_new(NULL)};
-    GRand *rnd = g_rand_new_with_seed(seed);
-    r.at_ms = g_rand_int_range(rnd, 0, WINDOW_MS);
-    g_rand_free(rnd);
-    g_snprintf(r.name, sizeof(r.name), "f%u", seed);
-    r.dir = g_build_filename(state, r.name, NULL);
-    r.stage = g_strconcat(r.dir, ".incoming", NULL);
-    t->runs++;
-    if (kind == F_DISK_FULL && !tmpfs) {
-        printf("seed %u %-16s skipped: needs root for a tmpfs state directory\n", seed,
-               kind_names[kind]);
-        t->skipped++;
-        g_string_free(r.broken, TRUE);
-        g_free(r.dir);
-        g_free(r.stage);
-        return;
-    }
-
     g_autofree char *json = g_strdup_printf(
         "{\"name\": \"%s\", \"memory_mib\": %d, \"kernel\": \"%s\", "
-        "\"append\": \"vmig.dirty_mib_s=8\"}", r.name, mem_mib, vmig_guest_kernel());
+        "\"append\": \"vmig.dirty_mib_s=8\"}",
+        r->name, mem_mib, vmig_guest_kernel());
     vmig_error *err = NULL;
     vmig_spec *spec = vmig_spec_parse(json, &err);
     if (!spec || !vmig_vm_start(e, spec, VMIG_ACCEL_TCG, &err) ||
-        !vmig_guest_wait_ready(e, r.name, 120000, &err)) {
-        fprintf(stderr, "seed %u: cannot start the guest: %s\n", seed, vmig_error_message(err));
+        !vmig_guest_wait_ready(e, r->name, 120000, &err)) {
+        fprintf(stderr, "seed %u: cannot start the guest: %s\n", r->seed, vmig_error_message(err));
         exit(2);
     }
     vmig_spec_free(spec);
-    r.src_pid = read_pid(r.dir);
-    relay *rl = kind == F_QMP_GARBAGE ? relay_start(r.dir) : NULL;
+    r->src_pid = read_pid(r->dir);
+}
 
-    g_autofree char *out = g_strdup_printf("/tmp/vmig-faults-report-%d.json", getpid());
-    g_autofree char *errlog = g_strdup_printf("/tmp/vmig-faults-stderr-%d.txt", getpid());
-    char *const args[] = {cli, "--state-dir", state, "migrate", "--live",
-                          "--bandwidth", "48", "--stall-timeout", "15", "--json", r.name,
-                          "local", NULL};
+/* Runs the migration with the CLI and injects the fault; vmigrate's exit status. */
+static int drive(run *r, relay *rl, const char *out, const char *errlog, int *took_ms)
+{
+    char *const args[] = {cli,  "--state-dir",     state, "migrate", "--live", "--bandwidth",
+                          "48", "--stall-timeout", "15",  "--json",  r->name,  "local",
+                          NULL};
     gint64 t0 = g_get_monotonic_time();
     pid_t child = spawn_cli(args, out, errlog);
     int status = 0;
-    bool exited = wait_child(child, r.at_ms, &status);
+    bool exited = wait_child(child, r->at_ms, &status);
     /* a fault on the destination waits for one to exist, the socket's for a migration */
-    while (!exited && (kind == F_KILL_DST || kind == F_STOP_DST) && !alive(read_pid(r.stage))) {
+    while (!exited && (r->kind == F_KILL_DST || r->kind == F_STOP_DST) &&
+           !alive(read_pid(r->stage))) {
         exited = wait_child(child, 5, &status);
     }
     bool stopped = false;
     int stopped_pid = 0;
-    while (!exited && !(r.injected = inject(&r, child, rl, &stopped, &stopped_pid)) &&
-           kind == F_CLOSE_SOCKET) {
+    while (!exited && !(r->injected = inject(r, child, rl, &stopped, &stopped_pid)) &&
+           r->kind == F_CLOSE_SOCKET) {
         exited = wait_child(child, 20, &status);
     }
     if (stopped) {
@@ -557,66 +551,46 @@ static void one_run(unsigned seed, fault_kind kind, vmig_engine *e, tally *t)
         kill(stopped_pid, SIGCONT);
     }
     if (!exited && !wait_child(child, CLI_DEADLINE_MS, &status)) {
-        rule(&r, "vmigrate did not finish within %d s", CLI_DEADLINE_MS / 1000);
+        rule(r, "vmigrate did not finish within %d s", CLI_DEADLINE_MS / 1000);
         kill(child, SIGKILL);
         wait_child(child, -1, &status);
     }
-    int took_ms = (int)((g_get_monotonic_time() - t0) / 1000);
-    if (rl) {
-        relay_stop(rl);
-    }
-    if (kind == F_DISK_FULL) {
-        g_autofree char *filler = g_build_filename(state, "filler", NULL);
-        unlink(filler);
-    }
-    g_autofree char *recovered = NULL;
-    if (WIFSIGNALED(status)) {
-        r.status = g_strdup_printf("killed by signal %d", WTERMSIG(status));
-        if (kind != F_KILL_VMIGRATE || WTERMSIG(status) != SIGKILL) {
-            rule(&r, "vmigrate died of signal %d", WTERMSIG(status));
-        }
-        char *const rec[] = {cli, "--state-dir", state, "vm", "recover", r.name, NULL};
-        g_autofree char *rout = g_strdup_printf("/tmp/vmig-faults-recover-%d.txt", getpid());
-        pid_t rc = spawn_cli(rec, rout, errlog);
-        int rs = 0;
-        wait_child(rc, -1, &rs);
-        g_autofree char *said = NULL;
-        g_file_get_contents(rout, &said, NULL, NULL);
-        recovered = g_strdup_printf("; recover: %s", said ? g_strstrip(said) : "");
-        unlink(rout);
-        if (!WIFEXITED(rs) || WEXITSTATUS(rs) != 0) {
-            rule(&r, "vm recover failed (status %d)", rs);
-        }
-    } else {
-        read_report(&r, out);
-        if (!strcmp(r.status, "no report") || !strcmp(r.status, "no status")) {
-            rule(&r, "vmigrate exited (status %d) without a JSON report", WEXITSTATUS(status));
-        }
-    }
-    unlink(out);
-    check(&r, e);
-    g_autofree char *stderr_text = NULL;
-    g_file_get_contents(errlog, &stderr_text, NULL, NULL);
-    unlink(errlog);
+    *took_ms = (int)((g_get_monotonic_time() - t0) / 1000);
+    return status;
+}
 
-    bool ok = r.broken->len == 0;
-    t->injected += r.injected;
-    t->completed += !strcmp(r.status, "completed");
-    t->rolled_back += !strcmp(r.status, "failed") || !strcmp(r.status, "cancelled");
-    t->died_with_qemu += r.died && ok;
-    t->broken += !ok;
-    printf("seed %u %-16s at %4d ms%s: %s in %d ms%s%s%s%s -> %s%s\n", seed, kind_names[kind],
-           r.at_ms, r.injected ? "" : " (not injected: the migration ended first)", r.status,
-           took_ms, r.error ? " (" : "", r.error ? r.error : "", r.error ? ")" : "",
-           recovered ? recovered : "", ok ? "ok" : "BROKEN: ",
-           ok ? (r.died ? "; the VM died with the QEMU the fault killed" : "") : r.broken->str);
-    if (!ok && stderr_text) {
-        printf("  vmigrate's stderr:\n%s\n", stderr_text);
+/* What vmigrate said, or, when it died, what `vm recover` did (returned). */
+static char *outcome(run *r, int status, const char *out, const char *errlog)
+{
+    if (!WIFSIGNALED(status)) {
+        read_report(r, out);
+        if (!strcmp(r->status, "no report") || !strcmp(r->status, "no status")) {
+            rule(r, "vmigrate exited (status %d) without a JSON report", WEXITSTATUS(status));
+        }
+        return NULL;
     }
-    fflush(stdout);
+    r->status = g_strdup_printf("killed by signal %d", WTERMSIG(status));
+    if (r->kind != F_KILL_VMIGRATE || WTERMSIG(status) != SIGKILL) {
+        rule(r, "vmigrate died of signal %d", WTERMSIG(status));
+    }
+    char *const rec[] = {cli, "--state-dir", state, "vm", "recover", r->name, NULL};
+    g_autofree char *rout = g_strdup_printf("/tmp/vmig-faults-recover-%d.txt", getpid());
+    pid_t rc = spawn_cli(rec, rout, errlog);
+    int rs = 0;
+    wait_child(rc, -1, &rs);
+    g_autofree char *said = NULL;
+    g_file_get_contents(rout, &said, NULL, NULL);
+    unlink(rout);
+    if (!WIFEXITED(rs) || WEXITSTATUS(rs) != 0) {
+        rule(r, "vm recover failed (status %d)", rs);
+    }
+    return g_strdup_printf("; recover: %s", said ? g_strstrip(said) : "");
+}
 
-    /* clean up for the next run, whatever happened */
-    vmig_vm_stop(e, r.name, 5000, NULL);
+/* Stops the VM and clears the state directory for the next run, whatever happened. */
+static void clean_up(run *r, vmig_engine *e)
+{
+    vmig_vm_stop(e, r->name, 5000, NULL);
     GArray *left = procs_matching(state);
     for (guint i = 0; i < left->len; i++) {
         kill(g_array_index(left, int, i), SIGKILL);
@@ -627,6 +601,65 @@ static void one_run(unsigned seed, fault_kind kind, vmig_engine *e, tally *t)
     if (system(rm) != 0) {
         fprintf(stderr, "cleaning %s failed\n", state);
     }
+}
+
+static void report(const run *r, tally *t, int took_ms, const char *recovered,
+                   const char *stderr_text)
+{
+    bool ok = r->broken->len == 0;
+    t->injected += r->injected;
+    t->completed += !strcmp(r->status, "completed");
+    t->rolled_back += !strcmp(r->status, "failed") || !strcmp(r->status, "cancelled");
+    t->died_with_qemu += r->died && ok;
+    t->broken += !ok;
+    printf("seed %u %-16s at %4d ms%s: %s in %d ms%s%s%s%s -> %s%s\n", r->seed, kind_names[r->kind],
+           r->at_ms, r->injected ? "" : " (not injected: the migration ended first)", r->status,
+           took_ms, r->error ? " (" : "", r->error ? r->error : "", r->error ? ")" : "",
+           recovered ? recovered : "", ok ? "ok" : "BROKEN: ",
+           ok ? (r->died ? "; the VM died with the QEMU the fault killed" : "") : r->broken->str);
+    if (!ok && stderr_text) {
+        printf("  vmigrate's stderr:\n%s\n", stderr_text);
+    }
+    fflush(stdout);
+}
+
+static void one_run(unsigned seed, fault_kind kind, vmig_engine *e, tally *t)
+{
+    t->runs++;
+    if (kind == F_DISK_FULL && !tmpfs) {
+        printf("seed %u %-16s skipped: needs root for a tmpfs state directory\n", seed,
+               kind_names[kind]);
+        t->skipped++;
+        return;
+    }
+    run r = {.seed = seed, .kind = kind, .broken = g_string_new(NULL)};
+    GRand *rnd = g_rand_new_with_seed(seed);
+    r.at_ms = g_rand_int_range(rnd, 0, WINDOW_MS);
+    g_rand_free(rnd);
+    g_snprintf(r.name, sizeof(r.name), "f%u", seed);
+    r.dir = g_build_filename(state, r.name, NULL);
+    r.stage = g_strconcat(r.dir, ".incoming", NULL);
+    start_guest(&r, e);
+    relay *rl = kind == F_QMP_GARBAGE ? relay_start(r.dir) : NULL;
+    g_autofree char *out = g_strdup_printf("/tmp/vmig-faults-report-%d.json", getpid());
+    g_autofree char *errlog = g_strdup_printf("/tmp/vmig-faults-stderr-%d.txt", getpid());
+    int took_ms = 0;
+    int status = drive(&r, rl, out, errlog, &took_ms);
+    if (rl) {
+        relay_stop(rl);
+    }
+    if (kind == F_DISK_FULL) {
+        g_autofree char *filler = g_build_filename(state, "filler", NULL);
+        unlink(filler);
+    }
+    g_autofree char *recovered = outcome(&r, status, out, errlog);
+    unlink(out);
+    check(&r, e);
+    g_autofree char *stderr_text = NULL;
+    g_file_get_contents(errlog, &stderr_text, NULL, NULL);
+    unlink(errlog);
+    report(&r, t, took_ms, recovered, stderr_text);
+    clean_up(&r, e);
     g_free(r.status);
     g_free(r.holder);
     g_free(r.error);
@@ -653,33 +686,37 @@ static void cleanup_state(void)
     rmdir(state);
 }
 
-int main(int argc, char **argv)
+typedef struct opts {
+    int runs, only;
+    unsigned base;
+    const char *regressions;
+} opts;
+
+/* 0, or the exit status for a wrong command line. */
+static int parse_args(int argc, char **argv, opts *o)
 {
-    int runs = 16, only = -1;
-    unsigned base = 1;
-    const char *regressions = NULL;
-    static const struct option opts[] = {
+    static const struct option longopts[] = {
         {"runs", required_argument, NULL, 'n'}, {"seed", required_argument, NULL, 's'},
         {"kind", required_argument, NULL, 'k'}, {"regressions", required_argument, NULL, 'r'},
         {"mem", required_argument, NULL, 'm'},  {0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
         case 'n':
-            runs = atoi(optarg);
+            o->runs = atoi(optarg);
             break;
         case 's':
-            base = (unsigned)strtoul(optarg, NULL, 10);
+            o->base = (unsigned)strtoul(optarg, NULL, 10);
             break;
         case 'k':
-            if ((only = kind_by_name(optarg)) < 0) {
+            if ((o->only = kind_by_name(optarg)) < 0) {
                 fprintf(stderr, "vmig-faults: unknown fault kind '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'r':
-            regressions = optarg;
+            o->regressions = optarg;
             break;
         case 'm':
             mem_mib = atoi(optarg);
@@ -690,61 +727,90 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    cli = g_strdup(getenv("VMIG_CLI"));
-    if (!cli || !vmig_guest_kernel()) {
-        fprintf(stderr, "vmig-faults: set VMIG_CLI and VMIG_GUEST\n");
-        return 2;
-    }
-    state = g_strdup("/tmp/vmig-faults-XXXXXX");
-    if (!g_mkdtemp_full(state, 0700)) {
-        perror("mkdtemp");
-        return 2;
-    }
-    tmpfs = getuid() == 0 && mount("tmpfs", state, "tmpfs", MS_NOSUID | MS_NODEV,
-                                   "size=32m,mode=0700") == 0;
-    atexit(cleanup_state);
-    vmig_error *err = NULL;
-    vmig_engine *e = vmig_engine_new(state, &err);
-    if (!e) {
-        fprintf(stderr, "vmig-faults: %s\n", vmig_error_message(err));
-        return 2;
-    }
-    int version = vmig_engine_qemu_version(e, NULL, &err);
-    if (version > 0 && version < 90000) {
-        fprintf(stderr, "vmig-faults: QEMU %d.%d loses guest writes under TCG in live "
-                        "migration: run the matrix on QEMU >= 9.0\n", version / 10000,
-                version / 100 % 100);
-        return 2;
-    }
-    printf("fault matrix: state %s%s, guest %d MiB dirtying 8 MiB/s, 48 MiB/s cap, faults in "
-           "the first %d ms\n", state, tmpfs ? " (tmpfs, 32 MiB)" : "", mem_mib, WINDOW_MS);
-    tally t[F_COUNT] = {{0}};
-    if (regressions) {
-        g_autofree char *text = NULL;
-        g_file_get_contents(regressions, &text, NULL, NULL);
-        g_auto(GStrv) lines = g_strsplit(text ? text : "", "\n", -1);
-        for (char **l = lines; *l; l++) {
-            unsigned seed = 0;
-            char kind[32];
-            if (**l != '#' && sscanf(*l, "%u %31s", &seed, kind) == 2 && kind_by_name(kind) >= 0) {
-                one_run(seed, (fault_kind)kind_by_name(kind), e, &t[kind_by_name(kind)]);
-            }
+    return 0;
+}
+
+static void replay(const char *path, vmig_engine *e, tally *t)
+{
+    g_autofree char *text = NULL;
+    g_file_get_contents(path, &text, NULL, NULL);
+    g_auto(GStrv) lines = g_strsplit(text ? text : "", "\n", -1);
+    for (char **l = lines; *l; l++) {
+        unsigned seed = 0;
+        char kind[32];
+        if (**l != '#' && sscanf(*l, "%u %31s", &seed, kind) == 2 && kind_by_name(kind) >= 0) {
+            one_run(seed, (fault_kind)kind_by_name(kind), e, &t[kind_by_name(kind)]);
         }
     }
-    for (int i = 0; i < runs; i++) {
-        unsigned seed = base + (unsigned)i;
-        fault_kind k = only >= 0 ? (fault_kind)only : (fault_kind)(seed % F_COUNT);
-        one_run(seed, k, e, &t[k]);
-    }
-    vmig_engine_free(e);
+}
+
+/* Prints the counts by fault kind; how many runs broke a rule. */
+static int print_table(const tally *t)
+{
     int broken = 0;
     printf("\n%-16s %5s %8s %9s %11s %14s %6s %7s\n", "fault", "runs", "injected", "completed",
            "rolled back", "died with QEMU", "broken", "skipped");
     for (int k = 0; k < F_COUNT; k++) {
         printf("%-16s %5d %8d %9d %11d %14d %6d %7d\n", kind_names[k], t[k].runs, t[k].injected,
-               t[k].completed, t[k].rolled_back, t[k].died_with_qemu, t[k].broken,
-               t[k].skipped);
+               t[k].completed, t[k].rolled_back, t[k].died_with_qemu, t[k].broken, t[k].skipped);
         broken += t[k].broken;
     }
-    return broken ? 1 : 0;
+    return broken;
+}
+
+/* The engine on a fresh state directory (a tmpfs as root), on a QEMU that keeps guest writes. */
+static vmig_engine *set_up(void)
+{
+    state = g_strdup("/tmp/vmig-faults-XXXXXX");
+    if (!g_mkdtemp_full(state, 0700)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    tmpfs = getuid() == 0 &&
+            mount("tmpfs", state, "tmpfs", MS_NOSUID | MS_NODEV, "size=32m,mode=0700") == 0;
+    atexit(cleanup_state);
+    vmig_error *err = NULL;
+    vmig_engine *e = vmig_engine_new(state, &err);
+    if (!e) {
+        fprintf(stderr, "vmig-faults: %s\n", vmig_error_message(err));
+        exit(2);
+    }
+    int version = vmig_engine_qemu_version(e, NULL, &err);
+    if (version > 0 && version < 90000) {
+        fprintf(stderr,
+                "vmig-faults: QEMU %d.%d loses guest writes under TCG in live "
+                "migration: run the matrix on QEMU >= 9.0\n",
+                version / 10000, version / 100 % 100);
+        exit(2);
+    }
+    return e;
+}
+
+int main(int argc, char **argv)
+{
+    opts o = {.runs = 16, .only = -1, .base = 1};
+    int bad = parse_args(argc, argv, &o);
+    if (bad) {
+        return bad;
+    }
+    cli = g_strdup(getenv("VMIG_CLI"));
+    if (!cli || !vmig_guest_kernel()) {
+        fprintf(stderr, "vmig-faults: set VMIG_CLI and VMIG_GUEST\n");
+        return 2;
+    }
+    vmig_engine *e = set_up();
+    printf("fault matrix: state %s%s, guest %d MiB dirtying 8 MiB/s, 48 MiB/s cap, faults in "
+           "the first %d ms\n",
+           state, tmpfs ? " (tmpfs, 32 MiB)" : "", mem_mib, WINDOW_MS);
+    tally t[F_COUNT] = {{0}};
+    if (o.regressions) {
+        replay(o.regressions, e, t);
+    }
+    for (int i = 0; i < o.runs; i++) {
+        unsigned seed = o.base + (unsigned)i;
+        fault_kind k = o.only >= 0 ? (fault_kind)o.only : (fault_kind)(seed % F_COUNT);
+        one_run(seed, k, e, &t[k]);
+    }
+    vmig_engine_free(e);
+    return print_table(t) ? 1 : 0;
 }

@@ -87,8 +87,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         qmp_conn_start(r.c, 1000, on_ready, &r);
         qmp_call(r.c, "query-version", NULL, 0, 1000, on_reply, &r);
         qmp_call(r.c, "query-cpus-fast", NULL, 0, 1000, on_reply, &r);
-        for (int i = 0; i < 1000 && (qmp_conn_alive(r.c) || !r.ready_done ||
-                                     qmp_conn_pending(r.c) > 0); i++) {
+        for (int i = 0;
+             i < 1000 && (qmp_conn_alive(r.c) || !r.ready_done || qmp_conn_pending(r.c) > 0); i++) {
             if (ring_dispatch(the_ring, 100) < 0) {
                 break;
             }

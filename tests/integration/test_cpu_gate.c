@@ -13,10 +13,11 @@
 
 #define READY_MS 120000
 
-#define RUN(...)                                                                               \
-    ({                                                                                         \
-        const char *const args_[] = {__VA_ARGS__ __VA_OPT__(, ) NULL};                         \
-        t_cli(args_);                                                                          \
+/* The CLI with these arguments, RUN(NULL) with none (no __VA_OPT__: cppcheck 2.10 lacks it). */
+#define RUN(...)                                                                                   \
+    ({                                                                                             \
+        const char *const args_[] = {__VA_ARGS__, NULL};                                           \
+        t_cli(args_);                                                                              \
     })
 
 static char *cpudata(const char *rel)
@@ -36,11 +37,10 @@ static int start_with(const char *cpu, GPtrArray *ret_gaps, char **ret_err)
     const char *qemu = getenv("VMIG_QEMU");
     cr_assert_not_null(qemu, "VMIG_QEMU is not set");
     g_autofree char *arg = g_strdup_printf("%s,enforce", cpu);
-    const char *const argv[] = {
-        "/bin/sh", "-c",
+    const char *script =
         "printf '{\"execute\":\"qmp_capabilities\"}\\n{\"execute\":\"quit\"}\\n' | "
-        "\"$0\" -machine pc -accel tcg -cpu \"$1\" -nodefaults -display none -S -qmp stdio",
-        qemu, arg, NULL};
+        "\"$0\" -machine pc -accel tcg -cpu \"$1\" -nodefaults -display none -S -qmp stdio";
+    const char *const argv[] = {"/bin/sh", "-c", script, qemu, arg, NULL};
     t_run_result r = t_run(argv);
     g_auto(GStrv) lines = g_strsplit(r.err, "\n", -1);
     for (int i = 0; lines[i]; i++) {
@@ -64,16 +64,14 @@ static int start_with(const char *cpu, GPtrArray *ret_gaps, char **ret_err)
 static GHashTable *tcg_max(void)
 {
     g_autofree char *dir = t_state_dir_new();
-    t_run_result r = RUN("--state-dir", dir, "cpu", "host", "--qemu-model", "--json",
-                         "--features");
+    t_run_result r = RUN("--state-dir", dir, "cpu", "host", "--qemu-model", "--json", "--features");
     cr_assert(eq(int, r.status, 0), "%s", r.err);
     json_object *o = json_tokener_parse(r.out);
     cr_assert_not_null(o, "%s", r.out);
     GHashTable *set = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     json_object *req = json_object_object_get(o, "require");
     for (size_t i = 0; i < json_object_array_length(req); i++) {
-        g_hash_table_add(set, g_strdup(json_object_get_string(json_object_array_get_idx(req,
-                                                                                        i))));
+        g_hash_table_add(set, g_strdup(json_object_get_string(json_object_array_get_idx(req, i))));
     }
     json_object_put(o);
     t_run_result_clear(&r);
@@ -102,7 +100,7 @@ Test(cpu_qemu_args, every_raw_dump_decodes_to_a_cpu_qemu_starts_with_enforce, .t
         cr_assert(eq(int, d.status, 0), "%s: %s", dumps[i], d.err);
         g_strchomp(d.out);
         /* nothing only a physical host has */
-        static const char *const host_only[] = {",+ds,", ",+tm,", ",+pbe,", ",+est,",
+        static const char *const host_only[] = {",+ds,",  ",+tm,",  ",+pbe,",     ",+est,",
                                                 ",+tm2,", ",+smx,", ",+monitor,", ",+osxsave,"};
         g_autofree char *padded = g_strdup_printf("%s,", d.out);
         for (size_t k = 0; k < G_N_ELEMENTS(host_only); k++) {
@@ -119,8 +117,10 @@ Test(cpu_qemu_args, every_raw_dump_decodes_to_a_cpu_qemu_starts_with_enforce, .t
             g_autoptr(GPtrArray) gaps = g_ptr_array_new_with_free_func(g_free);
             g_free(err);
             status = start_with(rest->str, gaps, &err);
-            cr_assert(status == 0 || gaps->len > 0, "%s: -cpu %s: QEMU failed for another "
-                      "reason: %s", dumps[i], rest->str, err);
+            cr_assert(status == 0 || gaps->len > 0,
+                      "%s: -cpu %s: QEMU failed for another "
+                      "reason: %s",
+                      dumps[i], rest->str, err);
             for (guint k = 0; k < gaps->len; k++) {
                 const char *f = g_ptr_array_index(gaps, k);
                 cr_assert(not(g_hash_table_contains(max, f)),
@@ -208,8 +208,7 @@ Test(cpu_gate, an_amd_vm_moves_under_tcg_to_a_host_whose_cpu_file_is_intel)
     cr_assert(eq(str, st.cpu_check, "passed"));
     vmig_engine *other_eng = t_engine(other);
     uint64_t pages = 0;
-    cr_assert(vmig_guest_verify(other_eng, "amdvm", &pages, &err), "%s",
-              vmig_error_message(err));
+    cr_assert(vmig_guest_verify(other_eng, "amdvm", &pages, &err), "%s", vmig_error_message(err));
     cr_assert(gt(u64, pages, 10000), "a 64 MiB guest verified on the destination: %lu pages",
               (unsigned long)pages);
     cr_assert(vmig_vm_stop(other_eng, "amdvm", 5000, NULL));
@@ -253,8 +252,7 @@ Test(cpu_cli, models_list_every_name_with_features_as_arrays, .timeout = 60)
         if (!strcmp(json_object_get_string(json_object_object_get(m, "versioned")),
                     "IvyBridge-v2")) {
             ivb = true;
-            cr_assert(eq(str, (char *)json_object_get_string(json_object_array_get_idx(aliases,
-                                                                                       0)),
+            cr_assert(eq(str, (char *)json_object_get_string(json_object_array_get_idx(aliases, 0)),
                          "IvyBridge-IBRS"));
         }
     }
@@ -273,7 +271,8 @@ Test(cpu_cli, libvirt_files_load_and_host_only_bits_are_named_once, .timeout = 6
     cr_assert_not_null(strstr(r.out, "<feature name='mbm_total'/>"), "kept for the host");
     g_autofree char *note = g_strdup_printf("note: %s: osxsave cmt mbm_total mbm_local: "
                                             "host-only, no guest gets them, so they never "
-                                            "migrate\n", host);
+                                            "migrate\n",
+                                            host);
     const char *at = strstr(r.err, note);
     cr_assert_not_null(at, "%s", r.err);
     cr_assert_null(strstr(at + strlen(note), "host-only"), "once: %s", r.err);
@@ -281,10 +280,9 @@ Test(cpu_cli, libvirt_files_load_and_host_only_bits_are_named_once, .timeout = 6
     r = RUN("cpu", "decode", "--json", "--guest", host);
     expect_run(&r, 0);
     json_object *o = json_tokener_parse(r.out);
-    cr_assert(eq(str, (char *)json_object_get_string(json_object_object_get(o, "vendor")),
-                 "Intel"), "the vendor as the XML writes it");
-    cr_assert(eq(str, (char *)json_object_get_string(json_object_object_get(o, "type")),
-                 "guest"));
+    cr_assert(eq(str, (char *)json_object_get_string(json_object_object_get(o, "vendor")), "Intel"),
+              "the vendor as the XML writes it");
+    cr_assert(eq(str, (char *)json_object_get_string(json_object_object_get(o, "type")), "guest"));
     cr_assert_null(strstr(r.out, "mbm_total"), "never for a guest");
     cr_assert_null(strstr(r.out, "\"ds\""), "KVM gives no guest ds");
     json_object_put(o);
@@ -296,8 +294,10 @@ Test(cpu_cli, compare_asks_which_cpu_of_a_file_holding_several, .timeout = 60)
     g_autofree char *kbl = cpudata("libvirt/x86_64-cpuid-Core-i7-8550U.xml");
     g_autofree char *dir = t_state_dir_new();
     g_autofree char *two = g_build_filename(dir, "two.xml", NULL);
-    cr_assert(g_file_set_contents(two, "<cpus><cpu><model>IvyBridge</model></cpu>"
-                                       "<cpu><model>Haswell</model></cpu></cpus>", -1, NULL));
+    cr_assert(g_file_set_contents(two,
+                                  "<cpus><cpu><model>IvyBridge</model></cpu>"
+                                  "<cpu><model>Haswell</model></cpu></cpus>",
+                                  -1, NULL));
     t_run_result r = RUN("cpu", "compare", kbl, two);
     expect_run(&r, 1);
     cr_assert_not_null(strstr(r.err, "holds 2 <cpu> blocks: say which with --index N (1 to 2)"),
@@ -329,9 +329,10 @@ Test(cpu_cli, baseline_of_any_mix_prints_a_cpu_qemu_starts, .timeout = 120)
     cr_assert(g_str_has_prefix(r.out, "IvyBridge"), "%s", r.out);
     cr_assert_null(strstr(r.out, "+vmx"), "the i7-3770's host model has no vmx: %s", r.out);
     cr_assert_null(strstr(r.out, "+ds,"), "%s", r.out);
-    static const char *const inputs[4] = {"8550U.xml: removed: ", "2609-v3-host.xml: removed: ",
-                                          "3770-json.xml: removed: ", "IvyBridgeEP_CPUID.txt: "
-                                                                      "removed: "};
+    static const char *const inputs[4] = {
+        "8550U.xml: removed: ", "2609-v3-host.xml: removed: ", "3770-json.xml: removed: ",
+        "IvyBridgeEP_CPUID.txt: "
+        "removed: "};
     for (size_t i = 0; i < 4; i++) {
         cr_assert_not_null(strstr(r.err, inputs[i]), "--explain names each input: %s", r.err);
     }

@@ -3,13 +3,13 @@
  * the library.  Every test ends by checking that no QEMU and no file is left behind.
  */
 #include <criterion/criterion.h>
-#include <glib/gstdio.h>
 #include <criterion/new/assert.h>
+#include <glib/gstdio.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <string.h>
 #include <unistd.h>
 
 #include "common/json.h"
@@ -76,12 +76,11 @@ Test(migrate, idle_guest)
     t_live_opts(&o);
     vmig_migration_stats st;
     vmig_error *err = NULL;
-    cr_assert(vmig_migrate(eng, "idle", &o, NULL, NULL, &st, &err), "%s",
-              vmig_error_message(err));
+    cr_assert(vmig_migrate(eng, "idle", &o, NULL, NULL, &st, &err), "%s", vmig_error_message(err));
     cr_assert(eq(str, st.status, "completed"));
     cr_assert(gt(u64, st.downtime_ms, 0));
     cr_assert(gt(u64, st.qemu_downtime_ms, 0), "QEMU's own downtime figure is read after it "
-                                                "is computed");
+                                               "is computed");
     cr_assert(eq(str, st.cpu_check, "passed"), "the destination QEMU's max model runs qemu64");
     cr_assert(ge(u64, st.transferred_bytes, st.total_bytes / 2),
               "the pattern pages are not zero: most of RAM must cross");
@@ -188,8 +187,8 @@ Test(migrate, vm_list_sees_a_running_migration)
     int64_t t0 = vmig_now_ms();
     /* --timeout: the point is that the reader monitor answers at all while the engine holds
      * the other; how fast is a figure for bench/embed.py, not a pass mark here */
-    const char *const args[] = {"--state-dir", state, "vm", "list", "--json", "--timeout", "5000",
-                                NULL};
+    const char *const args[] = {"--state-dir", state,       "vm",   "list",
+                                "--json",      "--timeout", "5000", NULL};
     t_run_result r = t_cli(args);
     int64_t took = vmig_now_ms() - t0;
     cr_assert(eq(int, r.status, 0), "%s", r.err);
@@ -304,8 +303,8 @@ Test(migrate, stalled_migration_rolls_back)
     cr_assert(eq(int, vmig_error_code(err), VMIG_E_TIMEOUT), "%s", vmig_error_message(err));
     cr_assert_not_null(strstr(vmig_error_message(err), "made no progress for 3 s"), "%s",
                        vmig_error_message(err));
-    cr_assert_not_null(strstr(vmig_error_message(err), "VM 'stuck' is running on the source"),
-                       "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "VM 'stuck' is running on the source"), "%s",
+                       vmig_error_message(err));
     cr_assert(lt(i64, vmig_now_ms() - t0, 14000), "noticed in seconds, not at the stream's end");
     vmig_error_free(err);
     err = NULL;
@@ -336,8 +335,10 @@ Test(migrate, a_destination_left_by_a_dead_vmigrate_is_cleaned_up)
     cr_assert(vmig_migrate(eng, "orphaned", &o, NULL, NULL, &st, &err), "%s",
               vmig_error_message(err));
     expect_only("orphaned", "running");
-    cr_assert(not(eng_vm_alive(&(eng_vm){.pid = opid})), "the stale destination (pid %d) is "
-                                                         "gone", opid);
+    cr_assert(not(eng_vm_alive(&(eng_vm){.pid = opid})),
+              "the stale destination (pid %d) is "
+              "gone",
+              opid);
     cr_assert(vmig_guest_verify(eng, "orphaned", NULL, &err), "%s", vmig_error_message(err));
 }
 
@@ -411,7 +412,7 @@ static int leave_half_migrated(const char *name, dest_fate fate)
               vmig_error_message(err));
     char st[32] = "";
     for (int i = 0; i < 600 && strcmp(st, "paused") != 0; i++) {
-        g_usleep(100 * 1000);
+        g_usleep(100000);
         cr_assert_not_null(eng_vm_run_state(dst, st, sizeof(st), &err), "%s",
                            vmig_error_message(err));
     }
@@ -488,7 +489,8 @@ Test(migrate, a_destination_that_cannot_start_rolls_back)
     cr_assert(g_file_get_contents(vmig_guest_kernel(), &text, &len, NULL));
     cr_assert(g_file_set_contents(kernel, text, (gssize)len, NULL));
     g_autofree char *json = g_strdup_printf("{\"name\": \"nokernel\", \"memory_mib\": 64, "
-                                            "\"kernel\": \"%s\"}", kernel);
+                                            "\"kernel\": \"%s\"}",
+                                            kernel);
     vmig_error *err = NULL;
     g_autoptr(vmig_spec) spec = vmig_spec_parse(json, &err);
     cr_assert_not_null(spec, "%s", vmig_error_message(err));
@@ -663,8 +665,7 @@ Test(migrate, paused_migration_keeps_the_vm_paused_state)
     o.live = false;
     vmig_migration_stats st;
     vmig_error *err = NULL;
-    cr_assert(vmig_migrate(eng, "cold", &o, NULL, NULL, &st, &err), "%s",
-              vmig_error_message(err));
+    cr_assert(vmig_migrate(eng, "cold", &o, NULL, NULL, &st, &err), "%s", vmig_error_message(err));
     expect_only("cold", "running");
     cr_assert(ge(u64, st.downtime_ms, st.qemu_total_ms / 2),
               "a non-live migration is all downtime");
@@ -743,15 +744,14 @@ Test(migrate, check_catches_a_page_corrupted_in_the_stream)
     cr_assert(not(eng_guest_verify(dst, NULL, &err)));
     cr_assert(eq(int, vmig_error_code(err), VMIG_E_VERIFY));
     cr_assert_not_null(strstr(vmig_error_message(err), "1 of "), "%s", vmig_error_message(err));
-    cr_assert_not_null(strstr(vmig_error_message(err), "page 1234"), "%s",
-                       vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "page 1234"), "%s", vmig_error_message(err));
     cr_assert_not_null(strstr(vmig_error_message(err), "corrupted contents"));
     vmig_error_free(err);
     cr_assert(eng_vm_kill_sync(dst, 5000, NULL));
     eng_vm_remove_dir(dst->dir);
 }
 
-/* ---- the CPU gate ------------------------------------------------------------------------------ */
+/* ---- the CPU gate ---------------------------------------------------------------------------- */
 
 /* Under KVM the destination offers its host CPU, here as an agent would report it (a
  * host-cpu.xml).  Under TCG it offers TCG's max model whatever its host CPU (issue 10), so a
@@ -766,8 +766,10 @@ Test(migrate, cpu_gate_refuses_a_destination_lacking_features)
     g_autofree char *other = t_state_dir_new();
     g_autofree char *host_cpu = g_build_filename(other, "host-cpu.xml", NULL);
     /* the destination host, as an agent would report it: a 32-bit CPU */
-    cr_assert(g_file_set_contents(host_cpu, "<cpu><vendor>AMD</vendor><model>qemu32</model>"
-                                            "</cpu>", -1, NULL));
+    cr_assert(g_file_set_contents(host_cpu,
+                                  "<cpu><vendor>AMD</vendor><model>qemu32</model>"
+                                  "</cpu>",
+                                  -1, NULL));
     g_autofree char *dest = g_strdup_printf("local:%s", other);
     int qemus = t_qemu_count(state);
     vmig_migrate_opts o;
@@ -791,8 +793,7 @@ Test(migrate, cpu_gate_refuses_a_destination_lacking_features)
 
     /* --force overrides it (the destination here is really this host, so it works) */
     o.force = true;
-    cr_assert(vmig_migrate(eng, "cpuvm", &o, NULL, NULL, &st, &err), "%s",
-              vmig_error_message(err));
+    cr_assert(vmig_migrate(eng, "cpuvm", &o, NULL, NULL, &st, &err), "%s", vmig_error_message(err));
     cr_assert(eq(str, st.cpu_check, "forced"));
     vmig_engine *other_eng = t_engine(other);
     cr_assert(vmig_guest_verify(other_eng, "cpuvm", NULL, &err), "%s", vmig_error_message(err));

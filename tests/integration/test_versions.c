@@ -114,8 +114,14 @@ Test(versions, live_tcg_migration_on_old_qemu_is_refused)
     start_on(qemu_old, "lossy", NULL, 40);
     vmig_migrate_opts o;
     vmig_migrate_opts_init(&o);
-    const char *const needles[] = {"refusing to migrate VM 'lossy' live", v_old, "TCG",
-                                   "QEMU 9.0", "03bfc2188f", "without --live", "--unsafe", NULL};
+    const char *const needles[] = {"refusing to migrate VM 'lossy' live",
+                                   v_old,
+                                   "TCG",
+                                   "QEMU 9.0",
+                                   "03bfc2188f",
+                                   "without --live",
+                                   "--unsafe",
+                                   NULL};
     expect_refused("lossy", &o, needles);
 }
 
@@ -129,8 +135,7 @@ Test(versions, unsafe_migrates_live_on_old_qemu_anyway)
     vmig_error *err = NULL;
     /* Only completion is asserted: on this QEMU the guest's data may be lost, which is what
      * --unsafe accepts. */
-    cr_assert(vmig_migrate(eng, "risky", &o, NULL, NULL, &st, &err), "%s",
-              vmig_error_message(err));
+    cr_assert(vmig_migrate(eng, "risky", &o, NULL, NULL, &st, &err), "%s", vmig_error_message(err));
     cr_assert(eq(str, st.status, "completed"));
     bool warned = false;
     for (guint i = 0; i < warnings->len; i++) {

@@ -24,11 +24,11 @@ typedef struct t_step {
     int ms;
 } t_step;
 
-#define T_GREETING                                                                             \
-    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "          \
+#define T_GREETING                                                                                 \
+    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "             \
     "\"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n"
-#define T_GREETING_NO_OOB                                                                      \
-    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 0, \"major\": 6}, "           \
+#define T_GREETING_NO_OOB                                                                          \
+    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 0, \"major\": 6}, "              \
     "\"package\": \"\"}, \"capabilities\": []}}\r\n"
 
 typedef struct t_fake t_fake;

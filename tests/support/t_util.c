@@ -65,7 +65,7 @@ static int count_entries(const char *dir, GString *names)
     DIR *d = opendir(dir);
     struct dirent *de;
     while (d && (de = readdir(d))) {
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
             g_string_append_printf(names, " %s", de->d_name);
             n++;
         }
@@ -100,7 +100,7 @@ static void kill_qemus(const char *needle)
             continue;
         }
         for (gsize i = 0; i + 1 < len; i++) {
-            cmd[i] = cmd[i] ? cmd[i] : ' ';
+            cmd[i] = (char)(cmd[i] ? cmd[i] : ' ');
         }
         if (strstr(cmd, "qemu") && strstr(cmd, needle)) {
             kill(pid, SIGKILL);

@@ -38,13 +38,13 @@ int t_qemu_version(void);
  * TCG.  vmigrate refuses such migrations unless told --unsafe. */
 bool t_qemu_loses_tcg_writes(void);
 /* Skips the calling test when it would check a guest that migrated live on such a QEMU. */
-#define T_SKIP_IF_QEMU_LOSES_WRITES()                                                          \
-    do {                                                                                       \
-        if (t_qemu_loses_tcg_writes()) {                                                       \
-            cr_skip_test("QEMU %d.%d under TCG loses guest writes in live migration: this "   \
-                         "test checks a dirtying guest after one (run it on QEMU >= 9.0)",    \
-                         t_qemu_version() / 10000, t_qemu_version() / 100 % 100);             \
-        }                                                                                      \
+#define T_SKIP_IF_QEMU_LOSES_WRITES()                                                              \
+    do {                                                                                           \
+        if (t_qemu_loses_tcg_writes()) {                                                           \
+            cr_skip_test("QEMU %d.%d under TCG loses guest writes in live migration: this "        \
+                         "test checks a dirtying guest after one (run it on QEMU >= 9.0)",         \
+                         t_qemu_version() / 10000, t_qemu_version() / 100 % 100);                  \
+        }                                                                                          \
     } while (0)
 /* Options for a live migration whose guest is idle, or whose result is not checked: on a
  * QEMU that loses writes it needs --unsafe, which is harmless there. */

@@ -128,8 +128,7 @@ Test(abi, vm_list_strides_an_older_array, .timeout = 30)
         g_autofree char *vdir = g_build_filename(dir, names[i], NULL);
         g_autofree char *spec = g_build_filename(vdir, "spec.json", NULL);
         cr_assert(eq(int, g_mkdir_with_parents(vdir, 0700), 0));
-        g_autofree char *json = g_strdup_printf("{\"name\": \"%s\", \"memory_mib\": 64}",
-                                                names[i]);
+        g_autofree char *json = g_strdup_printf("{\"name\": \"%s\", \"memory_mib\": 64}", names[i]);
         cr_assert(g_file_set_contents(spec, json, -1, NULL));
     }
     vmig_engine *e = vmig_engine_new(dir, NULL);

@@ -90,12 +90,11 @@ Test(cpu_table, libvirt_spellings)
     cr_assert(eq(int, cpu_feature_index("sse4_1"), cpu_feature_index("sse4.1")));
     cr_assert(eq(int, cpu_feature_index("lahf_lm"), cpu_feature_index("lahf-lm")));
     cr_assert(eq(int, cpu_feature_index("no-such-feature"), -1));
-    cr_assert(eq(str, (char *)cpu_feature_libvirt_name(cpu_feature_index("pclmulqdq")),
-                 "pclmuldq"));
-    cr_assert(eq(str, (char *)cpu_feature_libvirt_name(cpu_feature_index("tsc-adjust")),
-                 "tsc_adjust"));
-    cr_assert(eq(str, (char *)cpu_feature_libvirt_name(cpu_feature_index("md-clear")),
-                 "md-clear"));
+    cr_assert(
+        eq(str, (char *)cpu_feature_libvirt_name(cpu_feature_index("pclmulqdq")), "pclmuldq"));
+    cr_assert(
+        eq(str, (char *)cpu_feature_libvirt_name(cpu_feature_index("tsc-adjust")), "tsc_adjust"));
+    cr_assert(eq(str, (char *)cpu_feature_libvirt_name(cpu_feature_index("md-clear")), "md-clear"));
     cr_assert(not(cpu_feature_migratable(cpu_feature_index("invtsc"))));
     cr_assert(cpu_feature_migratable(cpu_feature_index("avx2")));
 }
@@ -177,20 +176,25 @@ static char *kvm_of(const char *host, const char *vendor)
 Test(cpu_kvm, guest_view_of_a_host)
 {
     g_autofree char *intel = kvm_of("sse2 ds monitor vmx spec-ctrl stibp ssbd pku rtm taa-no "
-                                    "osxsave invtsc pdcm", "GenuineIntel");
-    cr_assert(eq(str, intel, "vmx x2apic tsc-deadline hypervisor sse2 arat tsc-adjust rtm "
-                             "umip spec-ctrl stibp arch-capabilities ssbd ibpb ibrs amd-stibp "
-                             "amd-ssbd skip-l1dfl-vmentry pschange-mc-no taa-no"),
+                                    "osxsave invtsc pdcm",
+                                    "GenuineIntel");
+    cr_assert(eq(str, intel,
+                 "vmx x2apic tsc-deadline hypervisor sse2 arat tsc-adjust rtm "
+                 "umip spec-ctrl stibp arch-capabilities ssbd ibpb ibrs amd-stibp "
+                 "amd-ssbd skip-l1dfl-vmentry pschange-mc-no taa-no"),
               "ds, monitor, osxsave, pdcm, invtsc and pku (no OSPKE) hidden, the rest added");
     /* TAA needs TSX: without rtm, KVM clears taa-no */
     g_autofree char *no_tsx = kvm_of("sse2 taa-no", "GenuineIntel");
     cr_assert_null(strstr(no_tsx, "taa-no"), "%s", no_tsx);
     g_autofree char *amd = kvm_of("sse2 svm npt lbrv ibpb ibrs amd-stibp amd-ssbd monitor "
-                                  "perfctr-core", "AuthenticAMD");
-    cr_assert(eq(str, amd, "x2apic tsc-deadline hypervisor sse2 arat tsc-adjust spec-ctrl stibp "
-                           "arch-capabilities ssbd svm ibpb ibrs amd-stibp amd-ssbd virt-ssbd "
-                           "npt svme-addr-chk rdctl-no skip-l1dfl-vmentry mds-no "
-                           "pschange-mc-no"), "%s", amd);
+                                  "perfctr-core",
+                                  "AuthenticAMD");
+    cr_assert(eq(str, amd,
+                 "x2apic tsc-deadline hypervisor sse2 arat tsc-adjust spec-ctrl stibp "
+                 "arch-capabilities ssbd svm ibpb ibrs amd-stibp amd-ssbd virt-ssbd "
+                 "npt svme-addr-chk rdctl-no skip-l1dfl-vmentry mds-no "
+                 "pschange-mc-no"),
+              "%s", amd);
     /* pku only where the host OS turned protection keys on */
     g_autofree char *pkeys = kvm_of("pku ospke", "GenuineIntel");
     cr_assert_not_null(strstr(pkeys, "pku"), "%s", pkeys);

@@ -113,8 +113,8 @@ Test(cpu_files, every_file_in_cpudata_loads)
             if (strstr(name, "-enabled.xml") || strstr(name, "-disabled.xml")) {
                 /* not CPUs: the bits QEMU+KVM turned on and off, a few leaves each */
                 cr_expect_null(defs, "%s", rel);
-                cr_expect_not_null(strstr(vmig_error_message(err), "leaf 0x0 is missing"),
-                                   "%s: %s", rel, vmig_error_message(err));
+                cr_expect_not_null(strstr(vmig_error_message(err), "leaf 0x0 is missing"), "%s: %s",
+                                   rel, vmig_error_message(err));
                 vmig_error_free(err);
                 continue;
             }
@@ -172,8 +172,8 @@ Test(cpu_files, host_only_and_nested_features_are_read)
 typedef struct host_case {
     const char *cpu;
     const char *our_model;
-    const char *model_why;    /* why ours differs from libvirt's name, or NULL */
-    const char *ours_only;    /* in the raw data, not in libvirt's expanded decode */
+    const char *model_why; /* why ours differs from libvirt's name, or NULL */
+    const char *ours_only; /* in the raw data, not in libvirt's expanded decode */
     const char *ours_only_why;
 } host_case;
 
@@ -217,8 +217,9 @@ static void check_host(const host_case *c)
     cpu_def raw = raw_def(c->cpu);
     cpu_decoded dec;
     vmig_error *err = NULL;
-    cr_assert(cpu_decode(db, &raw.require, raw.vendor, raw.family, raw.model, CPU_DECODE_HOST,
-                         NULL, &dec, &err), "%s", vmig_error_message(err));
+    cr_assert(cpu_decode(db, &raw.require, raw.vendor, raw.family, raw.model, CPU_DECODE_HOST, NULL,
+                         &dec, &err),
+              "%s", vmig_error_message(err));
     cr_expect(cpu_featset_empty(&dec.disable), "%s: a host decode disables nothing", c->cpu);
 
     g_autofree char *host_rel = g_strdup_printf("libvirt/x86_64-cpuid-%s-host.xml", c->cpu);
@@ -259,9 +260,9 @@ Test(cpu_decode, real_cpus_against_libvirt_host_decodes)
 typedef struct guest_case {
     const char *cpu;
     const char *our_model;
-    const char *hidden;  /* in -guest.xml, not ours: KVM never gives them (or QEMU's migratable
-                          * host model leaves them out: invtsc, pdcm, perfctr-*), host-only */
-    const char *added;   /* ours, not in -guest.xml: KVM or QEMU set them */
+    const char *hidden;    /* in -guest.xml, not ours: KVM never gives them (or QEMU's migratable
+                            * host model leaves them out: invtsc, pdcm, perfctr-*), host-only */
+    const char *added;     /* ours, not in -guest.xml: KVM or QEMU set them */
     const char *json_only; /* in -json.xml, not ours */
     const char *ours_not_json;
     const char *json_why;
@@ -274,13 +275,12 @@ static const guest_case guest_cases[] = {
     {"Core-i7-8550U", "Skylake-Client-v4",
      "dtes64 monitor ds-cpl est tm2 xtpr pdcm " INTEL_LEGACY " sgx intel-pt invtsc osxsave "
      "flush-l1d",
-     "hypervisor umip arch-capabilities ibpb ibrs amd-stibp amd-ssbd",
-     "", "ibpb ibrs amd-stibp amd-ssbd",
+     "hypervisor umip arch-capabilities ibpb ibrs amd-stibp amd-ssbd", "",
+     "ibpb ibrs amd-stibp amd-ssbd",
      "the AMD-style spectre bits KVM offers Intel guests (Linux 5.x) were not offered then"},
-    {"Core-i7-3770", "IvyBridge",
-     INTEL_HIDDEN " " INTEL_LEGACY " invtsc osxsave",
-     "hypervisor tsc-adjust umip arch-capabilities skip-l1dfl-vmentry pschange-mc-no",
-     "", "vmx umip arch-capabilities skip-l1dfl-vmentry pschange-mc-no",
+    {"Core-i7-3770", "IvyBridge", INTEL_HIDDEN " " INTEL_LEGACY " invtsc osxsave",
+     "hypervisor tsc-adjust umip arch-capabilities skip-l1dfl-vmentry pschange-mc-no", "",
+     "vmx umip arch-capabilities skip-l1dfl-vmentry pschange-mc-no",
      "recorded before KVM nested VMX by default (Linux 4.20), UMIP emulation and the emulated "
      "ARCH_CAPABILITIES"},
     {"Xeon-E5-2609-v3", "Haswell-noTSX-IBRS",
@@ -293,8 +293,8 @@ static const guest_case guest_cases[] = {
     {"Xeon-Gold-6148", "Skylake-Server",
      "dtes64 monitor ds-cpl smx est tm2 xtpr pdcm dca " INTEL_LEGACY " pku invtsc osxsave cmt "
      "mbm_total mbm_local",
-     "hypervisor clwb umip arch-capabilities skip-l1dfl-vmentry pschange-mc-no",
-     "", "vmx clwb umip arch-capabilities xsaves skip-l1dfl-vmentry pschange-mc-no",
+     "hypervisor clwb umip arch-capabilities skip-l1dfl-vmentry pschange-mc-no", "",
+     "vmx clwb umip arch-capabilities xsaves skip-l1dfl-vmentry pschange-mc-no",
      "recorded before nested VMX by default, UMIP emulation, the emulated ARCH_CAPABILITIES and "
      "XSAVES for guests on Skylake-SP; clwb: that libvirt's map did not name it (its model was "
      "Skylake-Client), so neither expected file lists it. pku: the raw data has no OSPKE, the "
@@ -325,8 +325,9 @@ static void check_guest(const guest_case *c)
     vmig_error *err = NULL;
     cr_assert(cpu_def_guest_set(db, &raw, &ours, &err), "%s", vmig_error_message(err));
     cpu_decoded dec;
-    cr_assert(cpu_decode(db, &ours, raw.vendor, raw.family, raw.model, CPU_DECODE_GUEST, NULL,
-                         &dec, &err), "%s", vmig_error_message(err));
+    cr_assert(cpu_decode(db, &ours, raw.vendor, raw.family, raw.model, CPU_DECODE_GUEST, NULL, &dec,
+                         &err),
+              "%s", vmig_error_message(err));
     cr_expect(eq(str, (char *)dec.model->name, (char *)c->our_model), "%s", c->cpu);
 
     g_autofree char *rel = g_strdup_printf("libvirt/x86_64-cpuid-%s-guest.xml", c->cpu);
@@ -351,8 +352,8 @@ static void check_guest(const guest_case *c)
         cr_assert(cpu_def_expand(db, &j, &kvm, &err), "%s", vmig_error_message(err));
         g_autofree char *jo = minus(&kvm, &ours, false);
         g_autofree char *oj = minus(&ours, &kvm, false);
-        cr_expect(eq(str, jo, (char *)c->json_only), "%s: QEMU+KVM gave, ours lacks (%s)",
-                  c->cpu, c->json_why);
+        cr_expect(eq(str, jo, (char *)c->json_only), "%s: QEMU+KVM gave, ours lacks (%s)", c->cpu,
+                  c->json_why);
         cr_expect(eq(str, oj, (char *)c->ours_not_json), "%s: ours, QEMU+KVM did not give (%s)",
                   c->cpu, c->json_why);
         cpu_def_clear(&j);
@@ -376,11 +377,13 @@ static void partial_cpudata(const char *rel, cpu_featset *ret)
     g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
     for (int i = 0; lines[i]; i++) {
         unsigned l, s, a, b, c, d;
-        if (sscanf(lines[i], " <cpuid eax_in='0x%x' ecx_in='0x%x' eax='0x%x' ebx='0x%x' "
-                             "ecx='0x%x' edx='0x%x'/>", &l, &s, &a, &b, &c, &d) == 6) {
+        if (sscanf(lines[i],
+                   " <cpuid eax_in='0x%x' ecx_in='0x%x' eax='0x%x' ebx='0x%x' "
+                   "ecx='0x%x' edx='0x%x'/>",
+                   &l, &s, &a, &b, &c, &d) == 6) {
             cpu_raw_set(r, l, s, (uint32_t[4]){a, b, c, d});
-        } else if (sscanf(lines[i], " <msr index='0x%x' edx='0x%x' eax='0x%x'/>", &l, &d,
-                          &a) == 3) {
+        } else if (sscanf(lines[i], " <msr index='0x%x' edx='0x%x' eax='0x%x'/>", &l, &d, &a) ==
+                   3) {
             cpu_raw_set_msr(r, l, (uint64_t)d << 32 | a);
         }
     }
@@ -434,15 +437,16 @@ Test(cpu_decode, an_epyc_cloud_vm_without_svm_decodes_as_epyc)
     cpu_decoded dec;
     vmig_error *err = NULL;
     cr_assert(cpu_decode(db, &guest, raw.vendor, raw.family, raw.model, CPU_DECODE_GUEST, NULL,
-                         &dec, &err), "%s", vmig_error_message(err));
+                         &dec, &err),
+              "%s", vmig_error_message(err));
     cr_assert(g_str_has_prefix(dec.model->name, "EPYC"), "decoded as %s", dec.model->name);
     g_autofree char *dis = cpu_featset_names(&dec.disable, false);
     cr_assert(eq(str, dis, "monitor rdseed svm osvw topoext fxsr-opt rdtscp npt nrip-save"),
               "the bits this VM's hypervisor hides, named");
     /* As a host CPU nothing may be disabled, and every EPYC model needs some of those bits:
      * libvirt's rule leaves the oldest AMD model with extras. */
-    cr_assert(cpu_decode(db, &raw.require, raw.vendor, raw.family, raw.model, CPU_DECODE_HOST,
-                         NULL, &dec, NULL));
+    cr_assert(cpu_decode(db, &raw.require, raw.vendor, raw.family, raw.model, CPU_DECODE_HOST, NULL,
+                         &dec, NULL));
     cr_assert(eq(str, (char *)dec.model->name, "Opteron_G1"));
     cpu_def_clear(&raw);
 }
@@ -475,8 +479,8 @@ Test(cpu_decode, fewest_listed_features_and_the_newer_model_on_a_tie)
     const cpu_model *v4 = cpu_models_find(db, "Cascadelake-Server-v4");
     cr_assert(eq(int, memcmp(&v3->features, &v4->features, sizeof(cpu_featset)), 0));
     cpu_decoded dec;
-    cr_assert(cpu_decode(db, &v3->features, "GenuineIntel", -1, -1, CPU_DECODE_GUEST, NULL,
-                         &dec, NULL));
+    cr_assert(
+        cpu_decode(db, &v3->features, "GenuineIntel", -1, -1, CPU_DECODE_GUEST, NULL, &dec, NULL));
     cr_assert(eq(str, (char *)dec.model->versioned, "Cascadelake-Server-v4"));
     /* one disabled feature counts as much as one required: v4 minus three of its features
      * is v4 with three disabled (3), not an older model needing more extras */
@@ -485,13 +489,12 @@ Test(cpu_decode, fewest_listed_features_and_the_newer_model_on_a_tie)
     cpu_featset_del(&s, feature("pku"));
     cpu_featset_del(&s, feature("clwb"));
     cr_assert(cpu_decode(db, &s, "GenuineIntel", -1, -1, CPU_DECODE_GUEST, NULL, &dec, NULL));
-    cr_assert(eq(int, cpu_featset_count(&dec.require) + cpu_featset_count(&dec.disable), 3),
-              "%s", dec.model->versioned);
-    /* a matching signature still beats cost, as in libvirt */
-    cr_assert(cpu_decode(db, &v3->features, "GenuineIntel", 6, 94, CPU_DECODE_GUEST, NULL, &dec,
-                         NULL));
-    cr_assert(g_str_has_prefix(dec.model->versioned, "Skylake-Client"), "%s",
+    cr_assert(eq(int, cpu_featset_count(&dec.require) + cpu_featset_count(&dec.disable), 3), "%s",
               dec.model->versioned);
+    /* a matching signature still beats cost, as in libvirt */
+    cr_assert(
+        cpu_decode(db, &v3->features, "GenuineIntel", 6, 94, CPU_DECODE_GUEST, NULL, &dec, NULL));
+    cr_assert(g_str_has_prefix(dec.model->versioned, "Skylake-Client"), "%s", dec.model->versioned);
 }
 
 Test(cpu_decode, models_are_tried_newest_first)
@@ -500,14 +503,14 @@ Test(cpu_decode, models_are_tried_newest_first)
     int milan = -1, rome = -1, epyc = -1, g5 = -1, icx = -1, ivb1 = -1, ivb2 = -1;
     for (size_t i = 0; i < n; i++) {
         const char *v = cpu_models_at(db, i)->versioned;
-        int *slot = !strcmp(v, "EPYC-Milan-v1")      ? &milan
-                    : !strcmp(v, "EPYC-Rome-v1")     ? &rome
-                    : !strcmp(v, "EPYC-v1")          ? &epyc
-                    : !strcmp(v, "Opteron_G5-v1")    ? &g5
+        int *slot = !strcmp(v, "EPYC-Milan-v1")       ? &milan
+                    : !strcmp(v, "EPYC-Rome-v1")      ? &rome
+                    : !strcmp(v, "EPYC-v1")           ? &epyc
+                    : !strcmp(v, "Opteron_G5-v1")     ? &g5
                     : !strcmp(v, "Icelake-Server-v1") ? &icx
-                    : !strcmp(v, "IvyBridge-v1")     ? &ivb1
-                    : !strcmp(v, "IvyBridge-v2")     ? &ivb2
-                                                     : NULL;
+                    : !strcmp(v, "IvyBridge-v1")      ? &ivb1
+                    : !strcmp(v, "IvyBridge-v2")      ? &ivb2
+                                                      : NULL;
         if (slot) {
             *slot = (int)i;
         }
@@ -546,7 +549,8 @@ Test(cpu_baseline, any_mix_of_inputs_gives_what_a_guest_can_have_everywhere)
 {
     /* a raw dump, virsh capabilities' host CPU, a host model, InstLatx64 text, libcpuid */
     static const char *const files[] = {
-        "libvirt/x86_64-cpuid-Core-i7-8550U.xml", "libvirt/x86_64-cpuid-Xeon-E5-2609-v3-host.xml",
+        "libvirt/x86_64-cpuid-Core-i7-8550U.xml",
+        "libvirt/x86_64-cpuid-Xeon-E5-2609-v3-host.xml",
         "libvirt/x86_64-cpuid-Xeon-Gold-6148-json.xml",
         "instlatx64/GenuineIntel00806EA_Kabylake_CPUID.txt",
         "libcpuid/intel-core-i5-8350u-cpu.test",
@@ -559,8 +563,8 @@ Test(cpu_baseline, any_mix_of_inputs_gives_what_a_guest_can_have_everywhere)
     cpu_featset set;
     char vendor[13];
     vmig_error *err = NULL;
-    cr_assert(cpu_baseline(db, defs, G_N_ELEMENTS(files), false, &dec, &set, vendor, &err),
-              "%s", vmig_error_message(err));
+    cr_assert(cpu_baseline(db, defs, G_N_ELEMENTS(files), false, &dec, &set, vendor, &err), "%s",
+              vmig_error_message(err));
     cpu_featset possible = set;
     cpu_kvm_possible(&possible);
     g_autofree char *impossible = minus(&set, &possible, false);
@@ -646,8 +650,7 @@ Test(cpu_compare, identical_superset_incompatible)
     cr_assert(not(host.host), "no <arch> or <signature>: a description, not virsh capabilities");
     cr_assert(eq(int, cpu_compare(db, &host, &same, &missing, &why, NULL), CPU_CMP_IDENTICAL));
     cr_assert(eq(int, cpu_compare(db, &host, &older, &missing, &why, NULL), CPU_CMP_SUPERSET));
-    cr_assert(eq(int, cpu_compare(db, &host, &newer, &missing, &why, NULL),
-                 CPU_CMP_INCOMPATIBLE));
+    cr_assert(eq(int, cpu_compare(db, &host, &newer, &missing, &why, NULL), CPU_CMP_INCOMPATIBLE));
     cr_assert_not_null(strstr(why, "the host CPU lacks: "), "%s", why);
     cr_assert_not_null(strstr(why, "avx512f"), "%s", why);
     cr_assert(cpu_featset_has(&missing, feature("clwb")));
@@ -655,8 +658,7 @@ Test(cpu_compare, identical_superset_incompatible)
     cr_assert(eq(int, cpu_compare(db, &host, &amd, &missing, &why, NULL), CPU_CMP_INCOMPATIBLE));
     cr_assert(eq(str, why, "the guest CPU is AuthenticAMD, the host is GenuineIntel"));
     g_free(why);
-    cr_assert(eq(int, cpu_compare(db, &host, &forbid, &missing, &why, NULL),
-                 CPU_CMP_INCOMPATIBLE));
+    cr_assert(eq(int, cpu_compare(db, &host, &forbid, &missing, &why, NULL), CPU_CMP_INCOMPATIBLE));
     cr_assert(eq(str, why, "the host CPU provides forbidden features: avx2"));
     g_free(why);
     cpu_def *all[] = {&host, &same, &older, &newer, &amd, &forbid};
@@ -675,13 +677,13 @@ Test(cpu_compare, a_host_cpu_offers_what_kvm_gives_on_it)
                               "name='ds'/></cpu>");
     cpu_featset missing;
     char *why = NULL;
-    cr_assert(eq(int, cpu_compare(db, &ivb, &wants_ds, &missing, &why, NULL),
-                 CPU_CMP_INCOMPATIBLE));
+    cr_assert(
+        eq(int, cpu_compare(db, &ivb, &wants_ds, &missing, &why, NULL), CPU_CMP_INCOMPATIBLE));
     cr_assert(eq(str, why, "the host CPU lacks: ds"), "%s", why);
     g_free(why);
     /* a host CPU as the VM's stands for its host model: the i7-3770's runs on the i7-8550U */
-    cr_assert(eq(int, cpu_compare(db, &kbl, &ivb, &missing, &why, NULL), CPU_CMP_SUPERSET),
-              "%s", why ? why : "");
+    cr_assert(eq(int, cpu_compare(db, &kbl, &ivb, &missing, &why, NULL), CPU_CMP_SUPERSET), "%s",
+              why ? why : "");
     cr_assert(eq(int, cpu_compare(db, &ivb, &kbl, &missing, &why, NULL), CPU_CMP_INCOMPATIBLE));
     cr_assert_not_null(strstr(why, "avx2"), "%s", why);
     cr_assert_null(strstr(why, "smx"), "%s", why);

@@ -42,8 +42,7 @@ static int feature(const char *name)
 }
 
 /* Checks and frees *@errp. */
-static void expect_error(vmig_error **errp, vmig_errc code, const char *mention,
-                         const char *input)
+static void expect_error(vmig_error **errp, vmig_errc code, const char *mention, const char *input)
 {
     g_autoptr(vmig_error) err = g_steal_pointer(errp);
     cr_assert_not_null(err, "accepted: %s", input);
@@ -96,12 +95,11 @@ Test(cpu_qemu_recorded, vm_cpu)
         /* Skylake-Client under TCG: QEMU warned that it filtered these */
         const char *const gone[] = {"pcid", "tsc-deadline", "hle", "invpcid"};
         for (size_t i = 0; i < G_N_ELEMENTS(gone); i++) {
-            cr_assert(cpu_featset_has(&filtered, feature(gone[i])), "%s: %s", versions[v],
-                      gone[i]);
+            cr_assert(cpu_featset_has(&filtered, feature(gone[i])), "%s: %s", versions[v], gone[i]);
             cr_assert(not(cpu_featset_has(&d.require, feature(gone[i]))));
         }
-        const char *const kept[] = {"sse2", "sse4.2", "popcnt", "aes", "xsave", "hypervisor",
-                                    "lm", "syscall", "nx"};
+        const char *const kept[] = {"sse2",       "sse4.2", "popcnt",  "aes", "xsave",
+                                    "hypervisor", "lm",     "syscall", "nx"};
         for (size_t i = 0; i < G_N_ELEMENTS(kept); i++) {
             cr_assert(cpu_featset_has(&d.require, feature(kept[i])), "%s: %s", versions[v],
                       kept[i]);
@@ -172,11 +170,10 @@ Test(cpu_qemu_recorded, models_and_aliases)
         cr_assert_not_null(names, "%s", err ? vmig_error_message(err) : "");
         cr_assert(g_strv_contains((const char *const *)names, "IvyBridge-v2"));
         cr_assert(g_strv_contains((const char *const *)names, "qemu64-v1"));
-        const char *const absent[] = {"IvyBridge-IBRS", "IvyBridge", "qemu64", "host", "max",
-                                      "base"};
+        const char *const absent[] = {"IvyBridge-IBRS", "IvyBridge", "qemu64",
+                                      "host",           "max",       "base"};
         for (size_t i = 0; i < G_N_ELEMENTS(absent); i++) {
-            cr_assert(not(g_strv_contains((const char *const *)names, absent[i])), "%s",
-                      absent[i]);
+            cr_assert(not(g_strv_contains((const char *const *)names, absent[i])), "%s", absent[i]);
         }
         cr_assert(gt(uint, g_strv_length(names), 50));
 
@@ -273,8 +270,9 @@ typedef struct hostile {
 } hostile;
 
 static const hostile cases[] = {
-    {T_CPUS, "{\"qom-path\": \"/machine/x\"}", "query-cpus-fast: the reply must be an array, "
-                                              "not object"},
+    {T_CPUS, "{\"qom-path\": \"/machine/x\"}",
+     "query-cpus-fast: the reply must be an array, "
+     "not object"},
     {T_CPUS, "null", "query-cpus-fast: the reply must be an array, not null"},
     {T_CPUS, "\"cpu\"", "must be an array, not string"},
     {T_CPUS, "[]", "query-cpus-fast: no CPU in the reply"},
@@ -296,14 +294,18 @@ static const hostile cases[] = {
      "'cpuid-input-eax' must be a number from 0 to 4294967295, not out of range"},
     {T_WORDS, "[{\"cpuid-register\": \"EDX\", \"cpuid-input-eax\": 4294967296, \"features\": 1}]",
      "'cpuid-input-eax' must be a number from 0 to 4294967295"},
-    {T_WORDS, "[{\"cpuid-register\": \"EDX\", \"cpuid-input-eax\": 1, "
-              "\"features\": 99999999999999999999999999}]", "'features' must be a number"},
+    {T_WORDS,
+     "[{\"cpuid-register\": \"EDX\", \"cpuid-input-eax\": 1, "
+     "\"features\": 99999999999999999999999999}]",
+     "'features' must be a number"},
     {T_WORDS, "[{\"cpuid-register\": \"EDX\", \"cpuid-input-eax\": 1, \"features\": 1e999}]",
      "'features' must be a number from 0 to 4294967295, not double"},
     {T_WORDS, "[{\"cpuid-register\": \"EDX\", \"cpuid-input-eax\": 1, \"features\": \"1\"}]",
      "'features' must be a number from 0 to 4294967295, not string"},
-    {T_WORDS, "[{\"cpuid-register\": \"EDX\", \"cpuid-input-eax\": 1, \"cpuid-input-ecx\": null, "
-              "\"features\": 1}]", "'cpuid-input-ecx' must be a number"},
+    {T_WORDS,
+     "[{\"cpuid-register\": \"EDX\", \"cpuid-input-eax\": 1, \"cpuid-input-ecx\": null, "
+     "\"features\": 1}]",
+     "'cpuid-input-ecx' must be a number"},
     {T_FILTERED, "{\"features\": 0}", "qom-get filtered-features: the reply must be an array"},
     {T_FILTERED, "[{\"cpuid-register\": \"EAX\", \"cpuid-input-eax\": 7, \"features\": true}]",
      "qom-get filtered-features: word 0: 'features' must be a number from 0 to 4294967295, not "
@@ -313,19 +315,23 @@ static const hostile cases[] = {
     {T_VENDOR, "\"GenuineIntelGenuineIntel\"", "is not a CPUID vendor"},
     {T_MSRS, "[]", "MSR features: must be an object, not array", VMIG_E_INVAL},
     {T_MSRS, "{\"sse2\": true}", "MSR features: 'sse2' is not one", VMIG_E_INVAL},
-    {T_MSRS, "{\"rdctl-no\": null}", "qom-get rdctl-no (MSR feature): the reply must be a "
-                                       "boolean, not null"},
-    {T_MSRS, "{\"rdctl-no\": \"on\"}", "qom-get rdctl-no (MSR feature): the reply must be a "
-                                       "boolean, not string"},
+    {T_MSRS, "{\"rdctl-no\": null}",
+     "qom-get rdctl-no (MSR feature): the reply must be a "
+     "boolean, not null"},
+    {T_MSRS, "{\"rdctl-no\": \"on\"}",
+     "qom-get rdctl-no (MSR feature): the reply must be a "
+     "boolean, not string"},
     {T_EXPANSION, "null", "query-cpu-model-expansion: the reply must be an object, not null"},
     {T_EXPANSION, "[]", "query-cpu-model-expansion: the reply must be an object, not array"},
     {T_EXPANSION, "{}", "'model' must be an object, not missing"},
     {T_EXPANSION, "{\"model\": null}", "'model' must be an object, not null"},
-    {T_EXPANSION, "{\"model\": {\"name\": \"max\"}}", "'model.props' must be an object, not "
-                                                       "missing"},
+    {T_EXPANSION, "{\"model\": {\"name\": \"max\"}}",
+     "'model.props' must be an object, not "
+     "missing"},
     {T_EXPANSION, "{\"model\": {\"props\": null}}", "'model.props' must be an object, not null"},
-    {T_EXPANSION, "{\"model\": {\"props\": [true]}}", "'model.props' must be an object, not "
-                                                       "array"},
+    {T_EXPANSION, "{\"model\": {\"props\": [true]}}",
+     "'model.props' must be an object, not "
+     "array"},
     {T_EXPANSION, "{\"model\": {\"props\": {\"sse2\": \"on\"}}}",
      "feature 'model.props.sse2' must be a boolean, not string"},
     {T_EXPANSION, "{\"model\": {\"props\": {\"lahf_lm\": null}}}",
@@ -338,10 +344,12 @@ static const hostile cases[] = {
     {T_DEFINITIONS, "null", "query-cpu-definitions: the reply must be an array, not null"},
     {T_DEFINITIONS, "[null]", "query-cpu-definitions: model 0 must be an object, not null"},
     {T_DEFINITIONS, "[{}]", "query-cpu-definitions: model 0: 'name' is missing"},
-    {T_DEFINITIONS, "[{\"name\": \"a\"}, {\"name\": null}]", "model 1: 'name' must be a string, "
-                                                            "not null"},
-    {T_DEFINITIONS, "[{\"name\": \"a\", \"alias-of\": 5}]", "'alias-of' must be a string, not "
-                                                            "int"},
+    {T_DEFINITIONS, "[{\"name\": \"a\"}, {\"name\": null}]",
+     "model 1: 'name' must be a string, "
+     "not null"},
+    {T_DEFINITIONS, "[{\"name\": \"a\", \"alias-of\": 5}]",
+     "'alias-of' must be a string, not "
+     "int"},
     {T_STATIC, "{\"model\": {\"props\": {\"family\": -1}}}",
      "query-cpu-model-expansion of M: 'model.props': 'family' must be a number from 0 to 65535"},
     {T_STATIC, "{\"model\": {\"props\": {\"model\": \"58\"}}}",
@@ -349,8 +357,9 @@ static const hostile cases[] = {
     {T_STATIC, "{\"model\": {\"props\": {\"stepping\": 1e3}}}", "'stepping' must be a number"},
     {T_STATIC, "{\"model\": {\"props\": {\"stepping\": 99999999999}}}",
      "'stepping' must be a number from 0 to 65535, not out of range"},
-    {T_STATIC, "{\"model\": {\"props\": {\"vme\": 1}}}", "of M: feature 'model.props.vme' must "
-                                                         "be a boolean, not int"},
+    {T_STATIC, "{\"model\": {\"props\": {\"vme\": 1}}}",
+     "of M: feature 'model.props.vme' must "
+     "be a boolean, not int"},
     {T_STATIC, "{\"model\": []}", "query-cpu-model-expansion of M: 'model' must be an object"},
     {T_ALIASES, "{\"name\": \"x\"}", "query-cpu-definitions: the reply must be an array"},
     {T_ALIASES, "[{\"name\": \"IvyBridge\", \"alias-of\": null}]",
@@ -390,8 +399,9 @@ Test(cpu_qemu_hostile, too_many_models)
 
 /* ---- every node of every recorded reply, replaced by something hostile ----------------------- */
 
-static const char *const poison[] = {"null", "{}", "[]", "\"x\"", "-1", "1e999", "true",
-                                     "99999999999999999999999", "[null]", "{\"a\": null}"};
+static const char *const poison[] = {"null",   "{}",           "[]",   "\"x\"",
+                                     "-1",     "1e999",        "true", "99999999999999999999999",
+                                     "[null]", "{\"a\": null}"};
 
 /* Puts @with (stolen) in place of the @k-th node (pre-order) of @o; @ret_old receives that
  * node (a reference the caller owns; NULL for a JSON null).  False when @o has fewer nodes.
@@ -493,8 +503,8 @@ static cpu_def epyc_vm(void)
     cpu_def vm;
     cpu_featset filtered;
     vmig_error *err = NULL;
-    cr_assert(cpu_vm_from_qom(r.words, r.filtered, r.vendor, r.msrs, &vm, &filtered, &err),
-              "%s", err ? vmig_error_message(err) : "");
+    cr_assert(cpu_vm_from_qom(r.words, r.filtered, r.vendor, r.msrs, &vm, &filtered, &err), "%s",
+              err ? vmig_error_message(err) : "");
     cr_assert(eq(str, vm.vendor, "AuthenticAMD"));
     cr_assert(cpu_featset_has(&filtered, feature("xsavec")), "TCG filtered xsavec");
     cr_assert(cpu_featset_has(&vm.require, feature("svm")));
@@ -538,8 +548,8 @@ Test(cpu_gate, kvm_refuses_an_amd_vm_on_an_intel_host)
         cpu_featset missing;
         char *why = NULL;
         vmig_error *err = NULL;
-        cr_assert(eq(int, cpu_gate_check(&vm, &host, &missing, &why, &err),
-                     CPU_CMP_INCOMPATIBLE), "%s", intel[i]);
+        cr_assert(eq(int, cpu_gate_check(&vm, &host, &missing, &why, &err), CPU_CMP_INCOMPATIBLE),
+                  "%s", intel[i]);
         cr_assert(eq(str, why, "the guest CPU is AuthenticAMD, the host is GenuineIntel"));
         g_free(why);
     }
@@ -563,8 +573,8 @@ Test(cpu_gate, tcg_offers_what_tcg_emulates_whatever_the_host)
     vm_replies_load(&sk, "10.0.2");
     cpu_def skylake;
     cpu_featset filtered;
-    cr_assert(cpu_vm_from_qom(sk.words, sk.filtered, sk.vendor, sk.msrs, &skylake, &filtered,
-                              NULL));
+    cr_assert(
+        cpu_vm_from_qom(sk.words, sk.filtered, sk.vendor, sk.msrs, &skylake, &filtered, NULL));
     r = (int)cpu_gate_check(&skylake, &host, &missing, &why, NULL);
     cr_assert(ne(int, r, CPU_CMP_INCOMPATIBLE), "%s", why ? why : "");
     vm_replies_clear(&sk);

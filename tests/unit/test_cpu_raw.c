@@ -128,23 +128,27 @@ static void expect_bad(const char *text, const char *needle)
     vmig_error_free(err);
 }
 
-#define L0 "<cpuid eax_in='0x00000000' ecx_in='0x00' eax='0x0000000d' ebx='0x756e6547' ecx='0x6c65746e' edx='0x49656e69'/>"
+#define L0                                                                                         \
+    "<cpuid eax_in='0x00000000' ecx_in='0x00' eax='0x0000000d' ebx='0x756e6547' ecx='0x6c65746e' " \
+    "edx='0x49656e69'/>"
 #define L1 "<cpuid eax_in='0x00000001' ecx_in='0x00' eax='0x000806ea' ebx='0' ecx='0x0' edx='0x0'/>"
-#define L1OK "<cpuid eax_in='0x00000001' ecx_in='0x00' eax='0x000806ea' ebx='0x0' ecx='0x0' edx='0x0'/>"
+#define L1OK                                                                                       \
+    "<cpuid eax_in='0x00000001' ecx_in='0x00' eax='0x000806ea' ebx='0x0' ecx='0x0' edx='0x0'/>"
 #define L7 "<cpuid eax_in='0x00000007' ecx_in='0x00' eax='0x0' ebx='0x0' ecx='0x0' edx='0x0'/>"
 #define LD "<cpuid eax_in='0x0000000d' ecx_in='0x00' eax='0x0' ebx='0x0' ecx='0x0' edx='0x0'/>"
 
 Test(cpu_raw, malformed_input_is_refused)
 {
-    expect_bad("<cpudata arch='x86'>" L0, "dump:1:");                      /* unclosed */
+    expect_bad("<cpudata arch='x86'>" L0, "dump:1:"); /* unclosed */
     expect_bad("<cpudata>" L0 L1 "</cpudata>", "ebx='0' is not a hexadecimal number");
     expect_bad("<cpudata>" L0 "<cpuid eax_in='0x1'/></cpudata>", "attribute eax is missing");
     expect_bad("<cpudata><leaf/></cpudata>", "unexpected element <leaf>");
-    expect_bad("<cpudata>" L0 L1OK L7 "</cpudata>", "leaf 0xd is missing");  /* truncated */
+    expect_bad("<cpudata>" L0 L1OK L7 "</cpudata>", "leaf 0xd is missing"); /* truncated */
     expect_bad("<cpudata>" L1OK "</cpudata>", "leaf 0x0 is missing");
     expect_bad("<cpudata>" L0 L1OK L7 LD
                "<cpuid eax_in='0x00000030' ecx_in='0x00' eax='0x0' ebx='0x0' ecx='0x0' edx='0x0'/>"
-               "</cpudata>", "unknown CPUID leaf 0x30");
+               "</cpudata>",
+               "unknown CPUID leaf 0x30");
     expect_bad("hello world\n", "not a CPUID dump");
     expect_bad("CPUID 00000000: 0000000D-756E6547\n", "malformed CPUID line");
     expect_bad("{\"cpuid\": [[0, 0, 1]]}", "cpuid[0] is not [leaf, subleaf");
@@ -167,8 +171,7 @@ Test(cpu_raw, truncated_real_dump_is_refused)
     *cut = '\0';
     vmig_error *err = NULL;
     cr_assert_null(cpu_raw_parse(text, strlen(text), "cut.xml", &err));
-    cr_assert_not_null(strstr(vmig_error_message(err), "cut.xml:"), "%s",
-                       vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "cut.xml:"), "%s", vmig_error_message(err));
     vmig_error_free(err);
 }
 
@@ -201,7 +204,7 @@ Test(cpu_raw, old_instlatx64_dialect_parses_in_linear_work, .timeout = 60)
     cr_assert_not_null(second);
     *second = '\0';
     uint64_t small = probes_for(text, 4000), large = probes_for(text, 16000);
-    cr_assert(le(u64, small, 4 * 4100), "4,000 lines: %lu lookups", (unsigned long)small);
+    cr_assert(le(u64, small, UINT64_C(4) * 4100), "4,000 lines: %lu lookups", (unsigned long)small);
     cr_assert(le(u64, large, 4 * small + 400), "4x the lines, %lu then %lu lookups: not linear",
               (unsigned long)small, (unsigned long)large);
 }

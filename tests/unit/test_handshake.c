@@ -69,8 +69,8 @@ Test(handshake, both_sides_with_the_key)
     tp_key k = key_of("a key of thirty-two bytes, ok...");
     side agent = {0}, source = {0};
     tp_handshake *ha = tp_handshake_agent(r, fds[0], &k, 5000, NULL, NULL, on_done, &agent);
-    tp_handshake *hs = tp_handshake_source(r, fds[1], &k, 5000, TP_KIND_MULTIFD, 5, token,
-                                           on_done, &source);
+    tp_handshake *hs = tp_handshake_source(r, fds[1], &k, 5000, TP_KIND_MULTIFD, 5, token, on_done,
+                                           &source);
     run_until(&agent, &source);
     cr_assert(agent.ok, "%s", agent.msg);
     cr_assert(source.ok, "%s", source.msg);
@@ -92,15 +92,17 @@ Test(handshake, a_source_with_another_key_is_refused)
     tp_key wrong = key_of("somebody else's key, 32 bytes...");
     side agent = {0}, source = {0};
     tp_handshake *ha = tp_handshake_agent(r, fds[0], &k, 5000, NULL, NULL, on_done, &agent);
-    tp_handshake *hs = tp_handshake_source(r, fds[1], &wrong, 5000, TP_KIND_MAIN, 0, token,
-                                           on_done, &source);
+    tp_handshake *hs = tp_handshake_source(r, fds[1], &wrong, 5000, TP_KIND_MAIN, 0, token, on_done,
+                                           &source);
     run_until(&agent, &source);
     cr_assert(not(agent.ok));
     cr_assert_not_null(strstr(agent.msg, "refused a main connection: the HELLO does not prove "
-                                         "the key"), "%s", agent.msg);
+                                         "the key"),
+                       "%s", agent.msg);
     cr_assert(not(source.ok));
     cr_assert_not_null(strstr(source.msg, "the agent refused: the HELLO does not prove the "
-                                          "key"), "%s", source.msg);
+                                          "key"),
+                       "%s", source.msg);
     tp_handshake_free(ha);
     tp_handshake_free(hs);
 }
@@ -118,8 +120,8 @@ Test(handshake, a_token_no_migration_has_is_refused)
     tp_key k = key_of("a key of thirty-two bytes, ok...");
     side agent = {0}, source = {0};
     tp_handshake *ha = tp_handshake_agent(r, fds[0], &k, 5000, admit_none, NULL, on_done, &agent);
-    tp_handshake *hs = tp_handshake_source(r, fds[1], &k, 5000, TP_KIND_MULTIFD, 1, token,
-                                           on_done, &source);
+    tp_handshake *hs = tp_handshake_source(r, fds[1], &k, 5000, TP_KIND_MULTIFD, 1, token, on_done,
+                                           &source);
     run_until(&agent, &source);
     cr_assert(not(agent.ok));
     cr_assert(not(source.ok));
@@ -134,8 +136,8 @@ Test(handshake, an_agent_without_the_key_is_not_believed)
 {
     tp_key k = key_of("a key of thirty-two bytes, ok...");
     side source = {0};
-    tp_handshake *hs = tp_handshake_source(r, fds[1], &k, 5000, TP_KIND_CONTROL, 0, NULL,
-                                           on_done, &source);
+    tp_handshake *hs = tp_handshake_source(r, fds[1], &k, 5000, TP_KIND_CONTROL, 0, NULL, on_done,
+                                           &source);
     uint8_t buf[TP_HEADER_LEN + TP_HELLO_LEN], nonce[TP_NONCE_LEN] = {3}, mac[TP_MAC_LEN] = {0};
     size_t n = tp_frame_encode(TP_CHALLENGE, nonce, sizeof(nonce), buf);
     cr_assert(eq(int, (int)write(fds[0], buf, n), (int)n));

@@ -28,7 +28,10 @@ Test(preflight, query_version_is_type_checked)
     cr_assert(eq(str, v.package, "Debian 1:10.0.2"));
 
     const char *bad[] = {
-        "[]", "{}", "{\"qemu\": null}", "{\"qemu\": []}",
+        "[]",
+        "{}",
+        "{\"qemu\": null}",
+        "{\"qemu\": []}",
         "{\"qemu\": {\"major\": \"10\", \"minor\": 0, \"micro\": 2}}",
         "{\"qemu\": {\"major\": 10, \"minor\": null, \"micro\": 2}}",
         "{\"qemu\": {\"major\": 10, \"minor\": 0}}",
@@ -53,8 +56,8 @@ Test(preflight, query_version_is_type_checked)
 Test(preflight, versioned_machine_types)
 {
     const char *versioned[] = {"pc-i440fx-7.2", "pc-q35-10.0", "pc-i440fx-2.12", "virt-9.1"};
-    const char *aliases[] = {"pc", "q35", "pc-i440fx", "microvm", "isapc", "none", "pc-q35-10",
-                             "pc-q35-.1", "pc-q35-1.", "pc-q35-1.2x", ""};
+    const char *aliases[] = {"pc",        "q35",       "pc-i440fx", "microvm",     "isapc", "none",
+                             "pc-q35-10", "pc-q35-.1", "pc-q35-1.", "pc-q35-1.2x", ""};
     for (size_t i = 0; i < G_N_ELEMENTS(versioned); i++) {
         cr_expect(eng_machine_is_versioned(versioned[i]), "%s", versioned[i]);
     }
@@ -84,9 +87,14 @@ Test(preflight, machine_aliases_resolve_from_query_machines)
 
 static eng_preflight base(void)
 {
-    return (eng_preflight){.vm = "vm1", .src = ver(7, 2, 22), .dst = ver(10, 0, 2),
-                           .machine = "pc-i440fx-7.2", .src_machine = "pc-i440fx-7.2",
-                           .dst_machine_known = ENG_MACHINE_KNOWN, .live = true, .src_tcg = true};
+    return (eng_preflight){.vm = "vm1",
+                           .src = ver(7, 2, 22),
+                           .dst = ver(10, 0, 2),
+                           .machine = "pc-i440fx-7.2",
+                           .src_machine = "pc-i440fx-7.2",
+                           .dst_machine_known = ENG_MACHINE_KNOWN,
+                           .live = true,
+                           .src_tcg = true};
 }
 
 static void expect_refusal(const eng_preflight *p, const char *const *needles)
@@ -129,8 +137,8 @@ Test(preflight, versions)
 
     p = base();
     p.dst_machine_known = ENG_MACHINE_UNKNOWN;
-    expect_refusal(&p, (const char *const[]){"QEMU 10.0.2 has no machine type 'pc-i440fx-7.2'",
-                                             NULL});
+    expect_refusal(&p,
+                   (const char *const[]){"QEMU 10.0.2 has no machine type 'pc-i440fx-7.2'", NULL});
     p.dst_machine_known = ENG_MACHINE_UNCHECKED;
     cr_assert(eng_preflight_versions(&p, NULL));
 }
@@ -142,8 +150,8 @@ Test(preflight, tcg_write_loss)
     vmig_error *err = NULL;
     cr_assert(not(eng_preflight_tcg(&p, &warn, &err)));
     const char *msg = vmig_error_message(err);
-    const char *const needles[] = {"VM 'vm1'", "QEMU 7.2.22", "TCG", "QEMU 9.0", "03bfc2188f",
-                                   "without --live", "--unsafe", NULL};
+    const char *const needles[] = {"VM 'vm1'",   "QEMU 7.2.22",    "TCG",      "QEMU 9.0",
+                                   "03bfc2188f", "without --live", "--unsafe", NULL};
     for (const char *const *n = needles; *n; n++) {
         cr_expect_not_null(strstr(msg, *n), "'%s' not in: %s", *n, msg);
     }
@@ -157,7 +165,7 @@ Test(preflight, tcg_write_loss)
         eng_qemu_version src;
         bool live, tcg;
     } allowed[] = {
-        {{8, 2, 0}, false, true}, /* paused: the guest writes nothing */
+        {{8, 2, 0}, false, true},  /* paused: the guest writes nothing */
         {{7, 2, 22}, true, false}, /* KVM tracks dirty pages itself */
         {{9, 0, 0}, true, true},   /* fixed */
         {{10, 0, 2}, true, true},

@@ -80,7 +80,7 @@ Test(pump, both_ways_in_order_then_eof_both_ways)
     result res = {0};
     tp_pump *p = tp_pump_new(r, src[1], dst[0], NULL, on_done, &res);
     stream(src[0], dst[1], 3 << 20, 1); /* a -> b: the migration stream */
-    stream(dst[1], src[0], 100000, 2); /* b -> a: the return path */
+    stream(dst[1], src[0], 100000, 2);  /* b -> a: the return path */
     shutdown(src[0], SHUT_WR);
     uint8_t c;
     for (int i = 0; i < 200 && read(dst[1], &c, 1) != 0; i++) {

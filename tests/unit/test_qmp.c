@@ -187,9 +187,11 @@ Test(qmp_conn, handshake_without_oob, .timeout = 10)
     finish(f);
 }
 
-#define HANDSHAKE                                                                              \
-    {T_SEND, T_GREETING}, {T_EXPECT, "qmp_capabilities"},                                      \
-        {T_SEND, "{\"return\": {}, \"id\": $ID}\r\n"}
+#define HANDSHAKE                                                                                  \
+    {T_SEND, T_GREETING}, {T_EXPECT, "qmp_capabilities"},                                          \
+    {                                                                                              \
+        T_SEND, "{\"return\": {}, \"id\": $ID}\r\n"                                                \
+    }
 
 Test(qmp_conn, reply_matched_by_id_past_late_replies_and_events, .timeout = 10)
 {
@@ -281,10 +283,11 @@ Test(qmp_conn, peer_hangs_up_mid_command, .timeout = 10)
     vmig_error *err = NULL;
     int64_t t0 = vmig_now_ms();
     cr_assert_null(qmp_conn_call(c, "migrate", NULL, 0, 5000, &err));
-    cr_assert(lt(i64, vmig_now_ms() - t0, 4000), "a hang-up is noticed at once, not at the deadline");
+    cr_assert(lt(i64, vmig_now_ms() - t0, 4000),
+              "a hang-up is noticed at once, not at the deadline");
     cr_assert(eq(int, vmig_error_code(err), VMIG_E_IO));
-    cr_assert_not_null(strstr(vmig_error_message(err), "QEMU closed the QMP connection"),
-                       "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "QEMU closed the QMP connection"), "%s",
+                       vmig_error_message(err));
     vmig_error_free(err);
     cr_assert(not(qmp_conn_alive(c)));
     err = NULL;
@@ -355,8 +358,8 @@ Test(qmp_conn, oversized_message_breaks_the_connection, .timeout = 20)
     cr_assert(qmp_conn_handshake(c, 2000, NULL));
     vmig_error *err = NULL;
     cr_assert_null(qmp_conn_call(c, "query-status", NULL, 0, 10000, &err));
-    cr_assert_not_null(strstr(vmig_error_message(err), "exceeds the limit of 10485760 bytes"),
-                       "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "exceeds the limit of 10485760 bytes"), "%s",
+                       vmig_error_message(err));
     vmig_error_free(err);
     qmp_conn_free(g_steal_pointer(&c)); /* unblock the peer's write */
     t_fake_finish(f);
@@ -594,7 +597,8 @@ Test(qmp_conn, event_before_the_greeting_is_skipped, .timeout = 10)
     finish(f);
 }
 
-/* ---- bounded work (issue 11, item 5) ------------------------------------------------------------ */
+/* ---- bounded work (issue 11, item 5) ------------------------------------------------------------
+ */
 
 static void count_msg(void *opaque, json_object *msg)
 {
@@ -626,7 +630,7 @@ Test(qmp_parser, a_message_of_too_many_values_is_refused_before_parsing)
     g_autofree char *fine = many_values(QMP_VALUES_MAX / 2);
     cr_assert(eq(int, qmp_parser_feed(q, fine, strlen(fine), count_msg, &n, NULL), 1));
     /* commas inside strings are not values */
-    g_autofree char *str = g_strnfill(QMP_VALUES_MAX * 2, ',');
+    g_autofree char *str = g_strnfill((gsize)QMP_VALUES_MAX * 2, ',');
     g_autofree char *line = g_strdup_printf("{\"return\": \"%s\"}\r\n", str);
     cr_assert(eq(int, qmp_parser_feed(q, line, strlen(line), count_msg, &n, NULL), 1));
 }
@@ -679,8 +683,10 @@ Test(qmp_conn, an_event_flood_does_not_stretch_a_deadline, .timeout = 60)
         cr_assert(ge(int, ring_dispatch(t_ring(), 2000), 0));
     }
     cr_assert(fl.timed_out, "the call timed out");
-    cr_assert(lt(int, fl.events_at_timeout, N), "the deadline fired during the flood (%d of %d "
-                                                "events had arrived)", fl.events_at_timeout, N);
+    cr_assert(lt(int, fl.events_at_timeout, N),
+              "the deadline fired during the flood (%d of %d "
+              "events had arrived)",
+              fl.events_at_timeout, N);
     g_string_free(ev, TRUE);
     finish(f);
 }

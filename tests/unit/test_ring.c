@@ -15,9 +15,11 @@
 
 static const ring_backend backends[] = {RING_BACKEND_IOURING, RING_BACKEND_EPOLL};
 
-#define FOR_EACH_BACKEND(r)                                                                    \
-    for (size_t bi_ = 0; bi_ < G_N_ELEMENTS(backends); bi_++)                                  \
+/* NOLINTBEGIN(bugprone-macro-parentheses): @r names the variable the loop declares */
+#define FOR_EACH_BACKEND(r)                                                                        \
+    for (size_t bi_ = 0; bi_ < G_N_ELEMENTS(backends); bi_++)                                      \
         for (ring *r = new_ring(backends[bi_]); r; ring_free(r), r = NULL)
+/* NOLINTEND(bugprone-macro-parentheses) */
 
 static ring *new_ring(ring_backend b)
 {
@@ -139,7 +141,7 @@ Test(ring, cancel_a_pending_recv)
         /* the buffer is ours again: data sent now must not land in it */
         cr_assert(eq(long, write(sv[1], "late", 4), 4));
         ring_dispatch(r, 20);
-        cr_assert(eq(int, buf[0], 0));
+        cr_assert(eq(int, (unsigned char)buf[0], 0));
         cr_assert(eq(int, x.calls, 1));
         g_free(buf);
         close(sv[0]);
@@ -161,15 +163,17 @@ Test(ring, accept_and_connect)
         result acc = {0}, con = {0};
         cr_assert(gt(i64, ring_accept(r, lfd, record, &acc), 0));
         int cfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        cr_assert(gt(i64, ring_connect(r, cfd, (struct sockaddr *)&sa, sizeof(sa), record, &con),
-                     0));
+        cr_assert(
+            gt(i64, ring_connect(r, cfd, (struct sockaddr *)&sa, sizeof(sa), record, &con), 0));
         run_until(r, &con);
         run_until(r, &acc);
         cr_assert(eq(int, con.res, 0));
         cr_assert(ge(int, acc.res, 0), "accepted: %s", g_strerror(-acc.res));
         cr_assert(ne(int, fcntl(acc.res, F_GETFD) & FD_CLOEXEC, 0));
-        cr_assert(ne(int, fcntl(acc.res, F_GETFL) & O_NONBLOCK, 0), "%s: accepted socket is "
-                  "non-blocking", ring_backend_name(ring_get_backend(r)));
+        cr_assert(ne(int, fcntl(acc.res, F_GETFL) & O_NONBLOCK, 0),
+                  "%s: accepted socket is "
+                  "non-blocking",
+                  ring_backend_name(ring_get_backend(r)));
         close(acc.res);
         close(cfd);
 
@@ -177,8 +181,8 @@ Test(ring, accept_and_connect)
         unlink(path);
         result bad = {0};
         cfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        cr_assert(gt(i64, ring_connect(r, cfd, (struct sockaddr *)&sa, sizeof(sa), record, &bad),
-                     0));
+        cr_assert(
+            gt(i64, ring_connect(r, cfd, (struct sockaddr *)&sa, sizeof(sa), record, &bad), 0));
         run_until(r, &bad);
         cr_assert(eq(int, bad.res, -ENOENT));
         close(cfd);
@@ -218,7 +222,7 @@ Test(ring, poll_and_bad_fds)
         cr_assert(eq(int, ring_dispatch(r, 10), 0));
         cr_assert(eq(long, write(p[1], "x", 1), 1));
         run_until(r, &x);
-        cr_assert(ne(int, x.res & POLLIN, 0));
+        cr_assert(ne(int, x.res &POLLIN, 0));
         close(p[0]);
         close(p[1]);
         /* a closed fd: refused at submission (epoll) or as the result (io_uring) */
@@ -307,8 +311,9 @@ Test(ring, backend_from_the_environment)
     ring_free(r);
     setenv("VMIG_RING", "kqueue", 1);
     cr_assert_null(ring_new(RING_BACKEND_AUTO, &err));
-    cr_assert(eq(str, (char *)vmig_error_message(err), "VMIG_RING='kqueue': give io_uring or "
-                                                        "epoll"));
+    cr_assert(eq(str, (char *)vmig_error_message(err),
+                 "VMIG_RING='kqueue': give io_uring or "
+                 "epoll"));
     vmig_error_free(err);
     unsetenv("VMIG_RING");
 }

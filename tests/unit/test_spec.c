@@ -45,8 +45,8 @@ Test(spec, full_spec_is_read)
 
 Test(spec, defaults)
 {
-    g_autoptr(vmig_spec) s =
-        vmig_spec_parse("{\"name\": \"a\", \"memory_mib\": 64, \"kernel\": \"/k\"}", NULL);
+    g_autoptr(vmig_spec) s = vmig_spec_parse(
+        "{\"name\": \"a\", \"memory_mib\": 64, \"kernel\": \"/k\"}", NULL);
     cr_assert_not_null(s);
     cr_assert(eq(str, s->machine, "pc"));
     cr_assert(eq(str, s->cpu, "qemu64"));
@@ -90,8 +90,10 @@ Test(spec, load_resolves_relative_paths_and_reports_bad_files)
     char dir[] = "/tmp/vmig-spec-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
     g_autofree char *path = g_build_filename(dir, "vm.json", NULL);
-    cr_assert(g_file_set_contents(path, "{\"name\": \"a\", \"memory_mib\": 64, "
-                                        "\"kernel\": \"images/k.elf\"}", -1, NULL));
+    cr_assert(g_file_set_contents(path,
+                                  "{\"name\": \"a\", \"memory_mib\": 64, "
+                                  "\"kernel\": \"images/k.elf\"}",
+                                  -1, NULL));
     vmig_error *err = NULL;
     g_autoptr(vmig_spec) s = vmig_spec_load(path, &err);
     cr_assert_not_null(s, "%s", vmig_error_message(err));
@@ -139,8 +141,8 @@ Test(spec, argv_for_source_and_destination)
     cr_assert(argv_has(src, "-m", "256M"));
     cr_assert(argv_has(src, "-smp", "2"));
     cr_assert(argv_has(src, "-uuid", "9a1c2b3d-0000-4000-8000-000000000001"));
-    cr_assert(argv_has(src, "-chardev",
-                       "socket,id=vmig-qmp,path=/run/v/db/qmp.sock,server=on,wait=off"));
+    cr_assert(
+        argv_has(src, "-chardev", "socket,id=vmig-qmp,path=/run/v/db/qmp.sock,server=on,wait=off"));
     cr_assert(argv_has(src, "-drive", "file=/d/a,,b.img,format=raw,if=ide"),
               "commas in paths are doubled for QEMU's option parser");
     cr_assert(argv_has(src, "-rtc", "base=utc"));
@@ -181,23 +183,28 @@ Test(spec, option_strings_take_no_injected_options)
     expect_error("{" BASE ", \"cpu\": \"qemu64,-enforce\"}", "vmigrate's to set");
     expect_error("{" BASE ", \"cpu\": \"qemu64,+check\"}", "vmigrate's to set");
     expect_error("{" BASE ", \"cpu\": \"qemu64,,x\"}", "give features as +name");
-    expect_error("{" BASE ", \"disks\": [{\"path\": \"/d\", \"format\": \"raw,file.locking=off\"}]}",
+    expect_error("{" BASE
+                 ", \"disks\": [{\"path\": \"/d\", \"format\": \"raw,file.locking=off\"}]}",
                  "is not a disk format");
     expect_error("{" BASE ", \"disks\": [{\"path\": \"/d\", \"interface\": \"virtio,bus=x\"}]}",
                  "is not a disk interface");
     vmig_error *err = NULL;
     g_autoptr(vmig_spec) ok = vmig_spec_parse("{" BASE ", \"machine\": \"pc-i440fx-7.2\", "
-                                              "\"cpu\": \"Skylake-Client,-hle,+pcid\"}", &err);
+                                              "\"cpu\": \"Skylake-Client,-hle,+pcid\"}",
+                                              &err);
     cr_assert_not_null(ok, "plain names and +/- features pass: %s", vmig_error_message(err));
 }
 
 Test(spec, extra_args_cannot_take_over_what_vmigrate_owns)
 {
-    const char *owned[] = {"-pidfile", "-incoming", "-monitor", "-mon", "-qmp", "-daemonize",
-                           "-name", "-uuid", "--pidfile", "-readconfig", "-qmp-pretty"};
+    const char *owned[] = {"-pidfile",  "-incoming",   "-monitor",   "-mon",
+                           "-qmp",      "-daemonize",  "-name",      "-uuid",
+                           "--pidfile", "-readconfig", "-qmp-pretty"};
     for (size_t i = 0; i < G_N_ELEMENTS(owned); i++) {
-        g_autofree char *json = g_strdup_printf("{" BASE ", \"extra_args\": [\"-rtc\", \"base=utc\", "
-                                                "\"%s\", \"x\"]}", owned[i]);
+        g_autofree char *json = g_strdup_printf("{" BASE
+                                                ", \"extra_args\": [\"-rtc\", \"base=utc\", "
+                                                "\"%s\", \"x\"]}",
+                                                owned[i]);
         expect_error(json, "extra_args[2]");
         expect_error(json, "is vmigrate's to set");
     }

@@ -27,8 +27,11 @@ static void setup(void)
 {
     mem = g_malloc0((size_t)NPAGES * VMIG_GUEST_PAGE_SIZE);
     st = (struct vmig_guest_status){
-        .magic = VMIG_GUEST_STATUS_MAGIC, .state = VMIG_GUEST_RUNNING, .npages = NPAGES,
-        .gen = 5, .cursor = 20,
+        .magic = VMIG_GUEST_STATUS_MAGIC,
+        .state = VMIG_GUEST_RUNNING,
+        .npages = NPAGES,
+        .gen = 5,
+        .cursor = 20,
     };
     for (uint32_t p = 0; p < NPAGES; p++) {
         write_page(p, p < st.cursor ? 5 : 4);
@@ -122,8 +125,8 @@ Test(verify, chunks_add_up)
  * run forever (issue 11, item 13). */
 Test(verify, a_status_block_that_does_not_fit_the_vm_is_refused)
 {
-    struct vmig_guest_status sb = {.page_size = VMIG_GUEST_PAGE_SIZE, .range_start = 0x200000,
-                                   .npages = 1000, .cursor = 10};
+    struct vmig_guest_status sb = {
+        .page_size = VMIG_GUEST_PAGE_SIZE, .range_start = 0x200000, .npages = 1000, .cursor = 10};
     uint64_t ram = 64u << 20;
     cr_assert(eng_guest_status_check(&sb, ram, NULL));
     sb.npages = 0xFFFFC001u;
