@@ -527,15 +527,16 @@ static void src_failed(vmig_job *j)
 static void src_final(vmig_job *j)
 {
     mig *m = M(j);
-    if (dst_gone(j)) {
-        return;
-    }
+    /* first: a dead source takes its destination's stream down too, and is the news */
     if (m->src_closed && !eng_vm_alive(m->src)) {
         g_autofree char *tail = eng_vm_log_tail(m->src);
         mig_fail_new(j, VMIG_E_QEMU,
                      "the source QEMU (pid %d) exited during the migration, "
                      "and the VM with it: %s; the destination was torn down",
                      m->src->pid, *tail ? tail : "(no output)");
+        return;
+    }
+    if (dst_gone(j)) {
         return;
     }
     if (m->src_closed) {

@@ -269,6 +269,37 @@ Test(migrate, destination_killed_midway)
               vmig_error_message(err));
 }
 
+static void kill_source(void *opaque, const vmig_migration_stats *st)
+{
+    killer *k = opaque;
+    if (!k->killed_pid && st->transferred_bytes > 0) {
+        k->killed_pid = t_instance_pid(k->stage); /* here: the source's directory */
+        kill(k->killed_pid, SIGKILL);
+    }
+}
+
+/* The source QEMU dies mid-migration: the VM is gone with it, and the error says so rather
+ * than blaming the destination whose stream broke as a result. */
+Test(migrate, source_killed_midway_is_named)
+{
+    start_guest("doomed", 256, 10);
+    g_autofree char *dir = g_build_filename(state, "doomed", NULL);
+    killer k = {.stage = dir};
+    vmig_migrate_opts o;
+    t_live_opts(&o);
+    o.bandwidth_mib_s = 16;
+    vmig_error *err = NULL;
+    cr_assert(not(vmig_migrate(eng, "doomed", &o, kill_source, &k, NULL, &err)));
+    cr_assert(gt(int, k.killed_pid, 0));
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_QEMU), "%s", vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "the source QEMU"), "%s",
+                       vmig_error_message(err));
+    cr_assert_not_null(strstr(vmig_error_message(err), "exited during the migration"), "%s",
+                       vmig_error_message(err));
+    vmig_error_free(err);
+    cr_assert(eq(int, t_qemu_count_settled("doomed.incoming"), 0), "the destination is gone");
+}
+
 typedef struct stopper {
     const char *stage;
     int pid;
