@@ -765,6 +765,38 @@ static void dst_torn_down(void *opaque, const vmig_error *err)
     eng_job_release(j);
 }
 
+static void rb_reconnected(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    mig *m = M(j);
+    if (err) {
+        eng_log(j->e, VMIG_LOG_ERROR, "rolling back: the source's monitor, again: %s",
+                vmig_error_message(err));
+    } else {
+        m->src_closed = false;
+        qmp_conn_set_closed_cb(m->src->qmp, mig_src_closed, j);
+    }
+    eng_job_release(j);
+}
+
+/* With the source's monitor, if it answers: cancel, then resume it. */
+static void rb_source(vmig_job *j)
+{
+    mig *m = M(j);
+    if (!m->src || !m->src->qmp || !qmp_conn_ready(m->src->qmp)) {
+        if (m->src && eng_vm_alive(m->src)) {
+            vmig_append_error(&j->err,
+                              "; the source's monitor does not answer: 'vmigrate vm "
+                              "recover %s' resumes VM '%s' if it is left paused",
+                              m->name, m->name);
+        }
+        eng_job_then(j, rb_end);
+        return;
+    }
+    eng_job_call_opt(j, m->src->qmp, "query-migrate", NULL, on_query_migrate_opt);
+    eng_job_then(j, rb_cancel);
+}
+
 /* Called once the cause is in j->err and nothing is in flight: put the source back and tear
  * the destination down.  After the destination took over, there is nothing to roll back. */
 static void rollback(vmig_job *j)
@@ -780,12 +812,20 @@ static void rollback(vmig_job *j)
         eng_job_hold(j);
         eng_vm_kill(m->dst, DEST_KILL_MS, dst_torn_down, j);
     }
-    if (!m->src || !m->src->qmp || !qmp_conn_ready(m->src->qmp)) {
-        eng_job_then(j, rb_end);
+    if (m->src && (!m->src->qmp || !qmp_conn_ready(m->src->qmp)) && eng_vm_alive(m->src)) {
+        /* The source's monitor connection broke (garbage on it, say) but QEMU lives: a new
+         * connection is what resumes a source left paused by a migration that completed. */
+        eng_vm_disconnect(m->src);
+        vmig_error *err = NULL;
+        eng_job_hold(j);
+        if (!eng_vm_connect(m->src, src_event, j, rb_reconnected, j, &err)) {
+            rb_reconnected(j, err);
+            vmig_error_free(err);
+        }
+        eng_job_then(j, rb_source);
         return;
     }
-    eng_job_call_opt(j, m->src->qmp, "query-migrate", NULL, on_query_migrate_opt);
-    eng_job_then(j, rb_cancel);
+    rb_source(j);
 }
 
 /* ---- the job --------------------------------------------------------------------------------- */
