@@ -5,6 +5,8 @@
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 #include <glib/gstdio.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -532,6 +534,99 @@ Test(migrate, a_destination_that_cannot_start_rolls_back)
     err = NULL;
     expect_only("nokernel", "running");
     cr_assert(vmig_guest_verify(eng, "nokernel", NULL, &err), "%s", vmig_error_message(err));
+}
+
+/* A relay of the source's monitor that swallows the MIGRATION "completed" event and sends
+ * garbage instead: the engine loses its connection just after the source finished.  Later
+ * connections (the rollback's) are relayed faithfully. */
+typedef struct qmp_saboteur {
+    int lfd;
+    char *real;
+    pthread_t thread;
+    volatile bool fired, stop;
+} qmp_saboteur;
+
+static void saboteur_serve(qmp_saboteur *q, int c)
+{
+    int qemu = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    g_strlcpy(a.sun_path, q->real, sizeof(a.sun_path));
+    if (connect(qemu, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        close(qemu);
+        return;
+    }
+    struct pollfd fds[2] = {{.fd = c, .events = POLLIN}, {.fd = qemu, .events = POLLIN}};
+    char buf[65536];
+    while (!q->stop && poll(fds, 2, 100) >= 0) {
+        int from = fds[0].revents ? 0 : fds[1].revents ? 1 : -1;
+        if (from < 0) {
+            continue;
+        }
+        ssize_t n = read(fds[from].fd, buf, sizeof(buf) - 1);
+        if (n <= 0) {
+            break;
+        }
+        buf[n] = '\0';
+        if (!q->fired && from == 1 && strstr(buf, "\"MIGRATION\"") &&
+            strstr(buf, "\"completed\"")) {
+            static const char junk[] = "{\"event\": null, [[[\r\n";
+            q->fired = write(c, junk, sizeof(junk) - 1) > 0;
+            break;
+        }
+        if (write(fds[1 - from].fd, buf, (size_t)n) != n) {
+            break;
+        }
+    }
+    close(qemu);
+}
+
+static void *saboteur_main(void *opaque)
+{
+    qmp_saboteur *q = opaque;
+    while (!q->stop) {
+        struct pollfd p = {.fd = q->lfd, .events = POLLIN};
+        if (poll(&p, 1, 100) > 0) {
+            int c = accept(q->lfd, NULL, NULL);
+            if (c >= 0) {
+                saboteur_serve(q, c);
+                close(c);
+            }
+        }
+    }
+    return NULL;
+}
+
+Test(migrate, garbage_from_the_source_after_it_finished_rolls_back_and_resumes_it)
+{
+    start_guest("garbled", 64, 0);
+    g_autofree char *dir = g_build_filename(state, "garbled", NULL);
+    g_autofree char *sock = g_build_filename(dir, "qmp.sock", NULL);
+    qmp_saboteur q = {.real = g_build_filename(dir, "qmp.real.sock", NULL)};
+    cr_assert(eq(int, rename(sock, q.real), 0));
+    q.lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    g_strlcpy(a.sun_path, sock, sizeof(a.sun_path));
+    cr_assert(eq(int, bind(q.lfd, (struct sockaddr *)&a, sizeof(a)), 0));
+    cr_assert(eq(int, listen(q.lfd, 1), 0));
+    pthread_create(&q.thread, NULL, saboteur_main, &q);
+    vmig_migrate_opts o;
+    t_live_opts(&o);
+    vmig_error *err = NULL;
+    bool ok = vmig_migrate(eng, "garbled", &o, NULL, NULL, NULL, &err);
+    q.stop = true;
+    pthread_join(q.thread, NULL);
+    close(q.lfd);
+    unlink(sock);
+    cr_assert(eq(int, rename(q.real, sock), 0));
+    g_free(q.real);
+    cr_assert(q.fired, "the completed event was replaced by garbage");
+    cr_assert(not(ok), "the engine never saw the source complete");
+    cr_assert_not_null(strstr(vmig_error_message(err), "VM 'garbled' is running on the source"),
+                       "%s", vmig_error_message(err));
+    vmig_error_free(err);
+    err = NULL;
+    expect_only("garbled", "running");
+    cr_assert(vmig_guest_verify(eng, "garbled", NULL, &err), "%s", vmig_error_message(err));
 }
 
 /* A source still migrating when its vmigrate died (here: to a socket nobody reads) is
