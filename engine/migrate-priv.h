@@ -43,6 +43,7 @@ typedef struct mig {
     bool dest_took_over; /* past the point of no return */
     bool src_closed, dst_closed;
     char *src_closed_why; /* what the source's monitor connection ended with */
+    int64_t src_grace_deadline;
     mig_status src_status, dst_status;
     int64_t src_stop_us, dst_resume_us;
     int64_t t0, t_migrate, resume_deadline, cancel_deadline, dst_grace_deadline;

@@ -26,6 +26,7 @@
 #define QUIT_TIMEOUT_MS 10000
 #define DEST_KILL_MS 2000
 #define DEST_GRACE_MS 1000 /* the source failed: is the destination the cause? */
+#define SRC_GRACE_MS 2000  /* the source's monitor closed: is its QEMU dying? */
 #define STALL_TIMEOUT_S 60 /* no byte moved for this long: the migration is stuck */
 #define BANDWIDTH_UNLIMITED (UINT64_C(1) << 40) /* 1 TiB/s: no cap worth the name */
 
@@ -524,11 +525,18 @@ static void src_failed(vmig_job *j)
     }
 }
 
-static void src_final(vmig_job *j)
+/* The source's monitor closed: its QEMU is gone, or a moment has passed. */
+static bool src_gone_or_late(vmig_job *j)
+{
+    mig *m = M(j);
+    return !eng_vm_alive(m->src) || vmig_ms_left(m->src_grace_deadline) == 0;
+}
+
+static void src_closed_final(vmig_job *j)
 {
     mig *m = M(j);
     /* first: a dead source takes its destination's stream down too, and is the news */
-    if (m->src_closed && !eng_vm_alive(m->src)) {
+    if (!eng_vm_alive(m->src)) {
         g_autofree char *tail = eng_vm_log_tail(m->src);
         mig_fail_new(j, VMIG_E_QEMU,
                      "the source QEMU (pid %d) exited during the migration, "
@@ -536,12 +544,23 @@ static void src_final(vmig_job *j)
                      m->src->pid, *tail ? tail : "(no output)");
         return;
     }
-    if (dst_gone(j)) {
-        return;
-    }
-    if (m->src_closed) {
+    if (!dst_gone(j)) {
         mig_fail_new(j, VMIG_E_IO, "the source QEMU's monitor closed during the migration%s%s",
                      m->src_closed_why ? ": " : "", m->src_closed_why ? m->src_closed_why : "");
+    }
+}
+
+static void src_final(vmig_job *j)
+{
+    mig *m = M(j);
+    if (m->src_closed) {
+        /* A killed QEMU closes its sockets before it has left (it still frees guest RAM):
+         * give it a moment to be seen gone, rather than blame the destination it took down. */
+        m->src_grace_deadline = vmig_now_ms() + SRC_GRACE_MS;
+        eng_job_wait(j, src_gone_or_late, 0, NULL, src_closed_final);
+        return;
+    }
+    if (dst_gone(j)) {
         return;
     }
     if (m->src_status == MS_FAILED || m->src_status == MS_CANCELLED) {
