@@ -55,6 +55,7 @@ typedef enum tp_kind {
     TP_KIND_MAIN = 1,    /* QEMU's main migration channel (starts with QEVM) */
     TP_KIND_MULTIFD = 2, /* a multifd channel; index = QEMU's channel id */
     TP_KIND_PREEMPT = 3, /* the post-copy preempt channel (no magic of its own) */
+    TP_KIND_QMP = 4,     /* the engine's monitor connection to a QEMU the agent started */
     TP_KIND_COUNT
 } tp_kind;
 
