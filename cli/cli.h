@@ -25,6 +25,8 @@ int cmd_migrate(const cli_global *g, int argc, char **argv);
 int cmd_demo(const cli_global *g, int argc, char **argv);
 int cmd_qmp(const cli_global *g, int argc, char **argv);
 int cmd_cpu(const cli_global *g, int argc, char **argv);
+int cmd_agent(const cli_global *g, int argc, char **argv);
+int cmd_key(const cli_global *g, int argc, char **argv);
 
 /* output.c */
 void cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -60,5 +62,14 @@ typedef struct cli_migrate_args {
 int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val);
 
 extern const char cli_migrate_opts_help[];
+
+#define CLI_CHANNELS_MAX 66 /* main, 64 multifd, preempt */
+/* A migration to its end (the progress callback on @prog): its figures, and the relay's
+ * channels into @chan (room for CLI_CHANNELS_MAX). */
+bool cli_migrate_run(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
+                     cli_progress *prog, vmig_migration_stats *st, vmig_channel_stats *chan,
+                     size_t *n_chan, vmig_error **errp);
+json_object *cli_channels_json(const vmig_channel_stats *c, size_t n);
+void cli_print_channels(const vmig_channel_stats *c, size_t n);
 
 #endif

@@ -1,19 +1,29 @@
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <glib.h>
 
 #include "cli.h"
 
 #define DEMO_NAME "vmig-demo"
 #define DEMO_READY_TIMEOUT_MS 300000
+#define DEMO_AGENT_TIMEOUT_MS 30000
 
 enum {
     OPT_MEM = 0x100,
     OPT_DIRTY,
     OPT_ACCEL,
     OPT_KEEP,
+    OPT_DIRECT,
 };
 
 /* clang-format off: a table, laid out by hand */
@@ -22,6 +32,8 @@ enum {
         {"bandwidth", required_argument, NULL, 'B'}, {"timeout", required_argument, NULL, 'T'},    \
         {"verbose", no_argument, NULL, 'v'}, {"json", no_argument, NULL, 'j'},                     \
         {"force", no_argument, NULL, 'F'}, {"unsafe", no_argument, NULL, 'U'},                     \
+        {"key", required_argument, NULL, 'K'},                                                     \
+        {"parallel-connections", required_argument, NULL, 'P'},                                    \
     {                                                                                              \
         "stall-timeout", required_argument, NULL, 'S'                                              \
     }
@@ -79,13 +91,18 @@ int cmd_migrate(const cli_global *g, int argc, char **argv)
     cli_progress prog;
     cli_progress_init(&prog, a.verbose);
     vmig_migration_stats st;
-    bool ok = vmig_migrate(e, name, &a.opts, cli_progress_cb, &prog, &st, &err);
+    vmig_channel_stats chan[CLI_CHANNELS_MAX];
+    size_t n_chan = 0;
+    bool ok = cli_migrate_run(e, name, &a.opts, &prog, &st, chan, &n_chan, &err);
     cli_progress_done(&prog);
     if (a.json) {
         json_object *o = cli_stats_json(&st);
         json_object_object_add(o, "vm", json_object_new_string(name));
         json_object_object_add(o, "dest", json_object_new_string(a.opts.dest));
         json_object_object_add(o, "live", json_object_new_boolean(a.opts.live));
+        json_object_object_add(o, "parallel_connections",
+                               json_object_new_int(a.opts.parallel_connections));
+        json_object_object_add(o, "channels", cli_channels_json(chan, n_chan));
         if (!ok) {
             json_object_object_add(o, "error", json_object_new_string(vmig_error_message(err)));
         }
@@ -93,6 +110,9 @@ int cmd_migrate(const cli_global *g, int argc, char **argv)
         json_object_put(o);
     } else if (ok) {
         print_summary(name, a.opts.dest, &st);
+        if (a.verbose) {
+            cli_print_channels(chan, n_chan);
+        }
     }
     cli_remove_sigint();
     vmig_engine_free(e);
@@ -107,6 +127,7 @@ typedef struct demo_args {
     int dirty_mib_s;
     vmig_accel accel;
     bool keep;
+    bool direct;
 } demo_args;
 
 static int demo_parse(demo_args *d, int argc, char **argv)
@@ -117,6 +138,7 @@ static int demo_parse(demo_args *d, int argc, char **argv)
         {"dirty-mib-s", required_argument, NULL, OPT_DIRTY},
         {"accel", required_argument, NULL, OPT_ACCEL},
         {"keep", no_argument, NULL, OPT_KEEP},
+        {"direct", no_argument, NULL, OPT_DIRECT},
         {0},
     };
     opterr = 0;
@@ -148,6 +170,9 @@ static int demo_parse(demo_args *d, int argc, char **argv)
         if (c == OPT_KEEP) {
             d->keep = true;
         }
+        if (c == OPT_DIRECT) {
+            d->direct = true;
+        }
     }
     if (optind != argc) {
         return cli_usage_error("demo", "unexpected argument '%s'", argv[optind]);
@@ -175,11 +200,150 @@ static vmig_spec *demo_spec(const demo_args *d, vmig_error **errp)
     return s;
 }
 
+/* ---- the demo's agent: a second vmigrate process, as on a destination host ---------------- */
+
+typedef struct demo_agent {
+    char dir[64];     /* its state directory */
+    char key_dir[64]; /* the key's */
+    char key[96];
+    char log[96];
+    char dest[80]; /* vmig://127.0.0.1:PORT */
+    pid_t pid;
+} demo_agent;
+
+/* Reads the agent's first line ("listening on HOST:PORT") within the deadline. */
+static bool agent_address(int fd, char *buf, size_t len)
+{
+    size_t got = 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (got + 1 < len) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = DEMO_AGENT_TIMEOUT_MS -
+                    ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (left <= 0 || (poll(&p, 1, (int)left) < 0 && errno != EINTR)) {
+            return false;
+        }
+        ssize_t n = read(fd, buf + got, 1);
+        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+            return false;
+        }
+        if (n == 1 && buf[got++] == '\n') {
+            break;
+        }
+    }
+    buf[got] = '\0';
+    return strncmp(buf, "listening on ", 13) == 0;
+}
+
+/* Starts `vmigrate agent` on a free loopback port with a new key, in directories of its own. */
+static bool agent_start(const cli_global *g, const demo_args *d, demo_agent *a, vmig_error **errp)
+{
+    memset(a, 0, sizeof(*a));
+    a->pid = -1;
+    snprintf(a->dir, sizeof(a->dir), "/tmp/vmig-demo-agent-XXXXXX");
+    snprintf(a->key_dir, sizeof(a->key_dir), "/tmp/vmig-demo-key-XXXXXX");
+    if (!mkdtemp(a->dir) || !mkdtemp(a->key_dir)) {
+        cli_err("cannot create the agent's directories under /tmp: %s", strerror(errno));
+        return false;
+    }
+    snprintf(a->key, sizeof(a->key), "%s/key", a->key_dir);
+    snprintf(a->log, sizeof(a->log), "%s/agent.log", a->key_dir);
+    if (!vmig_key_create(a->key, errp)) {
+        return false;
+    }
+    char *argv[20];
+    int n = 0;
+    argv[n++] = g_strdup("/proc/self/exe");
+    argv[n++] = g_strdup("--state-dir");
+    argv[n++] = g_strdup(a->dir);
+    if (g->qemu) {
+        argv[n++] = g_strdup("--qemu");
+        argv[n++] = g_strdup(g->qemu);
+    }
+    if (g->debug) {
+        argv[n++] = g_strdup("--debug");
+    }
+    argv[n++] = g_strdup("agent");
+    argv[n++] = g_strdup("--listen");
+    argv[n++] = g_strdup("127.0.0.1:0");
+    argv[n++] = g_strdup("--key");
+    argv[n++] = g_strdup(a->key);
+    argv[n++] = g_strdup("--accel");
+    argv[n++] = g_strdup(d->accel == VMIG_ACCEL_KVM ? "kvm" : "tcg");
+    argv[n] = NULL;
+    int out[2];
+    int log = open(a->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (log < 0 || pipe2(out, O_CLOEXEC) < 0) {
+        cli_err("starting the agent: %s", strerror(errno));
+        return false;
+    }
+    fflush(NULL);
+    a->pid = fork();
+    if (a->pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        dup2(d->m.verbose ? STDERR_FILENO : log, STDERR_FILENO);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    for (int i = 0; i < n; i++) {
+        g_free(argv[i]);
+    }
+    close(out[1]);
+    close(log);
+    char line[64];
+    bool ok = a->pid > 0 && agent_address(out[0], line, sizeof(line));
+    close(out[0]);
+    if (!ok) {
+        cli_err("the demo's agent did not start (its log: %s)", a->log);
+        return false;
+    }
+    line[strcspn(line, "\n")] = '\0';
+    snprintf(a->dest, sizeof(a->dest), "vmig://%s", line + 13);
+    return true;
+}
+
+/* Stops the agent and removes what it left (unless the VM is kept there). */
+static void agent_stop(demo_agent *a, bool keep)
+{
+    if (a->pid > 0) {
+        kill(a->pid, SIGTERM);
+        for (int i = 0; i < 200; i++) {
+            if (waitpid(a->pid, NULL, WNOHANG) == a->pid) {
+                a->pid = -1;
+                break;
+            }
+            struct timespec ts = {0, 50 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+        if (a->pid > 0) {
+            kill(a->pid, SIGKILL);
+            waitpid(a->pid, NULL, 0);
+        }
+    }
+    if (a->key[0]) {
+        unlink(a->key);
+        unlink(a->log);
+        rmdir(a->key_dir);
+    }
+    if (!keep && a->dir[0]) {
+        rmdir(a->dir);
+    }
+}
+
 static void demo_report(const demo_args *d, bool migrated, const vmig_migration_stats *st,
-                        bool verified, uint64_t pages, const char *error)
+                        const vmig_channel_stats *chan, size_t n_chan, bool verified,
+                        uint64_t pages, const char *error)
 {
     if (d->m.json) {
         json_object *o = cli_stats_json(st);
+        json_object_object_add(o, "transport",
+                               json_object_new_string(d->direct ? "direct" : "relay"));
+        json_object_object_add(o, "parallel_connections",
+                               json_object_new_int(d->m.opts.parallel_connections));
+        json_object_object_add(o, "channels", cli_channels_json(chan, n_chan));
         json_object_object_add(o, "verified", json_object_new_boolean(verified));
         json_object_object_add(o, "pages_checked", json_object_new_int64((int64_t)pages));
         json_object_object_add(o, "mem_mib", json_object_new_int(d->mem_mib));
@@ -194,7 +358,8 @@ static void demo_report(const demo_args *d, bool migrated, const vmig_migration_
         return;
     }
     if (migrated) {
-        print_summary(DEMO_NAME, "local", st);
+        print_summary(DEMO_NAME, d->direct ? "local" : d->m.opts.dest, st);
+        cli_print_channels(chan, n_chan);
     }
     if (verified) {
         printf("  memory      %8llu pages checked on the destination: all as the guest wrote "
@@ -226,7 +391,11 @@ int cmd_demo(const cli_global *g, int argc, char **argv)
     vmig_error *err = NULL;
     vmig_spec *spec = demo_spec(&d, &err);
     vmig_engine *e = spec ? cli_engine(&dg, &err) : NULL;
+    vmig_engine *de = NULL; /* the destination's state directory, when it is the agent's */
+    demo_agent agent = {.pid = -1};
     vmig_migration_stats st = {0};
+    vmig_channel_stats chan[CLI_CHANNELS_MAX];
+    size_t n_chan = 0;
     uint64_t pages = 0;
     bool migrated = false, verified = false;
     if (e) {
@@ -238,30 +407,51 @@ int cmd_demo(const cli_global *g, int argc, char **argv)
         }
         cli_progress prog;
         cli_progress_init(&prog, d.m.verbose);
-        migrated = vmig_vm_start(e, spec, d.accel, &err) &&
-                   vmig_guest_wait_ready(e, DEMO_NAME, DEMO_READY_TIMEOUT_MS, &err) &&
-                   vmig_migrate(e, DEMO_NAME, &d.m.opts, cli_progress_cb, &prog, &st, &err);
+        bool ready = vmig_vm_start(e, spec, d.accel, &err) &&
+                     vmig_guest_wait_ready(e, DEMO_NAME, DEMO_READY_TIMEOUT_MS, &err);
+        if (ready && !d.direct) {
+            ready = agent_start(g, &d, &agent, &err);
+            d.m.opts.dest = agent.dest;
+            d.m.opts.key_file = agent.key;
+            if (ready && !d.m.json) {
+                printf("migrating through the relay to a local agent at %s\n", agent.dest);
+                fflush(stdout);
+            }
+        }
+        migrated = ready &&
+                   cli_migrate_run(e, DEMO_NAME, &d.m.opts, &prog, &st, chan, &n_chan, &err);
         cli_progress_done(&prog);
-        verified = migrated && vmig_guest_verify(e, DEMO_NAME, &pages, &err);
-        if (!d.keep) {
+        vmig_engine *holder = e; /* where the VM is now */
+        if (migrated && !d.direct) {
+            de = cli_engine(
+                &(cli_global){.state_dir = agent.dir, .qemu = g->qemu, .debug = g->debug}, &err);
+            holder = de;
+        }
+        verified = migrated && holder && vmig_guest_verify(holder, DEMO_NAME, &pages, &err);
+        if (!d.keep && holder) {
             vmig_error *serr = NULL;
-            if (!vmig_vm_stop(e, DEMO_NAME, 10000, &serr)) {
+            if (!vmig_vm_stop(holder, DEMO_NAME, 10000, &serr)) {
                 cli_err("cleaning up: %s", vmig_error_message(serr));
             }
             vmig_error_free(serr);
         }
     }
+    if (!d.direct) {
+        agent_stop(&agent, d.keep && migrated);
+    }
     if (!st.status[0]) {
         snprintf(st.status, sizeof(st.status), "failed");
     }
-    demo_report(&d, migrated, &st, verified, pages, err ? vmig_error_message(err) : NULL);
+    demo_report(&d, migrated, &st, chan, n_chan, verified, pages,
+                err ? vmig_error_message(err) : NULL);
     if (e && !d.keep && dg.state_dir == tmpl) {
         rmdir(tmpl);
     } else if (e && d.keep && !d.m.json) {
         printf("the VM keeps running: vmigrate --state-dir %s vm stop %s\n",
-               vmig_engine_state_dir(e), DEMO_NAME);
+               de ? vmig_engine_state_dir(de) : vmig_engine_state_dir(e), DEMO_NAME);
     }
     cli_remove_sigint();
+    vmig_engine_free(de);
     vmig_engine_free(e);
     vmig_spec_free(spec);
     if (!verified) {

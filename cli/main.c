@@ -17,9 +17,13 @@ static const char main_help[] =
     "  vm list [--json]                   list VMs in the state directory\n"
     "  vm stop [--timeout S] NAME         stop a VM and remove its state\n"
     "  vm recover NAME                    clean up after a migration whose vmigrate died\n"
-    "  migrate [OPTIONS] NAME DEST        migrate VM NAME to DEST (local, local:STATE_DIR)\n"
+    "  migrate [OPTIONS] NAME DEST        migrate VM NAME to DEST (local, local:STATE_DIR,\n"
+    "                                     vmig://HOST[:PORT] through an agent)\n"
+    "  agent --key FILE [--listen H:P]    serve as a destination host: one port, one key\n"
+    "  key new FILE                       create a key for agents and their sources\n"
     "  demo [OPTIONS]                     start the built-in test guest, migrate it live on\n"
-    "                                     this host, check every page of its memory\n"
+    "                                     this host through a local agent, check every page\n"
+    "                                     of its memory\n"
     "  qmp SOCKET COMMAND [ARGS-JSON]     run one QMP command and print the reply\n"
     "  cpu host|decode|baseline|compare|models\n"
     "                                     CPU models, baselines and compatibility\n"
@@ -58,9 +62,14 @@ static const char migrate_help[] =
     "Usage: vmigrate migrate [OPTIONS] NAME DEST\n"
     "\n"
     "Migrates the running VM NAME to DEST and waits until it is done.  DEST is 'local'\n"
-    "(a second QEMU on this host, same state directory) or 'local:STATE_DIR' (a second QEMU\n"
-    "on this host whose state lives in STATE_DIR, which must exist).  On failure, Ctrl-C or\n"
-    "--timeout the migration is rolled back and the VM keeps running on the source.\n"
+    "(a second QEMU on this host, same state directory), 'local:STATE_DIR' (a second QEMU\n"
+    "on this host whose state lives in STATE_DIR, which must exist), or\n"
+    "'vmig://HOST[:PORT]': the agent on HOST (port 4790 by default; see 'help agent')\n"
+    "starts the destination QEMU there, and every channel of the migration goes through\n"
+    "vmigrate's relay, one TCP connection each, authenticated with --key.  On failure,\n"
+    "Ctrl-C or --timeout the migration is rolled back and the VM keeps running on the source.\n"
+    "With --verbose or --json, a relayed migration reports each channel: bytes each way,\n"
+    "throughput, and time spent waiting for QEMU and for the network.\n"
     "\n"
     "Options:\n";
 
@@ -77,7 +86,28 @@ static const char demo_help[] =
     "  --mem-mib N          guest RAM in MiB (default 1024, at least 16)\n"
     "  --dirty-mib-s R      how fast the guest rewrites memory, MiB/s (default 0: idle)\n"
     "  --accel tcg|kvm      accelerator (default tcg)\n"
-    "  --keep               leave the migrated VM running instead of stopping it\n";
+    "  --keep               leave the migrated VM running instead of stopping it\n"
+    "  --direct             migrate QEMU to QEMU over a unix socket, not through a local\n"
+    "                       agent and the relay (the default), to compare the two\n";
+
+static const char agent_help[] =
+    "Usage: vmigrate [--state-dir DIR] [--qemu BINARY] agent --key FILE\n"
+    "                [--listen HOST[:PORT]] [--accel tcg|kvm]\n"
+    "\n"
+    "Serves this host as a migration destination on one TCP port (default 127.0.0.1:4790;\n"
+    "port 0 picks a free one).  Sources that hold the key (--key, made by 'vmigrate key\n"
+    "new') start destination QEMUs here, under this agent's state directory, QEMU binary\n"
+    "and accelerator, and send their migration channels through it.  Anyone else is\n"
+    "refused before a byte of theirs is read past the handshake, and logged.  A destination\n"
+    "whose source engine goes away before the switchover is stopped and removed; when the\n"
+    "agent dies, the destinations it holds die with it and the sources run on.  The first\n"
+    "line on stdout is 'listening on HOST:PORT'; the log (stderr) has one line per event and\n"
+    "per channel of each migration.  SIGINT or SIGTERM stops it.\n"
+    "\n"
+    "Usage: vmigrate key new FILE\n"
+    "\n"
+    "Creates FILE with a new random key (32 bytes, hex), mode 0600.  Copy it to the\n"
+    "agent's host and to each source; anyone who has it can start QEMUs on the agent's host.\n";
 
 static const char qmp_help[] =
     "Usage: vmigrate qmp SOCKET COMMAND [ARGS-JSON]\n"
@@ -173,6 +203,8 @@ static int help(const char *topic)
         fputs(demo_help, stdout);
         fputs("\nand every migrate option:\n", stdout);
         fputs(cli_migrate_opts_help, stdout);
+    } else if (strcmp(topic, "agent") == 0 || strcmp(topic, "key") == 0) {
+        fputs(agent_help, stdout);
     } else if (strcmp(topic, "qmp") == 0) {
         fputs(qmp_help, stdout);
     } else if (strcmp(topic, "cpu") == 0) {
@@ -243,6 +275,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "qmp") == 0) {
         return cmd_qmp(&g, cargc, cargv);
+    }
+    if (strcmp(cmd, "agent") == 0) {
+        return cmd_agent(&g, cargc, cargv);
+    }
+    if (strcmp(cmd, "key") == 0) {
+        return cmd_key(&g, cargc, cargv);
     }
     if (strcmp(cmd, "cpu") == 0) {
         return cmd_cpu(&g, cargc, cargv);

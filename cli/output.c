@@ -218,7 +218,11 @@ const char cli_migrate_opts_help[] =
     "                       (the check names the missing features; this overrides it)\n"
     "  --unsafe             migrate live although the source QEMU is known to lose guest\n"
     "                       writes doing so (QEMU < 9.0 under TCG); without it such a\n"
-    "                       migration is refused\n";
+    "                       migration is refused\n"
+    "  --key FILE           the agent's key, for a vmig://HOST[:PORT] destination\n"
+    "  --parallel-connections N\n"
+    "                       N multifd channels (1-64), each its own stream (through the\n"
+    "                       relay: its own TCP connection); default one stream\n";
 
 int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
 {
@@ -251,7 +255,81 @@ int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
     case 'U':
         a->opts.unsafe = true;
         return 1;
+    case 'K':
+        a->opts.key_file = val;
+        return 1;
+    case 'P':
+        return cli_parse_int("--parallel-connections", val, 1, 64, &a->opts.parallel_connections)
+                   ? 1
+                   : -1;
     default:
         return 0;
     }
+}
+
+/* ---- running a migration ----------------------------------------------------------------- */
+
+json_object *cli_channels_json(const vmig_channel_stats *c, size_t n)
+{
+    json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "kind", json_object_new_string(c[i].kind));
+        json_object_object_add(o, "index", json_object_new_int((int)c[i].index));
+        json_object_object_add(o, "bytes_out", json_object_new_int64((int64_t)c[i].bytes_out));
+        json_object_object_add(o, "bytes_in", json_object_new_int64((int64_t)c[i].bytes_in));
+        json_object_object_add(o, "seconds", json_object_new_double(c[i].seconds));
+        json_object_object_add(o, "mbit_s", json_object_new_double(c[i].mbit_s));
+        json_object_object_add(o, "wait_source_ms",
+                               json_object_new_int64((int64_t)(c[i].recv_wait_us / 1000)));
+        json_object_object_add(o, "wait_network_ms",
+                               json_object_new_int64((int64_t)(c[i].send_wait_us / 1000)));
+        json_object_object_add(o, "wait_cap_ms",
+                               json_object_new_int64((int64_t)(c[i].limit_wait_us / 1000)));
+        json_object_object_add(o, "failed", json_object_new_boolean(c[i].failed));
+        json_object_array_add(arr, o);
+    }
+    return arr;
+}
+
+void cli_print_channels(const vmig_channel_stats *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        printf("  channel %-7s %2u %9.1f MiB out, %7.1f KiB back, %7.0f Mbit/s; waited "
+               "%.2f s for QEMU, %.2f s for the network%s\n",
+               c[i].kind, c[i].index, (double)c[i].bytes_out / (1024.0 * 1024.0),
+               (double)c[i].bytes_in / 1024.0, c[i].mbit_s, (double)c[i].recv_wait_us / 1e6,
+               (double)c[i].send_wait_us / 1e6, c[i].failed ? " (failed)" : "");
+    }
+}
+
+bool cli_migrate_run(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
+                     cli_progress *prog, vmig_migration_stats *st, vmig_channel_stats *chan,
+                     size_t *n_chan, vmig_error **errp)
+{
+    memset(st, 0, sizeof(*st));
+    *n_chan = 0;
+    vmig_job *j = vmig_migrate_start(e, name, o, cli_progress_cb, prog, NULL, NULL, errp);
+    if (!j) {
+        snprintf(st->status, sizeof(st->status), "failed");
+        return false;
+    }
+    bool ok = true;
+    while (!vmig_job_finished(j)) {
+        if (vmig_engine_run(e, 500, errp) < 0) {
+            ok = false;
+            break;
+        }
+    }
+    vmig_job_stats(j, st);
+    size_t n = vmig_job_channels(j, chan, CLI_CHANNELS_MAX);
+    *n_chan = n < CLI_CHANNELS_MAX ? n : CLI_CHANNELS_MAX;
+    if (ok && vmig_job_get_state(j) != VMIG_JOB_COMPLETED) {
+        if (errp && !*errp) {
+            *errp = vmig_error_copy(vmig_job_error(j));
+        }
+        ok = false;
+    }
+    vmig_job_free(j);
+    return ok;
 }

@@ -18,8 +18,7 @@ void vmig_prefix_error(vmig_error **errp, const char *fmt, ...)
 /* Appends context to an error already set ("; the source keeps running"). */
 void vmig_append_error(vmig_error **errp, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-/* A new copy of @e (NULL for NULL). */
-vmig_error *vmig_error_copy(const vmig_error *e);
+/* vmig_error_copy() is public: vmigrate.h. */
 /* Moves @src (stolen) into @dst unless @dst already holds one. */
 void vmig_propagate_error(vmig_error **dst, vmig_error *src);
 

@@ -5,6 +5,7 @@
 #include <glib.h>
 #include <json-c/json.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include "common/error.h"
 #include "guest/guest-abi.h"
@@ -165,6 +166,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(vmig_spec, vmig_spec_free)
 vmig_spec *eng_spec_from_json(json_object *obj, const char *origin, const char *base_dir,
                               vmig_error **errp);
 vmig_spec *eng_spec_copy(const vmig_spec *s);
+/* The spec as JSON (what vmig_spec_to_json() prints); owned. */
+json_object *eng_spec_to_obj(const vmig_spec *s);
 bool eng_spec_name_valid(const char *name);
 
 typedef struct eng_launch {
@@ -189,7 +192,9 @@ typedef struct eng_vm {
     vmig_accel accel;
     int pid;
     qmp_conn *qmp;
-    int guard_fd; /* lifeline to the guard of a destination, until released; else -1 */
+    int guard_fd;       /* lifeline to the guard of a destination, until released; else -1 */
+    char *remote_token; /* a QEMU an agent started (link.c): its token; NULL for ours */
+    char *remote_uri;   /* its incoming migration address there */
 } eng_vm;
 
 void eng_vm_free(eng_vm *vm);
@@ -255,6 +260,12 @@ void eng_qemu_probe_end(int pid, const char *dir);
 void eng_clean_stale_probes(vmig_engine *e);
 const char *eng_accel_name(vmig_accel a);
 bool eng_accel_parse(const char *s, vmig_accel *ret);
+/* "HOST[:PORT]" and "[V6]:PORT" (agent.c); the port is @default_port when absent. */
+bool eng_parse_hostport(const char *s, int default_port, char **ret_host, int *ret_port,
+                        vmig_error **errp);
+/* The first address of @host (waits on the resolver). */
+bool eng_resolve(const char *host, int port, struct sockaddr_storage *ret, socklen_t *ret_len,
+                 vmig_error **errp);
 /* Writes @text to @path atomically. */
 bool eng_write_file(const char *path, const char *text, vmig_error **errp);
 

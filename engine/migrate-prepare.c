@@ -115,7 +115,7 @@ static bool preflight_qemus(vmig_job *j, vmig_error **errp)
 static void decide(vmig_job *j)
 {
     mig *m = M(j);
-    g_clear_pointer(&m->probe, eng_vm_discard);
+    mig_discard_probe(m);
     vmig_error *err = NULL;
     if (!preflight_qemus(j, &err) || !cpu_gate(j, &err)) {
         eng_job_fail(j, err);
@@ -240,8 +240,10 @@ static void on_dst_kvm(vmig_job *j, json_object *ret, const vmig_error *err)
         vmig_error_free(perr);
         return;
     }
-    g_autofree char *file = g_build_filename(m->dest_state, "host-cpu.xml", NULL);
-    bool has_file = g_file_test(file, G_FILE_TEST_EXISTS);
+    /* an agent's host has no file here: its probe's expansion speaks for it */
+    g_autofree char *file = m->dest_state ? g_build_filename(m->dest_state, "host-cpu.xml", NULL)
+                                          : NULL;
+    bool has_file = file && g_file_test(file, G_FILE_TEST_EXISTS);
     if (!tcg && has_file) {
         m->host_cpu_file = g_steal_pointer(&file);
         return;
@@ -375,9 +377,15 @@ void mig_ask_source(vmig_job *j)
     eng_job_call_opt(j, c, "query-kvm", NULL, on_src_kvm);
     eng_job_call_opt(j, c, "query-machines", NULL, on_src_machines);
     eng_job_call(j, c, "query-cpus-fast", NULL, on_cpus);
+    eng_job_hold(j);
+    if (m->link) { /* the agent's QEMU, asked through it */
+        eng_link_launch(m->link, "probe", NULL, "probe", NULL, m->src->accel, NULL, NULL,
+                        probe_launched, j);
+        eng_job_then(j, check_source);
+        return;
+    }
     eng_launch_req req = {.accel = m->src->accel, .probe = true, .guard = true};
     vmig_error *err = NULL;
-    eng_job_hold(j);
     if (!eng_vm_launch(j->e, &req, probe_launched, j, &err)) {
         probe_launched(j, NULL, err);
         vmig_error_free(err);

@@ -3,6 +3,8 @@
 #define VMIG_ENGINE_MIGRATE_PRIV_H
 
 #include "engine.h"
+#include "link.h"
+#include "transport/relay.h"
 
 typedef enum mig_status {
     MS_NONE,
@@ -61,6 +63,15 @@ typedef struct mig {
     json_object *dst_expansion;                                    /* owned */
     char *host_cpu_file; /* the destination's host-cpu.xml, when there is one */
     char *fail_desc;     /* query-migrate's error-desc after a failure */
+    /* a vmig:// destination */
+    eng_link *link; /* its agent, else NULL */
+    bool link_closed;
+    char *link_why;
+    tp_source_relay *relay;
+    char *relay_why; /* the first channel that failed */
+    char *src_uri;   /* where the source migrates to (the relay's socket, or m->uri) */
+    tp_channel_stats chan[TP_CHANNELS_MAX + 2]; /* the relay's channels, kept at its end */
+    size_t n_chan;
 } mig;
 
 static inline mig *M(vmig_job *j)
@@ -82,5 +93,7 @@ void mig_src_closed(void *opaque, const vmig_error *why);
 void mig_ask_source(vmig_job *j);
 /* migrate.c: start the destination QEMU, then set up and perform. */
 void mig_launch_destination(vmig_job *j);
+/* migrate.c: lets go of the probe QEMU (the agent's is stopped there). */
+void mig_discard_probe(mig *m);
 
 #endif

@@ -25,9 +25,10 @@
 #define CANCEL_TIMEOUT_MS 15000
 #define QUIT_TIMEOUT_MS 10000
 #define DEST_KILL_MS 2000
-#define DEST_GRACE_MS 1000 /* the source failed: is the destination the cause? */
-#define SRC_GRACE_MS 2000  /* the source's monitor closed: is its QEMU dying? */
-#define STALL_TIMEOUT_S 60 /* no byte moved for this long: the migration is stuck */
+#define DEST_GRACE_MS 1000     /* the source failed: is the destination the cause? */
+#define SRC_GRACE_MS 2000      /* the source's monitor closed: is its QEMU dying? */
+#define RELAY_TIMEOUT_MS 30000 /* a channel's connect, classification and handshake */
+#define STALL_TIMEOUT_S 60     /* no byte moved for this long: the migration is stuck */
 #define BANDWIDTH_UNLIMITED (UINT64_C(1) << 40) /* 1 TiB/s: no cap worth the name */
 
 const char *const mig_status_names[MS_COUNT] = {
@@ -136,8 +137,17 @@ static void save_state(vmig_job *j)
 
 /* The last state file, then the end (whose done callback may free the job).  The job lets go
  * of both monitors: QEMU serves one client per monitor, and the VM is the caller's again. */
+static void keep_channels(mig *m)
+{
+    if (m->relay) {
+        m->n_chan = tp_source_relay_stats(m->relay, m->chan, G_N_ELEMENTS(m->chan));
+        g_clear_pointer(&m->relay, tp_source_relay_free);
+    }
+}
+
 static void end(vmig_job *j, vmig_job_state final)
 {
+    keep_channels(M(j));
     mig *m = M(j);
     save_state_as(j, final);
     if (m->src) {
@@ -376,9 +386,49 @@ static void tick(vmig_job *j)
 
 /* ---- confirm --------------------------------------------------------------------------------- */
 
+static void finished_remote(vmig_job *j)
+{
+    mig *m = M(j);
+    eng_vm_remove_dir(m->src->dir);
+    g_clear_pointer(&j->state_file, g_free); /* the VM's directory is the agent's now */
+    g_strlcpy(m->st.status, "completed", sizeof(m->st.status));
+    m->st.progress = 1.0;
+    end(j, VMIG_JOB_COMPLETED);
+}
+
+static void on_agent_finish(void *opaque, json_object *reply, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    mig *m = M(j);
+    const char *dir = NULL;
+    static const vmig_jfield fields[] = {{"dir", VJ_STRING, 0, 0}, {NULL}};
+    if (err) {
+        /* the destination runs: the migration succeeded; only its name there is late */
+        eng_log(j->e, VMIG_LOG_ERROR, "naming the VM at the destination: %s",
+                vmig_error_message(err));
+    } else if (vmig_json_read(reply, fields, &dir, "the agent's finish reply", NULL) && dir) {
+        g_free(m->dst->dir);
+        m->dst->dir = g_strdup(dir);
+    }
+    eng_job_release(j);
+}
+
+static json_object *token_args(const eng_vm *vm)
+{
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "token", json_object_new_string(vm->remote_token));
+    return args;
+}
+
 static void finish(vmig_job *j)
 {
     mig *m = M(j);
+    if (m->link) {
+        eng_job_hold(j);
+        eng_link_call(m->link, "finish", token_args(m->dst), on_agent_finish, j);
+        eng_job_then(j, finished_remote);
+        return;
+    }
     eng_vm_remove_dir(m->src->dir);
     if (rename(m->dst->dir, m->final_dir) < 0) {
         eng_log(j->e, VMIG_LOG_ERROR, "renaming %s to %s: %s", m->dst->dir, m->final_dir,
@@ -448,16 +498,9 @@ static void wait_resume(vmig_job *j)
 
 /* ---- finish: the destination has loaded ----------------------------------------------------- */
 
-static void cont_destination(vmig_job *j)
+static void cont_released(vmig_job *j)
 {
     mig *m = M(j);
-    /* The switchover: from here the destination must outlive this engine, whatever happens to
-     * it; before, a crash of the engine takes the destination down and the source goes on. */
-    vmig_error *err = NULL;
-    if (!eng_vm_release_guard(m->dst, &err)) {
-        eng_job_fail(j, err);
-        return;
-    }
     if (!m->was_running) {
         m->dest_took_over = true; /* stays paused, as the source was */
         confirm(j);
@@ -467,11 +510,52 @@ static void cont_destination(vmig_job *j)
     eng_job_then(j, wait_resume);
 }
 
+static void on_agent_release(void *opaque, json_object *reply, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    (void)reply;
+    if (err) {
+        mig_fail_with(j, err, "releasing the destination: ");
+    }
+    eng_job_release(j);
+}
+
+static void cont_destination(vmig_job *j)
+{
+    mig *m = M(j);
+    /* The switchover: from here the destination must outlive this engine, whatever happens to
+     * it; before, a crash of the engine takes the destination down and the source goes on. */
+    if (m->link) { /* the agent holds it: it lets go before the destination runs */
+        eng_job_hold(j);
+        eng_link_call(m->link, "release", token_args(m->dst), on_agent_release, j);
+        eng_job_then(j, cont_released);
+        return;
+    }
+    vmig_error *err = NULL;
+    if (!eng_vm_release_guard(m->dst, &err)) {
+        eng_job_fail(j, err);
+        return;
+    }
+    cont_released(j);
+}
+
 static bool dst_gone(vmig_job *j)
 {
     mig *m = M(j);
     if (!m->dst_closed && eng_vm_alive(m->dst)) {
         return false;
+    }
+    if (m->link) {
+        if (m->link_closed) {
+            mig_fail_new(j, VMIG_E_IO,
+                         "lost the agent at %s (%s): the destination QEMU there is gone with it",
+                         eng_link_name(m->link), m->link_why ? m->link_why : "no reason given");
+        } else {
+            mig_fail_new(j, VMIG_E_QEMU,
+                         "the destination QEMU on %s exited (the agent's log there says why)",
+                         eng_link_name(m->link));
+        }
+        return true;
     }
     g_autofree char *tail = eng_vm_log_tail(m->dst);
     mig_fail_new(j, VMIG_E_QEMU, "the destination QEMU exited: %s", *tail ? tail : "(no output)");
@@ -505,9 +589,11 @@ static void fail_from_qemu(vmig_job *j)
     mig *m = M(j);
     const char *what = mig_status_names[m->src_status];
     if (m->fail_desc) {
-        mig_fail_new(j, VMIG_E_QEMU, "migration %s: %s", what, m->fail_desc);
+        mig_fail_new(j, VMIG_E_QEMU, "migration %s: %s%s%s", what, m->fail_desc,
+                     m->relay_why ? "; relay: " : "", m->relay_why ? m->relay_why : "");
     } else {
-        mig_fail_new(j, VMIG_E_QEMU, "migration %s", what);
+        mig_fail_new(j, VMIG_E_QEMU, "migration %s%s%s", what, m->relay_why ? "; relay: " : "",
+                     m->relay_why ? m->relay_why : "");
     }
 }
 
@@ -590,14 +676,58 @@ static void wait_source(vmig_job *j)
     eng_job_wait(j, src_settled, 0, NULL, src_final);
 }
 
+static void relay_failed(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    mig *m = M(j);
+    eng_log(j->e, VMIG_LOG_WARN, "relay: %s", vmig_error_message(err));
+    if (!m->relay_why) {
+        m->relay_why = g_strdup(vmig_error_message(err));
+    }
+}
+
+/* The source migrates to a socket of ours; each of its channels goes on to the agent. */
+static bool start_relay(vmig_job *j, vmig_error **errp)
+{
+    mig *m = M(j);
+    uint8_t token[TP_TOKEN_LEN];
+    if (!eng_link_token(m->dst->remote_token, token)) {
+        vmig_set_error(errp, VMIG_E_PROTO, "the agent gave a bad token");
+        return false;
+    }
+    g_autofree char *path = g_build_filename(m->src->dir, "relay.sock", NULL);
+    unlink(path); /* a dead engine's: the VM's lock says none other runs */
+    const char *delay = g_getenv("VMIG_TEST_DELAY_MAIN_MS"); /* tests: main arrives last */
+    tp_source_cfg cfg = {
+        .listen_path = path,
+        .key = eng_link_key(m->link),
+        .token = token,
+        .timeout_ms = RELAY_TIMEOUT_MS,
+        .delay_main_ms = delay ? (int)CLAMP(g_ascii_strtoll(delay, NULL, 10), 0, 60000) : 0,
+    };
+    cfg.agent = eng_link_addr(m->link, &cfg.agent_len);
+    m->relay = tp_source_relay_new(j->e->ring, &cfg, relay_failed, j, errp);
+    if (!m->relay) {
+        return false;
+    }
+    m->src_uri = g_strconcat("unix:", path, NULL);
+    return true;
+}
+
 static void start_migrate(vmig_job *j)
 {
     mig *m = M(j);
+    vmig_error *err = NULL;
+    if (m->link && !start_relay(j, &err)) {
+        vmig_prefix_error(&err, "starting the relay: ");
+        eng_job_fail(j, err);
+        return;
+    }
     m->t_migrate = vmig_now_ms();
     m->st.setup_ms = (uint64_t)(m->t_migrate - m->t0);
     set_state(j, VMIG_JOB_PREPARING, VMIG_JOB_MIGRATING);
     json_object *args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(m->uri));
+    json_object_object_add(args, "uri", json_object_new_string(m->src_uri ? m->src_uri : m->uri));
     eng_job_call(j, m->src->qmp, "migrate", args, NULL);
     eng_job_then(j, wait_source);
 }
@@ -620,15 +750,32 @@ static void incoming(vmig_job *j)
     eng_job_then(j, pause_source);
 }
 
-static json_object *caps_events(void)
+static void add_cap(json_object *caps, const char *name)
 {
     json_object *cap = json_object_new_object();
-    json_object_object_add(cap, "capability", json_object_new_string("events"));
+    json_object_object_add(cap, "capability", json_object_new_string(name));
     json_object_object_add(cap, "state", json_object_new_boolean(true));
-    json_object *caps = json_object_new_array();
     json_object_array_add(caps, cap);
+}
+
+/* events, and multifd when asked for */
+static json_object *caps_args(const mig *m)
+{
+    json_object *caps = json_object_new_array();
+    add_cap(caps, "events");
+    if (m->o.parallel_connections > 0) {
+        add_cap(caps, "multifd");
+    }
     json_object *args = json_object_new_object();
     json_object_object_add(args, "capabilities", caps);
+    return args;
+}
+
+static json_object *multifd_args(const mig *m)
+{
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "multifd-channels",
+                           json_object_new_int(m->o.parallel_connections));
     return args;
 }
 
@@ -636,8 +783,17 @@ static void setup(vmig_job *j)
 {
     mig *m = M(j);
     qmp_conn_set_closed_cb(m->dst->qmp, dst_closed, j);
-    eng_job_call(j, m->src->qmp, "migrate-set-capabilities", caps_events(), NULL);
-    eng_job_call(j, m->dst->qmp, "migrate-set-capabilities", caps_events(), NULL);
+    if (m->dst->remote_uri) {
+        g_free(m->uri);
+        m->uri = g_strdup(m->dst->remote_uri);
+    }
+    /* both sides alike, and on the destination before migrate-incoming */
+    eng_job_call(j, m->src->qmp, "migrate-set-capabilities", caps_args(m), NULL);
+    eng_job_call(j, m->dst->qmp, "migrate-set-capabilities", caps_args(m), NULL);
+    if (m->o.parallel_connections > 0) {
+        eng_job_call(j, m->src->qmp, "migrate-set-parameters", multifd_args(m), NULL);
+        eng_job_call(j, m->dst->qmp, "migrate-set-parameters", multifd_args(m), NULL);
+    }
     json_object *args = json_object_new_object();
     uint64_t bw = m->o.bandwidth_mib_s ? (uint64_t)m->o.bandwidth_mib_s << 20 : BANDWIDTH_UNLIMITED;
     json_object_object_add(args, "max-bandwidth", json_object_new_int64((int64_t)bw));
@@ -662,10 +818,21 @@ static void dst_launched(void *opaque, eng_vm *vm, const vmig_error *err)
 void mig_launch_destination(vmig_job *j)
 {
     mig *m = M(j);
-    g_autofree char *stage = g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL);
+    g_autofree char *stage = m->final_dir ? g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL)
+                                          : NULL;
     g_autoptr(vmig_spec) dspec = eng_spec_copy(m->src->spec);
     g_free(dspec->cpu);
     dspec->cpu = g_strdup(m->dst_cpu);
+    if (m->link) {
+        json_object *args = json_object_new_object();
+        json_object_object_add(args, "name", json_object_new_string(m->name));
+        json_object_object_add(args, "spec", eng_spec_to_obj(dspec));
+        eng_job_hold(j);
+        eng_link_launch(m->link, "launch", args, m->name, dspec, m->src->accel, dst_event, j,
+                        dst_launched, j);
+        eng_job_then(j, setup);
+        return;
+    }
     eng_launch_req req = {.spec = dspec,
                           .dir = stage,
                           .accel = m->src->accel,
@@ -690,6 +857,29 @@ static void src_ready(void *opaque, const vmig_error *err)
         eng_job_fail(j, vmig_error_copy(err));
     } else {
         qmp_conn_set_closed_cb(M(j)->src->qmp, mig_src_closed, j);
+    }
+    eng_job_release(j);
+}
+
+static void link_closed(void *opaque, const vmig_error *why)
+{
+    vmig_job *j = opaque;
+    mig *m = M(j);
+    m->link_closed = true;
+    if (!m->link_why) {
+        m->link_why = g_strdup(vmig_error_message(why));
+    }
+    eng_log(j->e, VMIG_LOG_DEBUG, "%s", vmig_error_message(why));
+    eng_job_kick(j);
+}
+
+static void link_ready(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    if (err) {
+        eng_job_fail(j, vmig_error_copy(err));
+    } else {
+        eng_link_set_closed_cb(M(j)->link, link_closed, j);
     }
     eng_job_release(j);
 }
@@ -780,8 +970,47 @@ static void dst_torn_down(void *opaque, const vmig_error *err)
     if (err) {
         eng_log(j->e, VMIG_LOG_ERROR, "tearing down the destination: %s", vmig_error_message(err));
     }
-    eng_vm_remove_dir(m->dst->dir);
+    if (!m->dst->remote_token) {
+        eng_vm_remove_dir(m->dst->dir);
+    }
     eng_job_release(j);
+}
+
+static void dst_torn_down_remote(void *opaque, json_object *reply, const vmig_error *err)
+{
+    (void)reply;
+    dst_torn_down(opaque, err);
+}
+
+/* Stops the destination: ours, or the agent's through it (which stops it on its own when
+ * the connection is gone). */
+static void kill_destination(vmig_job *j)
+{
+    mig *m = M(j);
+    if (m->dst->remote_token) {
+        if (eng_link_alive(m->link)) {
+            eng_job_hold(j);
+            eng_link_call(m->link, "kill", token_args(m->dst), dst_torn_down_remote, j);
+        }
+        return;
+    }
+    eng_job_hold(j);
+    eng_vm_kill(m->dst, DEST_KILL_MS, dst_torn_down, j);
+}
+
+static void probe_killed(void *opaque, json_object *reply, const vmig_error *err)
+{
+    (void)opaque;
+    (void)reply;
+    (void)err; /* the agent stops it anyway when we go */
+}
+
+void mig_discard_probe(mig *m)
+{
+    if (m->probe && m->probe->remote_token && eng_link_alive(m->link)) {
+        eng_link_call(m->link, "kill", token_args(m->probe), probe_killed, NULL);
+    }
+    g_clear_pointer(&m->probe, eng_vm_discard);
 }
 
 static void rb_reconnected(void *opaque, const vmig_error *err)
@@ -826,10 +1055,10 @@ static void rollback(vmig_job *j)
         return;
     }
     set_state(j, j->state, VMIG_JOB_ROLLING_BACK);
-    g_clear_pointer(&m->probe, eng_vm_discard);
+    mig_discard_probe(m);
+    keep_channels(m);
     if (m->dst) {
-        eng_job_hold(j);
-        eng_vm_kill(m->dst, DEST_KILL_MS, dst_torn_down, j);
+        kill_destination(j);
     }
     if (m->src && (!m->src->qmp || !qmp_conn_ready(m->src->qmp)) && eng_vm_alive(m->src)) {
         /* The source's monitor connection broke (garbage on it, say) but QEMU lives: a new
@@ -852,11 +1081,16 @@ static void rollback(vmig_job *j)
 static void mig_free(vmig_job *j)
 {
     mig *m = j->data;
+    tp_source_relay_free(m->relay);
     eng_vm_free(m->src);
     eng_vm_free(m->dst);
     if (m->probe) {
         eng_vm_discard(m->probe);
     }
+    eng_link_free(m->link); /* after the VMs: their monitors went through it */
+    g_free(m->link_why);
+    g_free(m->relay_why);
+    g_free(m->src_uri);
     json_object_put(m->blocked);
     json_object_put(m->src_machines);
     json_object_put(m->dst_machines);
@@ -929,21 +1163,33 @@ static bool read_opts(mig *m, const vmig_migrate_opts *o, vmig_error **errp)
     if (m->o.stall_timeout_s == 0) {
         m->o.stall_timeout_s = STALL_TIMEOUT_S;
     }
+    if (m->o.parallel_connections < 0 || m->o.parallel_connections > TP_CHANNELS_MAX) {
+        vmig_set_error(errp, VMIG_E_INVAL, "parallel connections %d is out of range 0-%d",
+                       m->o.parallel_connections, TP_CHANNELS_MAX);
+        return false;
+    }
+    m->o.key_file = NULL; /* read in begin(); the caller's string is not kept */
     m->dest = g_strdup(m->o.dest ? m->o.dest : "local");
     m->o.dest = m->dest;
     return true;
 }
 
-static bool resolve_dest(vmig_engine *e, mig *m, vmig_error **errp)
+static bool resolve_dest(vmig_engine *e, mig *m, const char *key_file, vmig_error **errp)
 {
     const char *d = m->dest;
+    if (g_str_has_prefix(d, "vmig://")) {
+        m->link = eng_link_new(e, d, key_file, errp);
+        return m->link != NULL;
+    }
     if (strcmp(d, "local") == 0) {
         m->dest_state = g_strdup(e->state_dir);
         return true;
     }
     if (!g_str_has_prefix(d, "local:") || !d[6]) {
         vmig_set_error(errp, VMIG_E_INVAL,
-                       "unknown destination '%s': give 'local' or 'local:STATE_DIR'", d);
+                       "unknown destination '%s': give 'local', 'local:STATE_DIR' or "
+                       "'vmig://HOST[:PORT]'",
+                       d);
         return false;
     }
     if (!g_file_test(d + 6, G_FILE_TEST_IS_DIR)) {
@@ -961,18 +1207,22 @@ static bool resolve_dest(vmig_engine *e, mig *m, vmig_error **errp)
 
 /* What can be refused before anything runs: options, the destination, the VM.  The VM's
  * lock (and its name's lock at the destination) is held from here to the end. */
-static bool begin(vmig_job *j, vmig_engine *e, mig *m, vmig_error **errp)
+static bool begin(vmig_job *j, vmig_engine *e, mig *m, const char *key_file, vmig_error **errp)
 {
     if (!eng_spec_name_valid(m->name)) {
         vmig_set_error(errp, VMIG_E_INVAL, "'%s' is not a valid VM name", m->name);
         return false;
     }
-    if (!resolve_dest(e, m, errp) || !eng_job_lock(j, e->state_dir, m->name, errp) ||
-        (strcmp(m->dest_state, e->state_dir) != 0 &&
+    if (!resolve_dest(e, m, key_file, errp) || !eng_job_lock(j, e->state_dir, m->name, errp) ||
+        (m->dest_state && strcmp(m->dest_state, e->state_dir) != 0 &&
          !eng_job_lock(j, m->dest_state, m->name, errp))) {
         return false;
     }
     g_autofree char *src_dir = eng_vm_dir(e->state_dir, m->name);
+    if (m->link) { /* the agent checks its side */
+        m->src = eng_vm_find(e, src_dir, errp);
+        return m->src != NULL;
+    }
     m->final_dir = eng_vm_dir(m->dest_state, m->name);
     g_autofree char *stage = g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL);
     if (g_file_test(stage, G_FILE_TEST_EXISTS)) {
@@ -1010,7 +1260,7 @@ vmig_job *vmig_migrate_start(vmig_engine *e, const char *name, const vmig_migrat
     m->progress_opaque = progress_opaque;
     g_strlcpy(m->st.status, "none", sizeof(m->st.status));
     vmig_job *j = eng_job_new(e, VMIG_JOB_MIGRATE, &mig_ops, m, done, opaque);
-    if (!read_opts(m, o, errp) || !begin(j, e, m, errp)) {
+    if (!read_opts(m, o, errp) || !begin(j, e, m, o ? o->key_file : NULL, errp)) {
         j->ended = true;
         vmig_job_free(j);
         return NULL;
@@ -1023,6 +1273,10 @@ vmig_job *vmig_migrate_start(vmig_engine *e, const char *name, const vmig_migrat
     if (!eng_vm_connect(m->src, src_event, j, src_ready, j, &err)) {
         src_ready(j, err);
         vmig_error_free(err);
+    }
+    if (m->link) {
+        eng_job_hold(j);
+        eng_link_connect(m->link, link_ready, j);
     }
     eng_job_then(j, mig_ask_source);
     return j;
@@ -1040,6 +1294,40 @@ bool vmig_job_stats_sized(const vmig_job *job, vmig_migration_stats *ret, size_t
     }
     memcpy(ret, &st, MIN(size, sizeof(st)));
     return true;
+}
+
+size_t vmig_job_channels_sized(const vmig_job *job, vmig_channel_stats *ret, size_t max,
+                               size_t size)
+{
+    if (job->kind != VMIG_JOB_MIGRATE || !job->data) {
+        return 0;
+    }
+    const mig *m = job->data;
+    tp_channel_stats live[G_N_ELEMENTS(m->chan)];
+    const tp_channel_stats *cs = m->chan;
+    size_t n = m->n_chan;
+    if (m->relay) {
+        n = tp_source_relay_stats(m->relay, live, G_N_ELEMENTS(live));
+        cs = live;
+    }
+    int64_t now = g_get_monotonic_time();
+    for (size_t i = 0; i < n && i < max && ret; i++) {
+        vmig_channel_stats c = {0};
+        g_strlcpy(c.kind, tp_kind_name(cs[i].kind), sizeof(c.kind));
+        c.index = cs[i].index;
+        c.bytes_out = cs[i].bytes_out;
+        c.bytes_in = cs[i].bytes_in;
+        if (cs[i].start_us) {
+            c.seconds = (double)((cs[i].end_us ? cs[i].end_us : now) - cs[i].start_us) / 1e6;
+        }
+        c.mbit_s = c.seconds > 0 ? (double)c.bytes_out * 8 / c.seconds / 1e6 : 0;
+        c.recv_wait_us = cs[i].recv_wait_us;
+        c.send_wait_us = cs[i].send_wait_us;
+        c.limit_wait_us = cs[i].limit_wait_us;
+        c.failed = cs[i].failed;
+        memcpy((char *)ret + i * size, &c, MIN(size, sizeof(c)));
+    }
+    return n;
 }
 
 static bool finished(void *opaque)

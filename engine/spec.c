@@ -425,7 +425,7 @@ vmig_spec *vmig_spec_load(const char *path, vmig_error **errp)
     return eng_spec_from_json(obj, path, base, errp);
 }
 
-static json_object *spec_to_obj(const vmig_spec *s)
+json_object *eng_spec_to_obj(const vmig_spec *s)
 {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "name", json_object_new_string(s->name));
@@ -476,7 +476,7 @@ static json_object *spec_to_obj(const vmig_spec *s)
 
 char *vmig_spec_to_json(const vmig_spec *s)
 {
-    g_autoptr(json_object) o = spec_to_obj(s);
+    g_autoptr(json_object) o = eng_spec_to_obj(s);
     const char *txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
                                                             JSON_C_TO_STRING_NOSLASHESCAPE);
     return strdup(txt);
@@ -484,7 +484,7 @@ char *vmig_spec_to_json(const vmig_spec *s)
 
 vmig_spec *eng_spec_copy(const vmig_spec *s)
 {
-    g_autoptr(json_object) o = spec_to_obj(s);
+    g_autoptr(json_object) o = eng_spec_to_obj(s);
     return eng_spec_from_json(o, "spec copy", NULL, NULL);
 }
 

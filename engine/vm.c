@@ -184,6 +184,8 @@ void eng_vm_free(eng_vm *vm)
     vmig_spec_free(vm->spec);
     g_free(vm->name);
     g_free(vm->dir);
+    g_free(vm->remote_token);
+    g_free(vm->remote_uri);
     g_free(vm);
 }
 
@@ -208,11 +210,17 @@ bool eng_vm_release_guard(eng_vm *vm, vmig_error **errp)
 
 bool eng_vm_alive(const eng_vm *vm)
 {
+    if (vm->remote_token) { /* the agent's: its monitor connection is what we know of it */
+        return vm->qmp && qmp_conn_alive(vm->qmp);
+    }
     return pid_alive(vm->pid);
 }
 
 char *eng_vm_log_tail(const eng_vm *vm)
 {
+    if (vm->remote_token) {
+        return g_strdup(""); /* on the agent's host: the agent logs it */
+    }
     g_autofree char *path = g_build_filename(vm->dir, "qemu.log", NULL);
     g_autofree char *text = NULL;
     if (!g_file_get_contents(path, &text, NULL, NULL)) {
@@ -724,6 +732,10 @@ void eng_vm_discard(eng_vm *vm)
         return;
     }
     eng_vm_disconnect(vm);
+    if (vm->remote_token) { /* the agent stops it, asked or when we go */
+        eng_vm_free(vm);
+        return;
+    }
     if (pid_alive(vm->pid) && pid_is_instance(vm->pid, vm->name)) {
         kill(vm->pid, SIGKILL);
     }

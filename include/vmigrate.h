@@ -61,6 +61,8 @@ typedef enum vmig_errc {
 VMIG_EXPORT vmig_errc vmig_error_code(const vmig_error *e);
 VMIG_EXPORT const char *vmig_error_message(const vmig_error *e);
 VMIG_EXPORT void vmig_error_free(vmig_error *e);
+/* A copy of @e (NULL for NULL), for keeping an error whose owner goes away. */
+VMIG_EXPORT vmig_error *vmig_error_copy(const vmig_error *e);
 
 /* ---- VM specs ---------------------------------------------------------------------------- */
 
@@ -259,17 +261,20 @@ VMIG_EXPORT int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, s
  * an older header keeps working with a newer library.  New fields are only ever appended.
  */
 typedef struct vmig_migrate_opts {
-    uint32_t size;       /* set by vmig_migrate_opts_init(); do not touch */
-    bool live;           /* pre-copy while the VM runs; false pauses the VM first */
-    int max_downtime_ms; /* 0: QEMU's default (300 ms) */
-    int bandwidth_mib_s; /* 0: unlimited (QEMU 7.2 would cap at 128 MiB/s) */
-    int timeout_s;       /* 0: none; else cancel and roll back after this long */
-    const char *dest;    /* "local" or "local:STATE_DIR" (another state directory) */
-    bool force;          /* migrate even if the destination's CPU cannot run the VM's */
-    bool unsafe;         /* migrate live although the source QEMU is known to lose guest
-                          * writes doing so (QEMU < 9.0 under TCG); warns */
-    int stall_timeout_s; /* no byte moved for this long rolls back: 0 the default (60 s),
-                          * -1 never */
+    uint32_t size;            /* set by vmig_migrate_opts_init(); do not touch */
+    bool live;                /* pre-copy while the VM runs; false pauses the VM first */
+    int max_downtime_ms;      /* 0: QEMU's default (300 ms) */
+    int bandwidth_mib_s;      /* 0: unlimited (QEMU 7.2 would cap at 128 MiB/s) */
+    int timeout_s;            /* 0: none; else cancel and roll back after this long */
+    const char *dest;         /* "local", "local:STATE_DIR" (another state directory), or
+                               * "vmig://HOST[:PORT]": an agent's host, through the relay */
+    bool force;               /* migrate even if the destination's CPU cannot run the VM's */
+    bool unsafe;              /* migrate live although the source QEMU is known to lose guest
+                               * writes doing so (QEMU < 9.0 under TCG); warns */
+    int stall_timeout_s;      /* no byte moved for this long rolls back: 0 the default (60 s),
+                               * -1 never */
+    const char *key_file;     /* for a vmig:// destination: the agent's pre-shared key */
+    int parallel_connections; /* 0: one stream; N >= 1: multifd with N channels (1-64) */
 } vmig_migrate_opts;
 
 /* Fills in the defaults for a struct of @size bytes (the caller's sizeof). */
@@ -313,6 +318,29 @@ VMIG_EXPORT vmig_job *vmig_migrate_start(vmig_engine *e, const char *name,
 VMIG_EXPORT bool vmig_job_stats_sized(const vmig_job *job, vmig_migration_stats *ret, size_t size);
 #define vmig_job_stats(job, ret) vmig_job_stats_sized((job), (ret), sizeof(vmig_migration_stats))
 
+/* One channel of a migration through the relay (a vmig:// destination), as the source's end
+ * of the relay counted it. */
+typedef struct vmig_channel_stats {
+    char kind[12];          /* "main", "multifd" or "preempt" */
+    uint32_t index;         /* the multifd channel's id; 0 for the others */
+    uint64_t bytes_out;     /* towards the destination */
+    uint64_t bytes_in;      /* back from it (the return path) */
+    double seconds;         /* from its first byte relayed to its end */
+    double mbit_s;          /* bytes_out over seconds */
+    uint64_t recv_wait_us;  /* waiting for the source QEMU to send */
+    uint64_t send_wait_us;  /* waiting for the network to take it */
+    uint64_t limit_wait_us; /* held back by the bandwidth cap */
+    bool failed;
+} vmig_channel_stats;
+
+/* The relay's channels of migration @job (main first, then multifd by id) into @ret, up to
+ * @max entries of @size bytes each (the caller's sizeof: use the macro); how many there are.
+ * 0 for a migration that does not go through the relay. */
+VMIG_EXPORT size_t vmig_job_channels_sized(const vmig_job *job, vmig_channel_stats *ret, size_t max,
+                                           size_t size);
+#define vmig_job_channels(job, ret, max)                                                           \
+    vmig_job_channels_sized((job), (ret), (max), sizeof(vmig_channel_stats))
+
 /* vmig_migrate_start() and a loop until the job finishes.  @ret_stats (may be NULL) receives
  * the final figures, on failure too. */
 VMIG_EXPORT bool vmig_migrate_sized(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
@@ -322,6 +350,33 @@ VMIG_EXPORT bool vmig_migrate_sized(vmig_engine *e, const char *name, const vmig
 #define vmig_migrate(e, name, o, progress, opaque, ret_stats, errp)                                \
     vmig_migrate_sized((e), (name), (o), (progress), (opaque), (ret_stats),                        \
                        sizeof(vmig_migration_stats), (errp))
+
+/* ---- the destination agent ----
+ *
+ * `vmigrate agent` on a destination host: one TCP port through which source engines start
+ * destination QEMUs there and carry their migration streams (docs/transport.md).  It runs on
+ * the engine's event loop and state directory; only holders of the pre-shared key get in.
+ */
+typedef struct vmig_agent vmig_agent;
+#define VMIG_AGENT_PORT 4790 /* when an address gives none */
+
+typedef struct vmig_agent_opts {
+    uint32_t size;        /* set by vmig_agent_opts_init(); do not touch */
+    const char *listen;   /* "HOST[:PORT]" (port 0: any free one); NULL: 127.0.0.1:4790 */
+    const char *key_file; /* the pre-shared key (vmig_key_create()); required */
+    vmig_accel accel;     /* what guests run under here: every request must match */
+} vmig_agent_opts;
+
+VMIG_EXPORT void vmig_agent_opts_init_sized(vmig_agent_opts *o, size_t size);
+#define vmig_agent_opts_init(o) vmig_agent_opts_init_sized((o), sizeof(vmig_agent_opts))
+/* Listens at once; serves from vmig_engine_dispatch() on. */
+VMIG_EXPORT vmig_agent *vmig_agent_new(vmig_engine *e, const vmig_agent_opts *o, vmig_error **errp);
+/* "HOST:PORT" it listens on (the real port when 0 was asked for). */
+VMIG_EXPORT const char *vmig_agent_address(const vmig_agent *a);
+/* Stops every QEMU it started that has not taken over a VM (waits a few seconds at most). */
+VMIG_EXPORT void vmig_agent_free(vmig_agent *a);
+/* Creates key file @path (32 random bytes as hex, mode 0600); never overwrites one. */
+VMIG_EXPORT bool vmig_key_create(const char *path, vmig_error **errp);
 
 /* ---- CPUs ---- */
 
