@@ -34,6 +34,7 @@ enum {
         {"force", no_argument, NULL, 'F'}, {"unsafe", no_argument, NULL, 'U'},                     \
         {"key", required_argument, NULL, 'K'},                                                     \
         {"parallel-connections", required_argument, NULL, 'P'},                                    \
+        {"relay-bandwidth", required_argument, NULL, 'R'},                                         \
     {                                                                                              \
         "stall-timeout", required_argument, NULL, 'S'                                              \
     }
@@ -209,7 +210,26 @@ typedef struct demo_agent {
     char log[96];
     char dest[80]; /* vmig://127.0.0.1:PORT */
     pid_t pid;
+    long peak_rss_kib; /* the agent's VmHWM when it stopped; -1 unknown */
 } demo_agent;
+
+/* A process's peak resident set (VmHWM), KiB; -1 when unknown. */
+static long peak_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    long kib = -1;
+    while (f && fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1) {
+            break;
+        }
+    }
+    if (f) {
+        fclose(f);
+    }
+    return kib;
+}
 
 /* Reads the agent's first line ("listening on HOST:PORT") within the deadline. */
 static bool agent_address(int fd, char *buf, size_t len)
@@ -308,6 +328,7 @@ static bool agent_start(const cli_global *g, const demo_args *d, demo_agent *a, 
 /* Stops the agent and removes what it left (unless the VM is kept there). */
 static void agent_stop(demo_agent *a, bool keep)
 {
+    a->peak_rss_kib = a->pid > 0 ? peak_rss_kib(a->pid) : -1;
     if (a->pid > 0) {
         kill(a->pid, SIGTERM);
         for (int i = 0; i < 200; i++) {
@@ -333,9 +354,9 @@ static void agent_stop(demo_agent *a, bool keep)
     }
 }
 
-static void demo_report(const demo_args *d, bool migrated, const vmig_migration_stats *st,
-                        const vmig_channel_stats *chan, size_t n_chan, bool verified,
-                        uint64_t pages, const char *error)
+static void demo_report(const demo_args *d, const demo_agent *ag, bool migrated,
+                        const vmig_migration_stats *st, const vmig_channel_stats *chan,
+                        size_t n_chan, bool verified, uint64_t pages, const char *error)
 {
     if (d->m.json) {
         json_object *o = cli_stats_json(st);
@@ -344,6 +365,10 @@ static void demo_report(const demo_args *d, bool migrated, const vmig_migration_
         json_object_object_add(o, "parallel_connections",
                                json_object_new_int(d->m.opts.parallel_connections));
         json_object_object_add(o, "channels", cli_channels_json(chan, n_chan));
+        if (!d->direct && ag->peak_rss_kib >= 0) {
+            json_object_object_add(o, "agent_peak_rss_kib",
+                                   json_object_new_int64(ag->peak_rss_kib));
+        }
         json_object_object_add(o, "verified", json_object_new_boolean(verified));
         json_object_object_add(o, "pages_checked", json_object_new_int64((int64_t)pages));
         json_object_object_add(o, "mem_mib", json_object_new_int(d->mem_mib));
@@ -392,7 +417,7 @@ int cmd_demo(const cli_global *g, int argc, char **argv)
     vmig_spec *spec = demo_spec(&d, &err);
     vmig_engine *e = spec ? cli_engine(&dg, &err) : NULL;
     vmig_engine *de = NULL; /* the destination's state directory, when it is the agent's */
-    demo_agent agent = {.pid = -1};
+    demo_agent agent = {.pid = -1, .peak_rss_kib = -1};
     vmig_migration_stats st = {0};
     vmig_channel_stats chan[CLI_CHANNELS_MAX];
     size_t n_chan = 0;
@@ -442,7 +467,7 @@ int cmd_demo(const cli_global *g, int argc, char **argv)
     if (!st.status[0]) {
         snprintf(st.status, sizeof(st.status), "failed");
     }
-    demo_report(&d, migrated, &st, chan, n_chan, verified, pages,
+    demo_report(&d, &agent, migrated, &st, chan, n_chan, verified, pages,
                 err ? vmig_error_message(err) : NULL);
     if (e && !d.keep && dg.state_dir == tmpl) {
         rmdir(tmpl);

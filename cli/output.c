@@ -222,7 +222,9 @@ const char cli_migrate_opts_help[] =
     "  --key FILE           the agent's key, for a vmig://HOST[:PORT] destination\n"
     "  --parallel-connections N\n"
     "                       N multifd channels (1-64), each its own stream (through the\n"
-    "                       relay: its own TCP connection); default one stream\n";
+    "                       relay: its own TCP connection); default one stream\n"
+    "  --relay-bandwidth MIB_S\n"
+    "                       cap the relay's channels together (vmig:// destinations)\n";
 
 int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
 {
@@ -258,6 +260,10 @@ int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
     case 'K':
         a->opts.key_file = val;
         return 1;
+    case 'R':
+        return cli_parse_int("--relay-bandwidth", val, 1, 1000000, &a->opts.relay_bandwidth_mib_s)
+                   ? 1
+                   : -1;
     case 'P':
         return cli_parse_int("--parallel-connections", val, 1, 64, &a->opts.parallel_connections)
                    ? 1

@@ -706,6 +706,10 @@ static bool start_relay(vmig_job *j, vmig_error **errp)
         .delay_main_ms = delay ? (int)CLAMP(g_ascii_strtoll(delay, NULL, 10), 0, 60000) : 0,
     };
     cfg.agent = eng_link_addr(m->link, &cfg.agent_len);
+    if (m->o.relay_bandwidth_mib_s) {
+        m->limiter = tp_limiter_new((uint64_t)m->o.relay_bandwidth_mib_s << 20);
+        cfg.limiter = m->limiter;
+    }
     m->relay = tp_source_relay_new(j->e->ring, &cfg, relay_failed, j, errp);
     if (!m->relay) {
         return false;
@@ -1082,6 +1086,7 @@ static void mig_free(vmig_job *j)
 {
     mig *m = j->data;
     tp_source_relay_free(m->relay);
+    tp_limiter_free(m->limiter);
     eng_vm_free(m->src);
     eng_vm_free(m->dst);
     if (m->probe) {
@@ -1166,6 +1171,11 @@ static bool read_opts(mig *m, const vmig_migrate_opts *o, vmig_error **errp)
     if (m->o.parallel_connections < 0 || m->o.parallel_connections > TP_CHANNELS_MAX) {
         vmig_set_error(errp, VMIG_E_INVAL, "parallel connections %d is out of range 0-%d",
                        m->o.parallel_connections, TP_CHANNELS_MAX);
+        return false;
+    }
+    if (m->o.relay_bandwidth_mib_s < 0 || m->o.relay_bandwidth_mib_s > 1000000) {
+        vmig_set_error(errp, VMIG_E_INVAL, "relay bandwidth %d MiB/s is out of range 0-1000000",
+                       m->o.relay_bandwidth_mib_s);
         return false;
     }
     m->o.key_file = NULL; /* read in begin(); the caller's string is not kept */

@@ -261,20 +261,21 @@ VMIG_EXPORT int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, s
  * an older header keeps working with a newer library.  New fields are only ever appended.
  */
 typedef struct vmig_migrate_opts {
-    uint32_t size;            /* set by vmig_migrate_opts_init(); do not touch */
-    bool live;                /* pre-copy while the VM runs; false pauses the VM first */
-    int max_downtime_ms;      /* 0: QEMU's default (300 ms) */
-    int bandwidth_mib_s;      /* 0: unlimited (QEMU 7.2 would cap at 128 MiB/s) */
-    int timeout_s;            /* 0: none; else cancel and roll back after this long */
-    const char *dest;         /* "local", "local:STATE_DIR" (another state directory), or
-                               * "vmig://HOST[:PORT]": an agent's host, through the relay */
-    bool force;               /* migrate even if the destination's CPU cannot run the VM's */
-    bool unsafe;              /* migrate live although the source QEMU is known to lose guest
-                               * writes doing so (QEMU < 9.0 under TCG); warns */
-    int stall_timeout_s;      /* no byte moved for this long rolls back: 0 the default (60 s),
-                               * -1 never */
-    const char *key_file;     /* for a vmig:// destination: the agent's pre-shared key */
-    int parallel_connections; /* 0: one stream; N >= 1: multifd with N channels (1-64) */
+    uint32_t size;             /* set by vmig_migrate_opts_init(); do not touch */
+    bool live;                 /* pre-copy while the VM runs; false pauses the VM first */
+    int max_downtime_ms;       /* 0: QEMU's default (300 ms) */
+    int bandwidth_mib_s;       /* 0: unlimited (QEMU 7.2 would cap at 128 MiB/s) */
+    int timeout_s;             /* 0: none; else cancel and roll back after this long */
+    const char *dest;          /* "local", "local:STATE_DIR" (another state directory), or
+                                * "vmig://HOST[:PORT]": an agent's host, through the relay */
+    bool force;                /* migrate even if the destination's CPU cannot run the VM's */
+    bool unsafe;               /* migrate live although the source QEMU is known to lose guest
+                                * writes doing so (QEMU < 9.0 under TCG); warns */
+    int stall_timeout_s;       /* no byte moved for this long rolls back: 0 the default (60 s),
+                                * -1 never */
+    const char *key_file;      /* for a vmig:// destination: the agent's pre-shared key */
+    int parallel_connections;  /* 0: one stream; N >= 1: multifd with N channels (1-64) */
+    int relay_bandwidth_mib_s; /* vmig://: a cap the relay's channels share; 0 none */
 } vmig_migrate_opts;
 
 /* Fills in the defaults for a struct of @size bytes (the caller's sizeof). */

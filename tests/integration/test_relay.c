@@ -259,6 +259,42 @@ Test(relay, main_channel_delayed)
     cr_assert(strstr(log, "channel main 0 (order 0)") != NULL, "main went to QEMU first:\n%s", log);
 }
 
+/* The relay's own cap, shared by every channel: 128 MiB at 32 MiB/s takes about 4 s. */
+Test(relay, bandwidth_cap_shared_by_the_channels)
+{
+    start_guest("capped", 128, 0);
+    vmig_migrate_opts o;
+    t_live_opts(&o);
+    o.dest = ag.dest;
+    o.key_file = ag.key;
+    o.parallel_connections = 4;
+    o.relay_bandwidth_mib_s = 32;
+    vmig_error *err = NULL;
+    vmig_job *j = vmig_migrate_start(eng, "capped", &o, NULL, NULL, NULL, NULL, &err);
+    cr_assert_not_null(j, "%s", vmig_error_message(err));
+    int64_t t0 = g_get_monotonic_time();
+    while (!vmig_job_finished(j)) {
+        cr_assert(ge(int, vmig_engine_run(eng, 500, &err), 0), "%s", vmig_error_message(err));
+    }
+    double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    vmig_channel_stats ch[8];
+    size_t n = vmig_job_channels(j, ch, 8);
+    uint64_t bytes = 0, capped_us = 0;
+    for (size_t i = 0; i < n; i++) {
+        bytes += ch[i].bytes_out;
+        capped_us += ch[i].limit_wait_us;
+    }
+    vmig_job_free(j);
+    /* a cap only slows: the lower bound holds on any machine (100 ms of burst allowed) */
+    double floor_s = (double)bytes / (32.0 * 1024 * 1024) - 0.2;
+    cr_assert(ge(dbl, secs, floor_s), "%.0f MiB in %.2f s: faster than 32 MiB/s",
+              (double)bytes / (1 << 20), secs);
+    cr_assert(gt(u64, capped_us, 0), "the channels waited for the cap");
+    verify_at_agent(&ag, "capped");
+}
+
 Test(relay, killing_the_agent_leaves_the_source_running)
 {
     start_guest("victim", 128, 0);
