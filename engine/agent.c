@@ -34,6 +34,7 @@
 
 #include "common/json.h"
 #include "engine.h"
+#include "link.h"
 #include "transport/control.h"
 #include "transport/relay.h"
 
@@ -488,25 +489,17 @@ static void on_message(void *opaque, const char *text, size_t len)
 {
     session *s = opaque;
     vmig_agent *a = s->a;
-    json_tokener *tok = json_tokener_new_ex(16);
-    g_autoptr(json_object) req = json_tokener_parse_ex(tok, text, (int)len);
-    bool bad = !req || json_tokener_get_error(tok) != json_tokener_success;
-    json_tokener_free(tok);
     struct {
         int64_t id;
         const char *op;
     } q = {-1, NULL};
-    static const vmig_jfield fields[] = {
-        {"id", VJ_INT64, offsetof(typeof(q), id), VJ_MANDATORY},
-        {"op", VJ_STRING, offsetof(typeof(q), op), VJ_MANDATORY},
-        {NULL},
-    };
     vmig_error *err = NULL;
-    if (bad || !vmig_json_read(req, fields, &q, "request", &err)) {
+    g_autoptr(json_object) req = eng_agent_read_request(text, len, &q.id, &q.op, &err);
+    if (!req) {
         eng_log(a->e, VMIG_LOG_WARN, "agent: %s sent a bad request: %s", s->peer,
-                err ? vmig_error_message(err) : "not JSON");
+                vmig_error_message(err));
+        reply_error(a, s->id, -1, "a bad request: %s", vmig_error_message(err));
         vmig_error_free(err);
-        reply_error(a, s->id, -1, "a bad request: %s", bad ? "not JSON" : "no id or op");
         return;
     }
     if (strcmp(q.op, "info") == 0) {

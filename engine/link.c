@@ -224,13 +224,25 @@ static void on_closed(void *opaque, const vmig_error *err)
     vmig_error_free(e);
 }
 
-static void on_message(void *opaque, const char *text, size_t len)
+/* One JSON object of at most TP_PAYLOAD_MAX bytes, nested at most 16 deep. */
+static json_object *parse_object(const char *text, size_t len, const char *what, vmig_error **errp)
 {
-    eng_link *l = opaque;
-    json_tokener *tok = json_tokener_new_ex(32);
-    g_autoptr(json_object) msg = json_tokener_parse_ex(tok, text, (int)len);
-    bool bad = !msg || json_tokener_get_error(tok) != json_tokener_success;
+    json_tokener *tok = json_tokener_new_ex(16);
+    json_object *obj = len <= TP_PAYLOAD_MAX ? json_tokener_parse_ex(tok, text, (int)len) : NULL;
+    enum json_tokener_error jerr = json_tokener_get_error(tok);
     json_tokener_free(tok);
+    if (!obj || jerr != json_tokener_success || !json_object_is_type(obj, json_type_object)) {
+        json_object_put(obj);
+        vmig_set_error(errp, VMIG_E_PROTO, "%s is not a JSON object", what);
+        return NULL;
+    }
+    return obj;
+}
+
+json_object *eng_link_read_reply(const char *text, size_t len, int64_t *ret_id,
+                                 const char **ret_error, vmig_error **errp)
+{
+    json_object *msg = parse_object(text, len, "the agent's reply", errp);
     struct {
         int64_t id;
         const char *error;
@@ -242,25 +254,60 @@ static void on_message(void *opaque, const char *text, size_t len)
         {"ok", VJ_BOOL, offsetof(typeof(q), ok), 0},
         {NULL},
     };
+    if (!msg || !vmig_json_read(msg, fields, &q, "the agent's reply", errp)) {
+        json_object_put(msg);
+        return NULL;
+    }
+    *ret_id = q.id;
+    *ret_error = q.error ? q.error : q.ok ? NULL : "a reply that is neither ok nor an error";
+    return msg;
+}
+
+json_object *eng_agent_read_request(const char *text, size_t len, int64_t *ret_id,
+                                    const char **ret_op, vmig_error **errp)
+{
+    json_object *req = parse_object(text, len, "the request", errp);
+    struct {
+        int64_t id;
+        const char *op;
+    } q = {-1, NULL};
+    static const vmig_jfield fields[] = {
+        {"id", VJ_INT64, offsetof(typeof(q), id), VJ_MANDATORY},
+        {"op", VJ_STRING, offsetof(typeof(q), op), VJ_MANDATORY},
+        {NULL},
+    };
+    if (!req || !vmig_json_read(req, fields, &q, "request", errp)) {
+        json_object_put(req);
+        return NULL;
+    }
+    *ret_id = q.id;
+    *ret_op = q.op;
+    return req;
+}
+
+static void on_message(void *opaque, const char *text, size_t len)
+{
+    eng_link *l = opaque;
+    int64_t id = -1;
+    const char *error = NULL;
     vmig_error *err = NULL;
-    if (bad || !vmig_json_read(msg, fields, &q, "the agent's reply", &err)) {
-        eng_log(l->e, VMIG_LOG_WARN, "the agent at %s: a bad reply (%s)", l->name,
-                err ? vmig_error_message(err) : "not JSON");
+    g_autoptr(json_object) msg = eng_link_read_reply(text, len, &id, &error, &err);
+    if (!msg) {
+        eng_log(l->e, VMIG_LOG_WARN, "the agent at %s: %s", l->name, vmig_error_message(err));
         vmig_error_free(err);
         return;
     }
-    call *c = g_hash_table_lookup(l->calls, &q.id);
+    call *c = g_hash_table_lookup(l->calls, &id);
     if (!c) {
-        if (q.error) {
-            eng_log(l->e, VMIG_LOG_WARN, "the agent at %s: %s", l->name, q.error);
+        if (error) {
+            eng_log(l->e, VMIG_LOG_WARN, "the agent at %s: %s", l->name, error);
         }
         return;
     }
     call done = *c;
-    g_hash_table_remove(l->calls, &q.id);
-    if (q.error || !q.ok) {
-        vmig_set_error(&err, VMIG_E_STATE, "the agent at %s: %s", l->name,
-                       q.error ? q.error : "a reply that is neither ok nor an error");
+    g_hash_table_remove(l->calls, &id);
+    if (error) {
+        vmig_set_error(&err, VMIG_E_STATE, "the agent at %s: %s", l->name, error);
         done.fn(done.opaque, NULL, err);
         vmig_error_free(err);
         return;

@@ -37,6 +37,14 @@ void eng_link_call(eng_link *l, const char *op, json_object *args, eng_link_repl
 void eng_link_launch(eng_link *l, const char *op, json_object *args, const char *name,
                      const vmig_spec *spec, vmig_accel accel, qmp_event_fn ev, void *ev_opaque,
                      eng_launch_fn done, void *opaque);
+/* The control protocol's messages, type-checked (untrusted on both sides; fuzzed):
+ * a request {"id": N, "op": "..."}: the object (owned), its id and op (borrowed from it);
+ * a reply {"id": N, "ok": true, ...} or {"id": N, "error": "..."}: the object, id, and the
+ * error text (NULL for ok; a reply that is neither is an error). */
+json_object *eng_agent_read_request(const char *text, size_t len, int64_t *ret_id,
+                                    const char **ret_op, vmig_error **errp);
+json_object *eng_link_read_reply(const char *text, size_t len, int64_t *ret_id,
+                                 const char **ret_error, vmig_error **errp);
 /* A token in hex into its bytes; false when it is not one. */
 bool eng_link_token(const char *hex, uint8_t out[TP_TOKEN_LEN]);
 void eng_link_free(eng_link *l);
