@@ -47,8 +47,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOP = os.path.join(ROOT, "build/bench/vmig-relay-hop")
 CHUNK = 1 << 20
 TP_PUMP_BUF = 256 * 1024  # transport/pump.h: socat_256k gets the same buffer
-KINDS = ["direct", "direct_tcp", "relay", "socat", "socat_256k"]
-RELAYS = ["relay", "socat", "socat_256k"]
+# relay: the library's default pump mode ($VMIG_PUMP if set); relay_copy, relay_splice: each
+# mode of transport/pump.h forced, to compare them side by side
+KINDS = ["direct", "direct_tcp", "relay", "relay_copy", "relay_splice", "socat", "socat_256k"]
+RELAYS = ["relay", "relay_copy", "relay_splice", "socat", "socat_256k"]
+PUMP_MODE = {"relay_copy": "copy", "relay_splice": "splice"}
 MULTIFD_MAGIC = 0x11223344
 CLONE_NEWNET = 0x40000000
 
@@ -147,9 +150,10 @@ class Procs:
     def __init__(self, tmp):
         self.tmp, self.all = tmp, []
 
-    def start(self, name, cmd, counted=True):
+    def start(self, name, cmd, counted=True, pump=None):
         log = open(os.path.join(self.tmp, name + ".log"), "wb")
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+        env = dict(os.environ, VMIG_PUMP=pump) if pump else None
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env)
         log.close()
         self.all.append((name, p, counted))
         return p
@@ -309,10 +313,12 @@ def chain(kind, n, link, procs, tmp, key):
     entry, listen = far_leg(link, procs, n, kind)
     src_path = os.path.join(tmp, "src.sock")
     host, port = listen.rsplit(":", 1)
-    if kind == "relay":
-        procs.start("dst", link.wrap([HOP, "dst", listen, sink_path, key, str(n)]))
+    if kind.startswith("relay"):
+        pump = PUMP_MODE.get(kind)
+        procs.start("dst", link.wrap([HOP, "dst", listen, sink_path, key, str(n)]), pump=pump)
         link.call(lambda: wait_until(lambda: tcp_listening(host, int(port)), "dst hop"))
-        procs.start("src", [HOP, "src", src_path, entry[0], str(entry[1]), key, str(n)])
+        procs.start("src", [HOP, "src", src_path, entry[0], str(entry[1]), key, str(n)],
+                    pump=pump)
     else:
         procs.start("dst", link.wrap(socat_cmd(
             kind, f"TCP-LISTEN:{port},fork,reuseaddr,bind={host}",
@@ -396,12 +402,13 @@ def summarize(runs):
             row[k] = {"gbit_s_median": statistics.median(g), "gbit_s_min": min(g),
                       "gbit_s_max": max(g), "cpu_s_per_gib_median": statistics.median(c),
                       "cpu_s_per_gib_min": min(c), "cpu_s_per_gib_max": max(c)}
-        for s in ("socat", "socat_256k"):
-            if "relay" in row and s in row:
-                gr = row["relay"]["gbit_s_median"] / row[s]["gbit_s_median"]
-                cr = row["relay"]["cpu_s_per_gib_median"] / row[s]["cpu_s_per_gib_median"]
-                row[f"relay_over_{s}_gbit"] = round(gr, 3)
-                row[f"relay_over_{s}_cpu"] = round(cr, 3)
+        for rk in ("relay", "relay_copy", "relay_splice"):
+            for s in ("socat", "socat_256k"):
+                if rk in row and s in row:
+                    gr = row[rk]["gbit_s_median"] / row[s]["gbit_s_median"]
+                    cr = row[rk]["cpu_s_per_gib_median"] / row[s]["cpu_s_per_gib_median"]
+                    row[f"{rk}_over_{s}_gbit"] = round(gr, 3)
+                    row[f"{rk}_over_{s}_cpu"] = round(cr, 3)
         if "relay_over_socat_gbit" in row:
             row["target_gbit_met"] = row["relay_over_socat_gbit"] >= 1.5  # >= 1.5x socat
             row["target_cpu_met"] = row["relay_over_socat_cpu"] <= 0.5    # <= 0.5x socat

@@ -40,11 +40,23 @@ typedef struct tp_pump_stats {
 /* Once, when both directions have seen end of file (@err NULL) or one failed. */
 typedef void (*tp_pump_done_fn)(void *opaque, const vmig_error *err);
 
+/* How a pump moves bytes: copy (receive into its buffer, send from it, on the ring) or splice
+ * (the sockets' pages through a pipe, never copied by us; the ring says when a socket is
+ * ready).  $VMIG_PUMP=copy|splice picks one; the default is what bench/relay.py measured
+ * best. */
+typedef enum tp_pump_mode {
+    TP_PUMP_COPY,
+    TP_PUMP_SPLICE,
+} tp_pump_mode;
+#define TP_PUMP_DEFAULT_MODE TP_PUMP_COPY
+const char *tp_pump_mode_name(tp_pump_mode m);
+
 /* Starts relaying between sockets @a and @b (non-blocking for the epoll backend); they stay
  * the caller's to close, after the pump is freed.  @limiter may be NULL. */
 tp_pump *tp_pump_new(ring *r, int a, int b, tp_limiter *limiter, tp_pump_done_fn done,
                      void *opaque);
 void tp_pump_get_stats(const tp_pump *p, tp_pump_stats *ret);
+tp_pump_mode tp_pump_get_mode(const tp_pump *p);
 /* Stops it (no callback) or frees a finished one.  Accepts NULL. */
 void tp_pump_free(tp_pump *p);
 
