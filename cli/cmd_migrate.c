@@ -276,7 +276,9 @@ static bool agent_start(const cli_global *g, const demo_args *d, demo_agent *a, 
     }
     char *argv[20];
     int n = 0;
-    argv[n++] = g_strdup("/proc/self/exe");
+    /* this very binary, by its name (so the agent shows as vmigrate in ps and perf) */
+    char *self = g_file_read_link("/proc/self/exe", NULL);
+    argv[n++] = self ? self : g_strdup("/proc/self/exe");
     argv[n++] = g_strdup("--state-dir");
     argv[n++] = g_strdup(a->dir);
     if (g->qemu) {
@@ -336,7 +338,7 @@ static void agent_stop(demo_agent *a, bool keep)
                 a->pid = -1;
                 break;
             }
-            struct timespec ts = {0, 50 * 1000000};
+            struct timespec ts = {0, 50L * 1000000};
             nanosleep(&ts, NULL);
         }
         if (a->pid > 0) {
@@ -393,6 +395,61 @@ static void demo_report(const demo_args *d, const demo_agent *ag, bool migrated,
     }
 }
 
+typedef struct demo_result {
+    vmig_migration_stats st;
+    vmig_channel_stats chan[CLI_CHANNELS_MAX];
+    size_t n_chan;
+    uint64_t pages;
+    bool migrated, verified;
+} demo_result;
+
+/* Starts the guest, migrates it (through the agent unless --direct), checks it where it is
+ * now and stops it there (unless --keep).  Returns the engine of the agent's state directory
+ * when the VM moved there (the caller's to free), else NULL. */
+static vmig_engine *demo_run(const cli_global *g, demo_args *d, vmig_engine *e,
+                             const vmig_spec *spec, demo_agent *agent, demo_result *res,
+                             vmig_error **errp)
+{
+    if (!d->m.json) {
+        printf("starting the test guest: %d MiB, dirtying %d MiB/s (%s)\n", d->mem_mib,
+               d->dirty_mib_s, d->accel == VMIG_ACCEL_KVM ? "kvm" : "tcg");
+        fflush(stdout);
+    }
+    cli_progress prog;
+    cli_progress_init(&prog, d->m.verbose);
+    bool ready = vmig_vm_start(e, spec, d->accel, errp) &&
+                 vmig_guest_wait_ready(e, DEMO_NAME, DEMO_READY_TIMEOUT_MS, errp);
+    if (ready && !d->direct) {
+        ready = agent_start(g, d, agent, errp);
+        d->m.opts.dest = agent->dest;
+        d->m.opts.key_file = agent->key;
+        if (ready && !d->m.json) {
+            printf("migrating through the relay to a local agent at %s\n", agent->dest);
+            fflush(stdout);
+        }
+    }
+    res->migrated = ready && cli_migrate_run(e, DEMO_NAME, &d->m.opts, &prog, &res->st, res->chan,
+                                             &res->n_chan, errp);
+    cli_progress_done(&prog);
+    vmig_engine *de = NULL;
+    vmig_engine *holder = e; /* where the VM is now */
+    if (res->migrated && !d->direct) {
+        de = cli_engine(&(cli_global){.state_dir = agent->dir, .qemu = g->qemu, .debug = g->debug},
+                        errp);
+        holder = de;
+    }
+    res->verified = res->migrated && holder &&
+                    vmig_guest_verify(holder, DEMO_NAME, &res->pages, errp);
+    if (!d->keep && holder) {
+        vmig_error *serr = NULL;
+        if (!vmig_vm_stop(holder, DEMO_NAME, 10000, &serr)) {
+            cli_err("cleaning up: %s", vmig_error_message(serr));
+        }
+        vmig_error_free(serr);
+    }
+    return de;
+}
+
 int cmd_demo(const cli_global *g, int argc, char **argv)
 {
     demo_args d = {.mem_mib = 1024, .accel = VMIG_ACCEL_TCG};
@@ -418,56 +475,18 @@ int cmd_demo(const cli_global *g, int argc, char **argv)
     vmig_engine *e = spec ? cli_engine(&dg, &err) : NULL;
     vmig_engine *de = NULL; /* the destination's state directory, when it is the agent's */
     demo_agent agent = {.pid = -1, .peak_rss_kib = -1};
-    vmig_migration_stats st = {0};
-    vmig_channel_stats chan[CLI_CHANNELS_MAX];
-    size_t n_chan = 0;
-    uint64_t pages = 0;
-    bool migrated = false, verified = false;
+    demo_result res = {0};
     if (e) {
         cli_install_sigint(e);
-        if (!d.m.json) {
-            printf("starting the test guest: %d MiB, dirtying %d MiB/s (%s)\n", d.mem_mib,
-                   d.dirty_mib_s, d.accel == VMIG_ACCEL_KVM ? "kvm" : "tcg");
-            fflush(stdout);
-        }
-        cli_progress prog;
-        cli_progress_init(&prog, d.m.verbose);
-        bool ready = vmig_vm_start(e, spec, d.accel, &err) &&
-                     vmig_guest_wait_ready(e, DEMO_NAME, DEMO_READY_TIMEOUT_MS, &err);
-        if (ready && !d.direct) {
-            ready = agent_start(g, &d, &agent, &err);
-            d.m.opts.dest = agent.dest;
-            d.m.opts.key_file = agent.key;
-            if (ready && !d.m.json) {
-                printf("migrating through the relay to a local agent at %s\n", agent.dest);
-                fflush(stdout);
-            }
-        }
-        migrated = ready &&
-                   cli_migrate_run(e, DEMO_NAME, &d.m.opts, &prog, &st, chan, &n_chan, &err);
-        cli_progress_done(&prog);
-        vmig_engine *holder = e; /* where the VM is now */
-        if (migrated && !d.direct) {
-            de = cli_engine(
-                &(cli_global){.state_dir = agent.dir, .qemu = g->qemu, .debug = g->debug}, &err);
-            holder = de;
-        }
-        verified = migrated && holder && vmig_guest_verify(holder, DEMO_NAME, &pages, &err);
-        if (!d.keep && holder) {
-            vmig_error *serr = NULL;
-            if (!vmig_vm_stop(holder, DEMO_NAME, 10000, &serr)) {
-                cli_err("cleaning up: %s", vmig_error_message(serr));
-            }
-            vmig_error_free(serr);
-        }
+        de = demo_run(g, &d, e, spec, &agent, &res, &err);
     }
     if (!d.direct) {
-        agent_stop(&agent, d.keep && migrated);
+        agent_stop(&agent, d.keep && res.migrated);
     }
-    if (!st.status[0]) {
-        snprintf(st.status, sizeof(st.status), "failed");
+    if (!res.st.status[0]) {
+        snprintf(res.st.status, sizeof(res.st.status), "failed");
     }
-    demo_report(&d, &agent, migrated, &st, chan, n_chan, verified, pages,
+    demo_report(&d, &agent, res.migrated, &res.st, res.chan, res.n_chan, res.verified, res.pages,
                 err ? vmig_error_message(err) : NULL);
     if (e && !d.keep && dg.state_dir == tmpl) {
         rmdir(tmpl);
@@ -479,7 +498,7 @@ int cmd_demo(const cli_global *g, int argc, char **argv)
     vmig_engine_free(de);
     vmig_engine_free(e);
     vmig_spec_free(spec);
-    if (!verified) {
+    if (!res.verified) {
         return err ? cli_fail(err) : CLI_FAILED;
     }
     return CLI_OK;

@@ -260,9 +260,10 @@ static void launched(void *opaque, eng_vm *vm, const vmig_error *err)
         avm_kill(v, 0, -1, "its engine went away while it started");
         return;
     }
-    if (err) {
+    if (err || !vm) {
         reply_error(a, v->owner, v->reply_id, "starting %s QEMU: %s",
-                    v->probe ? "a probe" : "the destination", vmig_error_message(err));
+                    v->probe ? "a probe" : "the destination",
+                    err ? vmig_error_message(err) : "no QEMU and no error");
         avm_remove(v);
         return;
     }
@@ -697,7 +698,7 @@ static void handshaken(void *opaque, const tp_hello *h, const vmig_error *err)
 
 static char *peer_name(int fd)
 {
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0};
     socklen_t len = sizeof(ss);
     char host[NI_MAXHOST], port[NI_MAXSERV];
     if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0 ||

@@ -498,7 +498,7 @@ void eng_link_launch(eng_link *l, const char *op, json_object *args, const char 
 
 bool eng_link_token(const char *hex, uint8_t out[TP_TOKEN_LEN])
 {
-    if (strlen(hex) != 2 * TP_TOKEN_LEN) {
+    if (strlen(hex) != (size_t)2 * TP_TOKEN_LEN) {
         return false;
     }
     for (size_t i = 0; i < TP_TOKEN_LEN; i++) {

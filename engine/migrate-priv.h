@@ -69,8 +69,8 @@ typedef struct mig {
     char *link_why;
     tp_source_relay *relay;
     tp_limiter *limiter; /* the relay's shared cap, or NULL */
-    char *relay_why; /* the first channel that failed */
-    char *src_uri;   /* where the source migrates to (the relay's socket, or m->uri) */
+    char *relay_why;     /* the first channel that failed */
+    char *src_uri;       /* where the source migrates to (the relay's socket, or m->uri) */
     tp_channel_stats chan[TP_CHANNELS_MAX + 2]; /* the relay's channels, kept at its end */
     size_t n_chan;
 } mig;

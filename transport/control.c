@@ -11,7 +11,7 @@
 #include "common/error.h"
 #include "control.h"
 
-#define RBUF_LEN (2 * (TP_HEADER_LEN + TP_PAYLOAD_MAX))
+#define RBUF_LEN ((size_t)2 * (TP_HEADER_LEN + TP_PAYLOAD_MAX))
 
 struct tp_control {
     ring *r;

@@ -8,11 +8,8 @@
 #include "wire.h"
 
 static const char *const kind_names[TP_KIND_COUNT] = {
-    [TP_KIND_CONTROL] = "control",
-    [TP_KIND_MAIN] = "main",
-    [TP_KIND_MULTIFD] = "multifd",
-    [TP_KIND_PREEMPT] = "preempt",
-    [TP_KIND_QMP] = "qmp",
+    [TP_KIND_CONTROL] = "control", [TP_KIND_MAIN] = "main", [TP_KIND_MULTIFD] = "multifd",
+    [TP_KIND_PREEMPT] = "preempt", [TP_KIND_QMP] = "qmp",
 };
 
 const char *tp_kind_name(tp_kind k)

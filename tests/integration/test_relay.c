@@ -43,6 +43,11 @@ static void agent_start(agent *a, const char *netns, const char *host)
     a->netns = g_strdup(netns);
     vmig_error *err = NULL;
     cr_assert(vmig_key_create(a->key, &err), "%s", vmig_error_message(err));
+    const char *cli = getenv("VMIG_CLI"), *qemu = getenv("VMIG_QEMU");
+    if (!cli || !qemu) {
+        cr_fail("VMIG_CLI and VMIG_QEMU must be set");
+        return;
+    }
     g_autofree char *listen = g_strdup_printf("%s:0", host);
     const char *argv[24];
     int n = 0;
@@ -52,11 +57,11 @@ static void agent_start(agent *a, const char *netns, const char *host)
         argv[n++] = "exec";
         argv[n++] = netns;
     }
-    argv[n++] = getenv("VMIG_CLI");
+    argv[n++] = cli;
     argv[n++] = "--state-dir";
     argv[n++] = a->dir;
     argv[n++] = "--qemu";
-    argv[n++] = getenv("VMIG_QEMU");
+    argv[n++] = qemu;
     argv[n++] = "--debug";
     argv[n++] = "agent";
     argv[n++] = "--listen";
