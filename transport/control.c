@@ -234,8 +234,7 @@ void tp_control_free(tp_control *c)
     int64_t ids[2] = {c->recv_op, c->send_op};
     c->recv_op = c->send_op = 0;
     for (int i = 0; i < 2; i++) {
-        if (ids[i] > 0) {
-            c->refs++;
+        if (ids[i] > 0) { /* the release drops the reference the operation held */
             ring_detach(c->r, ids[i], unref, c); /* its buffer is the kernel's until then */
         }
     }
