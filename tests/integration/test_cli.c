@@ -62,7 +62,7 @@ Test(cli, version_names_the_qemu_it_runs, .timeout = 60)
 
 Test(cli, help_is_there)
 {
-    const char *topics[] = {"vm", "migrate", "demo", "qmp"};
+    const char *topics[] = {"vm", "migrate", "demo", "qmp", "agent", "key"};
     for (size_t i = 0; i < G_N_ELEMENTS(topics); i++) {
         t_run_result r = RUN("help", topics[i]);
         cr_expect(eq(int, r.status, 0));
@@ -257,6 +257,60 @@ Test(cli, demo_json, .timeout = 240)
               json_object_get_int64(v) > 30000);
     json_object_put(res);
     t_run_result_clear(&r);
+    t_state_dir_check_clean(dir);
+}
+
+/* The acceptance of the transport: the demo through a local agent with 4 multifd channels. */
+Test(cli, demo_through_the_relay_with_4_channels, .timeout = 240)
+{
+    g_autofree char *dir = t_state_dir_new();
+    t_run_result r = RUN("--state-dir", dir, "demo", "--json", "--mem-mib", "128",
+                         "--parallel-connections", "4");
+    cr_assert(eq(int, r.status, 0), "%s%s", r.out, r.err);
+    json_object *res = parse_json(r.out);
+    cr_assert(eq(str, (char *)jstr(res, "status"), "completed"));
+    cr_assert(eq(str, (char *)jstr(res, "transport"), "relay"));
+    json_object *v = NULL, *chans = NULL;
+    cr_assert(json_object_object_get_ex(res, "verified", &v) && json_object_get_boolean(v));
+    cr_assert(json_object_object_get_ex(res, "channels", &chans) &&
+              json_object_is_type(chans, json_type_array));
+    cr_assert(eq(sz, json_object_array_length(chans), (size_t)5), "main and 4 multifd");
+    for (size_t i = 0; i < 5; i++) {
+        json_object *c = json_object_array_get_idx(chans, i);
+        cr_assert(eq(str, (char *)jstr(c, "kind"), i ? "multifd" : "main"));
+        cr_assert(json_object_object_get_ex(c, "bytes_out", &v) && json_object_get_int64(v) > 0,
+                  "channel %zu carried bytes", i);
+    }
+    cr_assert(json_object_object_get_ex(res, "agent_peak_rss_kib", &v) &&
+              json_object_get_int64(v) > 0 && json_object_get_int64(v) < 32 * 1024);
+    json_object_put(res);
+    t_run_result_clear(&r);
+    t_state_dir_check_clean(dir);
+}
+
+Test(cli, key_and_agent_command_lines, .timeout = 60)
+{
+    g_autofree char *dir = t_state_dir_new();
+    g_autofree char *key = g_build_filename(dir, "k", NULL);
+    t_run_result r = RUN("key", "new", key);
+    cr_assert(eq(int, r.status, 0), "%s", r.err);
+    t_run_result_clear(&r);
+    expect_fail(RUN("key", "new", key), 1, "File exists");
+    expect_fail(RUN("key", "old"), 2, "expected 'key new FILE'");
+    expect_fail(RUN("agent"), 2, "--key FILE is required");
+    expect_fail(RUN("agent", "--key", key, "--accel", "xen"), 2, "'xen' is not an accelerator");
+    expect_fail(RUN("--state-dir", dir, "agent", "--key", key, "--listen", "127.0.0.1:99999"), 1,
+                "not a number from 0 to 65535");
+    chmod(key, 0644);
+    expect_fail(RUN("--state-dir", dir, "agent", "--key", key), 1, "chmod 600");
+    expect_fail(RUN("--state-dir", dir, "migrate", "--key", key, "vm", "vmig://127.0.0.1:1"), 1,
+                "chmod 600");
+    chmod(key, 0600);
+    expect_fail(RUN("--state-dir", dir, "migrate", "vm", "vmig://127.0.0.1:1"), 1,
+                "give the agent's key file (--key FILE)");
+    expect_fail(RUN("migrate", "--parallel-connections", "65", "vm", "local"), 2,
+                "--parallel-connections: '65' is not a whole number from 1 to 64");
+    unlink(key);
     t_state_dir_check_clean(dir);
 }
 
