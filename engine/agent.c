@@ -97,6 +97,14 @@ void vmig_agent_opts_init_sized(vmig_agent_opts *o, size_t size)
     memcpy(o, &d, MIN(size, sizeof(d)));
 }
 
+/* The table's key for a token: its bytes in hex. */
+static void token_hex(const uint8_t token[TP_TOKEN_LEN], char out[2 * TP_TOKEN_LEN + 1])
+{
+    for (size_t i = 0; i < TP_TOKEN_LEN; i++) {
+        g_snprintf(out + 2 * i, 3, "%02x", token[i]);
+    }
+}
+
 /* ---- replies ----------------------------------------------------------------------------------
  */
 
@@ -302,9 +310,7 @@ static avm *avm_new(vmig_agent *a, unsigned sid, int64_t id, const char *name, v
         avm_free(v);
         return NULL;
     }
-    for (size_t i = 0; i < TP_TOKEN_LEN; i++) {
-        g_snprintf(v->hex + 2 * i, 3, "%02x", v->token[i]);
-    }
+    token_hex(v->token, v->hex);
     g_hash_table_insert(a->vms, v->hex, v);
     return v;
 }
@@ -625,9 +631,7 @@ static bool admit(void *opaque, const tp_hello *h, char **ret_reason)
         return true;
     }
     char hex[2 * TP_TOKEN_LEN + 1];
-    for (size_t i = 0; i < TP_TOKEN_LEN; i++) {
-        g_snprintf(hex + 2 * i, 3, "%02x", h->token[i]);
-    }
+    token_hex(h->token, hex);
     avm *v = g_hash_table_lookup(a->vms, hex);
     /* the table is keyed by the token: compare it once more in constant time */
     if (!v || !tp_ct_equal(v->token, h->token, TP_TOKEN_LEN) || v->dying || v->launching) {
@@ -676,9 +680,7 @@ static void handshaken(void *opaque, const tp_hello *h, const vmig_error *err)
         return;
     }
     char hex[2 * TP_TOKEN_LEN + 1];
-    for (size_t i = 0; i < TP_TOKEN_LEN; i++) {
-        g_snprintf(hex + 2 * i, 3, "%02x", h->token[i]);
-    }
+    token_hex(h->token, hex);
     avm *v = g_hash_table_lookup(a->vms, hex);
     if (!v || v->dying) {
         close(fd);
