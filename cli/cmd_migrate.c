@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -305,6 +306,7 @@ static bool agent_start(const cli_global *g, const demo_args *d, demo_agent *a, 
     fflush(NULL);
     a->pid = fork();
     if (a->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a demo that is killed takes its agent along */
         dup2(out[1], STDOUT_FILENO);
         dup2(d->m.verbose ? STDERR_FILENO : log, STDERR_FILENO);
         execv(argv[0], argv);
