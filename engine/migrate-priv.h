@@ -73,6 +73,7 @@ typedef struct mig {
     char *src_uri;       /* where the source migrates to (the relay's socket, or m->uri) */
     tp_channel_stats chan[TP_CHANNELS_MAX + 2]; /* the relay's channels, kept at its end */
     size_t n_chan;
+    GArray *actions; /* vmig_policy_action: what the policy and timeouts did */
 } mig;
 
 static inline mig *M(vmig_job *j)

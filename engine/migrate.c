@@ -1340,6 +1340,21 @@ size_t vmig_job_channels_sized(const vmig_job *job, vmig_channel_stats *ret, siz
     return n;
 }
 
+size_t vmig_job_actions_sized(const vmig_job *job, vmig_policy_action *ret, size_t max,
+                              size_t size)
+{
+    if (job->kind != VMIG_JOB_MIGRATE || !job->data) {
+        return 0;
+    }
+    const mig *m = job->data;
+    size_t n = m->actions ? m->actions->len : 0;
+    for (size_t i = 0; i < n && i < max && ret; i++) {
+        const vmig_policy_action *a = &g_array_index(m->actions, vmig_policy_action, i);
+        memcpy((char *)ret + i * size, a, MIN(size, sizeof(*a)));
+    }
+    return n;
+}
+
 static bool finished(void *opaque)
 {
     return vmig_job_finished(opaque);

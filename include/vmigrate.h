@@ -260,6 +260,17 @@ VMIG_EXPORT int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, s
  * records the caller's sizeof, and the library reads no further, so a program built against
  * an older header keeps working with a newer library.  New fields are only ever appended.
  */
+typedef enum vmig_policy {
+    VMIG_POLICY_AUTO, /* measure the dirty rate, and act when remaining bytes stop shrinking */
+    VMIG_POLICY_NONE, /* do only what the options say, as virsh migrate does */
+} vmig_policy;
+
+typedef enum vmig_timeout_action {
+    VMIG_TIMEOUT_ABORT,    /* cancel and roll back: the VM runs on the source */
+    VMIG_TIMEOUT_SUSPEND,  /* pause the source: the migration finishes non-live */
+    VMIG_TIMEOUT_POSTCOPY, /* switch to post-copy (arms it) */
+} vmig_timeout_action;
+
 typedef struct vmig_migrate_opts {
     uint32_t size;             /* set by vmig_migrate_opts_init(); do not touch */
     bool live;                 /* pre-copy while the VM runs; false pauses the VM first */
@@ -276,6 +287,29 @@ typedef struct vmig_migrate_opts {
     const char *key_file;      /* for a vmig:// destination: the agent's pre-shared key */
     int parallel_connections;  /* 0: one stream; N >= 1: multifd with N channels (1-64) */
     int relay_bandwidth_mib_s; /* vmig://: a cap the relay's channels share; 0 none */
+    /* modes */
+    bool suspend;           /* leave the VM paused on the destination */
+    bool offline;           /* a shut-off VM: move its definition (needs persistent) */
+    bool persistent;        /* keep the VM defined on the destination */
+    bool undefine_source;   /* remove the VM's definition from the source */
+    const char *dest_spec;  /* a spec file for the destination side (other disk paths, QEMU);
+                             * name, memory, vCPUs and machine must match the VM's */
+    bool postcopy_resume;   /* resume a post-copy migration whose connection broke */
+    /* convergence */
+    vmig_policy policy;     /* VMIG_POLICY_AUTO (the default) or VMIG_POLICY_NONE */
+    int downtime_steps;     /* policy auto: downtime rises to max_downtime_ms in this many
+                             * steps (0: 4); 1 sets it at once */
+    bool auto_converge;     /* throttle the guest's vCPUs when pre-copy does not converge */
+    int throttle_initial;   /* percent, 0: QEMU's default (20) */
+    int throttle_increment; /* percent, 0: QEMU's default (10) */
+    bool postcopy;          /* arm post-copy: `vmigrate postcopy`, the policy, or
+                             * postcopy_after_precopy / VMIG_TIMEOUT_POSTCOPY switch to it */
+    bool postcopy_after_precopy; /* switch to post-copy after the first full pass */
+    bool postcopy_preempt;       /* a separate channel for faulted pages (QEMU >= 8.0) */
+    vmig_timeout_action timeout_action; /* what timeout_s does: abort (the default), suspend
+                                         * (finish non-live) or postcopy */
+    int dirty_limit_mib_s;  /* per-vCPU dirty-page limit (QEMU >= 8.1, KVM's dirty ring) */
+    const char *compress;   /* multifd compression: NULL/"none", "zstd" or "zlib" */
 } vmig_migrate_opts;
 
 /* Fills in the defaults for a struct of @size bytes (the caller's sizeof). */
@@ -298,7 +332,28 @@ typedef struct vmig_migration_stats {
     double progress;           /* 0..1: 1 - remaining / total while running */
     char cpu_check[16];        /* "passed", "forced" (--force over a mismatch), or "" */
     char vm_holder[16];        /* which side holds the VM: "source" or "destination" */
+    char vm_state[16];         /* its run state there at the end: "running", "paused", ... */
+    char mode[12];             /* "precopy", "postcopy" (it switched), "offline" */
+    double dirty_rate_mib_s;   /* the guest's, measured before starting (policy auto) */
+    uint64_t downtime_limit_ms; /* the limit QEMU had last */
+    uint32_t throttle_pct;      /* the vCPU throttle QEMU applied last (auto-converge) */
+    uint64_t postcopy_at_ms;    /* when it switched to post-copy, from the start; 0: never */
+    uint64_t postcopy_requests; /* pages the destination faulted in during post-copy */
+    uint64_t setup_dirty_ms;    /* of setup_ms: measuring the dirty rate */
 } vmig_migration_stats;
+
+/* What the convergence policy (or a timeout) did during a migration, in order. */
+typedef struct vmig_policy_action {
+    uint64_t at_ms; /* from the start of the migration */
+    char what[120]; /* "downtime limit 150 ms: remaining stopped shrinking (pass 3, 41 MiB)" */
+} vmig_policy_action;
+
+/* The actions of migration @job so far into @ret (up to @max of @size bytes each: use the
+ * macro); how many there are. */
+VMIG_EXPORT size_t vmig_job_actions_sized(const vmig_job *job, vmig_policy_action *ret,
+                                          size_t max, size_t size);
+#define vmig_job_actions(job, ret, max)                                                            \
+    vmig_job_actions_sized((job), (ret), (max), sizeof(vmig_policy_action))
 
 /* @st is the library's own struct, borrowed for the call; read only the fields you know. */
 typedef void (*vmig_progress_fn)(void *opaque, const vmig_migration_stats *st);
