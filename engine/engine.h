@@ -333,4 +333,47 @@ bool eng_guest_status_check(const struct vmig_guest_status *st, uint64_t ram_byt
 bool eng_guest_status(eng_vm *vm, struct vmig_guest_status *ret, vmig_error **errp);
 bool eng_guest_verify(eng_vm *vm, uint64_t *ret_pages, vmig_error **errp);
 
+/* ---- define.c: VM definitions (persistent VMs) ------------------------------------------------
+ *
+ * A definition is a VM's spec kept while it is shut off: STATE_DIR/.defined/NAME.json, with the
+ * VM's UUID.  None of these take the VM's lock: the caller holds it (a job's eng_job_lock(), or
+ * eng_lock_vm()), or, like vmig_vm_define(), takes it around the call.
+ */
+#define ENG_DEF_DIR ".defined"
+
+/* STATE_DIR/.defined/NAME.json (owned). */
+char *eng_def_path(const char *state_dir, const char *name);
+bool eng_def_exists(const char *state_dir, const char *name);
+/* The definition of VM @name (owned): VMIG_E_NOTFOUND naming the VM when there is none; an
+ * unreadable file or one naming another VM is an error that names the file. */
+vmig_spec *eng_def_load(const char *state_dir, const char *name, vmig_error **errp);
+/* Defines @spec (borrowed) or replaces its definition, atomically.  Without a UUID it keeps the
+ * one defined already, else the running instance's (STATE_DIR/NAME/spec.json), else a new
+ * one; a UUID other than the one defined already is refused. */
+bool eng_def_write(const char *state_dir, const vmig_spec *spec, vmig_error **errp);
+/* Defines running VM @name from its effective spec (STATE_DIR/NAME/spec.json, with its UUID):
+ * what --persistent keeps on a destination after a live migration. */
+bool eng_def_write_running(const char *state_dir, const char *name, vmig_error **errp);
+/* VMIG_E_NOTFOUND naming the VM when it is not defined. */
+bool eng_def_remove(const char *state_dir, const char *name, vmig_error **errp);
+/* Fails (VMIG_E_STATE, naming what is there) when @state_dir defines VM @name or has an
+ * instance directory of it (NAME or NAME.incoming, running or not). */
+bool eng_def_check_free(const char *state_dir, const char *name, vmig_error **errp);
+/* The names of the VMs defined in @state_dir (owned strings), unsorted. */
+GPtrArray *eng_def_names(const char *state_dir);
+
+/* ---- offline.c: offline migration (--offline --persistent) ----------------------------------
+ *
+ * Moves a shut-off VM's definition to the destination ("local:STATE_DIR" or "vmig://", where
+ * the agent's "define" op writes it) and, with @o->undefine_source, removes it here.  A job of
+ * kind VMIG_JOB_MIGRATE with its own ops: vmig_migrate_start() hands an @o with o->offline to
+ * it (the caller's struct, any size: read up to o->size), and the job queries ask
+ * eng_job_is_offline() before reading j->data as a live migration's.
+ */
+vmig_job *eng_offline_start(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
+                            vmig_job_done_fn done, void *opaque, vmig_error **errp);
+bool eng_job_is_offline(const vmig_job *j);
+/* The job's figures (mode "offline"); false when @j is not an offline migration. */
+bool eng_offline_stats(const vmig_job *j, vmig_migration_stats *st);
+
 #endif

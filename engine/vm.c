@@ -1285,13 +1285,34 @@ int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, size_t size, 
         }
     }
     closedir(d);
+    /* Defined VMs that have no instance directory are shut off. */
+    g_autoptr(GHashTable) instances = g_hash_table_new(g_str_hash, g_str_equal);
+    for (guint i = 0; i < names->len; i++) {
+        g_hash_table_add(instances, names->pdata[i]);
+    }
+    g_autoptr(GPtrArray) defined = eng_def_names(e->state_dir);
+    g_autoptr(GHashTable) persistent = g_hash_table_new(g_str_hash, g_str_equal);
+    for (guint i = 0; i < defined->len; i++) {
+        g_hash_table_add(persistent, defined->pdata[i]);
+        if (!g_hash_table_contains(instances, defined->pdata[i])) {
+            g_ptr_array_add(names, g_strdup(defined->pdata[i]));
+        }
+    }
     g_ptr_array_sort(names, cmp_str);
     guint n = MIN(names->len, (guint)MAX(max, 0));
     /* Every monitor is asked at once; one that does not answer in time shows as busy. */
     g_autofree vmig_vm_info *infos = g_new0(vmig_vm_info, MAX(n, 1));
     g_autofree list_probe *probes = g_new0(list_probe, MAX(n, 1));
     for (guint i = 0; i < n; i++) {
-        list_start(e, g_ptr_array_index(names, i), &infos[i], &probes[i], timeout_ms);
+        const char *name = g_ptr_array_index(names, i);
+        infos[i].persistent = g_hash_table_contains(persistent, name);
+        if (!g_hash_table_contains(instances, name)) {
+            g_strlcpy(infos[i].name, name, sizeof(infos[i].name));
+            g_strlcpy(infos[i].status, "shut off", sizeof(infos[i].status));
+            probes[i].done = true;
+            continue;
+        }
+        list_start(e, name, &infos[i], &probes[i], timeout_ms);
     }
     list_wait w = {.probes = probes, .n = n, .deadline = vmig_now_ms() + timeout_ms};
     int64_t timer = ring_timer(e->ring, timeout_ms, list_deadline, NULL);

@@ -238,6 +238,8 @@ typedef struct vmig_vm_info {
     char job[16];        /* the job on this VM ("migrate"), "" when none */
     char job_state[16];  /* vmig_job_state_name() of that job */
     double job_progress; /* 0..1 */
+    bool persistent;     /* the VM is defined (vmig_vm_define()); status is "shut off" for a
+                          * defined VM that does not run */
 } vmig_vm_info;
 
 #define VMIG_VM_LIST_TIMEOUT_MS 100 /* how long vmig_vm_list() waits for each monitor */
@@ -252,6 +254,27 @@ VMIG_EXPORT int vmig_vm_list_sized(vmig_engine *e, vmig_vm_info *out, int max, s
     vmig_vm_list_sized((e), (out), (max), sizeof(vmig_vm_info), VMIG_VM_LIST_TIMEOUT_MS, (errp))
 #define vmig_vm_list_wait(e, out, max, timeout_ms, errp)                                           \
     vmig_vm_list_sized((e), (out), (max), sizeof(vmig_vm_info), (timeout_ms), (errp))
+
+/* ---- VM definitions (persistent VMs) ---- */
+
+/*
+ * A definition keeps a VM's spec, with its UUID, while the VM is shut off, as libvirt keeps a
+ * persistent domain (docs/spec.md): it survives `vm stop`, vmig_vm_list() shows a defined VM
+ * that does not run as "shut off", and vmig_vm_start() of vmig_vm_definition() starts it with
+ * the same UUID.  An offline migration (vmig_migrate_opts.offline) moves a definition to
+ * another host.  A definition and a running VM of the same name are independent: defining a
+ * running VM is allowed (its next start uses the definition), undefining one leaves it running.
+ */
+
+/* Defines VM @spec->name, or replaces its definition.  A spec without a UUID keeps the one
+ * defined already, else the one the VM runs with, else gets a new one; a different UUID than
+ * the one defined is refused (undefine first).  Fails when another vmigrate works on the VM. */
+VMIG_EXPORT bool vmig_vm_define(vmig_engine *e, const vmig_spec *spec, vmig_error **errp);
+/* Removes the definition of VM @name; VMIG_E_NOTFOUND, naming the VM, when it has none. */
+VMIG_EXPORT bool vmig_vm_undefine(vmig_engine *e, const char *name, vmig_error **errp);
+/* The definition of VM @name (owned: vmig_spec_free()), or NULL: VMIG_E_NOTFOUND when it is
+ * not defined, VMIG_E_INVAL naming the file when that cannot be read. */
+VMIG_EXPORT vmig_spec *vmig_vm_definition(vmig_engine *e, const char *name, vmig_error **errp);
 
 /* ---- migration ---------------------------------------------------------------------------- */
 
