@@ -11,6 +11,10 @@
  *               {"id":N,"op":"release","token":T}             the switchover: it outlives us
  *               {"id":N,"op":"finish","token":T}              give it the VM's name
  *               {"id":N,"op":"kill","token":T}                stop it and remove its directory
+ *               {"id":N,"op":"define","name":V,"spec":{..},"exclusive":B}
+ *                                                            write VM V's definition here
+ *                                                            (no spec: the running V's own)
+ *               {"id":N,"op":"undefine","name":V}             remove it
  *             Replies: {"id":N,"ok":true,...} or {"id":N,"error":"..."}.
  *   qmp       the engine's monitor connection to a QEMU this agent started (token)
  *   main, multifd, preempt
@@ -483,6 +487,55 @@ static void op_finish(vmig_agent *a, session *s, int64_t id, avm *v)
     avm_remove(v);
 }
 
+/* ---- definitions (engine/define.c) ----------------------------------------------------------
+ *
+ * Under the VM's lock, as vmig_vm_define() takes it: a migration into this host holds it from
+ * "launch" to "finish", so a definition never lands while a VM of that name moves in.  A
+ * running VM may be defined (a live migration with --persistent does it after "finish");
+ * "exclusive" refuses a name this host defines or runs already (an offline migration).
+ */
+
+static bool def_apply(vmig_agent *a, const char *op, const eng_def_req *q, vmig_error **errp)
+{
+    g_autofree char *lock_path = NULL;
+    int fd = eng_lock_vm(a->e->state_dir, q->name, &lock_path, errp);
+    if (fd < 0) {
+        return false;
+    }
+    bool ok;
+    if (strcmp(op, "undefine") == 0) {
+        ok = eng_def_remove(a->e->state_dir, q->name, errp);
+    } else if (q->exclusive && !eng_def_check_free(a->e->state_dir, q->name, errp)) {
+        ok = false;
+    } else if (!q->spec) {
+        ok = eng_def_write_running(a->e->state_dir, q->name, errp);
+    } else {
+        g_autoptr(vmig_spec) spec = eng_spec_from_json(q->spec, "the VM's definition", "/", errp);
+        ok = spec && eng_def_write(a->e->state_dir, spec, errp);
+    }
+    eng_unlock_vm(fd, g_steal_pointer(&lock_path));
+    return ok;
+}
+
+static void op_define(vmig_agent *a, session *s, int64_t id, const char *op, json_object *req)
+{
+    eng_def_req q = {0};
+    vmig_error *err = NULL;
+    if (!eng_agent_read_define(req, op, &q, &err) || !def_apply(a, op, &q, &err)) {
+        eng_log(a->e, VMIG_LOG_WARN, "agent: %s of VM '%s' for %s refused: %s", op,
+                q.name ? q.name : "?", s->peer, vmig_error_message(err));
+        reply_error(a, s->id, id, "%s", vmig_error_message(err));
+        vmig_error_free(err);
+        return;
+    }
+    eng_log(a->e, VMIG_LOG_INFO, "agent: VM '%s' %s by %s", q.name,
+            op[0] == 'u' ? "undefined" : "defined", s->peer);
+    json_object *r = ok_reply(id);
+    g_autofree char *path = eng_def_path(a->e->state_dir, q.name);
+    json_object_object_add(r, "path", json_object_new_string(path));
+    send_json(a, s->id, r);
+}
+
 static void op_info(vmig_agent *a, session *s, int64_t id)
 {
     json_object *r = ok_reply(id);
@@ -515,6 +568,8 @@ static void on_message(void *opaque, const char *text, size_t len)
         op_probe(a, s, q.id, req);
     } else if (strcmp(q.op, "launch") == 0) {
         op_launch(a, s, q.id, req);
+    } else if (strcmp(q.op, "define") == 0 || strcmp(q.op, "undefine") == 0) {
+        op_define(a, s, q.id, q.op, req);
     } else if (strcmp(q.op, "release") == 0 || strcmp(q.op, "finish") == 0 ||
                strcmp(q.op, "kill") == 0) {
         avm *v = find_owned(a, s, q.id, req);

@@ -285,6 +285,30 @@ json_object *eng_agent_read_request(const char *text, size_t len, int64_t *ret_i
     return req;
 }
 
+bool eng_agent_read_define(json_object *req, const char *op, eng_def_req *ret, vmig_error **errp)
+{
+    eng_def_req q = {0};
+    static const vmig_jfield fields[] = {
+        {"name", VJ_STRING, offsetof(eng_def_req, name), VJ_MANDATORY},
+        {"spec", VJ_OBJECT, offsetof(eng_def_req, spec), 0},
+        {"exclusive", VJ_BOOL, offsetof(eng_def_req, exclusive), 0},
+        {NULL},
+    };
+    if (!vmig_json_read(req, fields, &q, op, errp)) {
+        return false;
+    }
+    if (!eng_spec_name_valid(q.name)) {
+        vmig_set_error(errp, VMIG_E_INVAL, "%s: '%.80s' is not a valid VM name", op, q.name);
+        return false;
+    }
+    if (strcmp(op, "define") != 0 && (q.spec || q.exclusive)) {
+        vmig_set_error(errp, VMIG_E_INVAL, "%s: takes only a name", op);
+        return false;
+    }
+    *ret = q;
+    return true;
+}
+
 static void on_message(void *opaque, const char *text, size_t len)
 {
     eng_link *l = opaque;
@@ -494,6 +518,52 @@ void eng_link_launch(eng_link *l, const char *op, json_object *args, const char 
     json_object *req = args ? args : json_object_new_object();
     json_object_object_add(req, "accel", json_object_new_string(eng_accel_name(accel)));
     eng_link_call(l, op, req, launch_replied, ln);
+}
+
+/* ---- definitions -------------------------------------------------------------------------------
+ */
+
+typedef struct def_call {
+    eng_link_done_fn done;
+    void *opaque;
+} def_call;
+
+static void def_replied(void *opaque, json_object *reply, const vmig_error *err)
+{
+    def_call *c = opaque;
+    (void)reply;
+    c->done(c->opaque, err);
+    g_free(c);
+}
+
+static void def_call_start(eng_link *l, const char *op, json_object *args, eng_link_done_fn done,
+                           void *opaque)
+{
+    def_call *c = g_new0(def_call, 1);
+    c->done = done;
+    c->opaque = opaque;
+    eng_link_call(l, op, args, def_replied, c);
+}
+
+void eng_link_define(eng_link *l, const char *name, const vmig_spec *spec, bool exclusive,
+                     eng_link_done_fn done, void *opaque)
+{
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "name", json_object_new_string(name));
+    if (spec) {
+        json_object_object_add(args, "spec", eng_spec_to_obj(spec));
+    }
+    if (exclusive) {
+        json_object_object_add(args, "exclusive", json_object_new_boolean(true));
+    }
+    def_call_start(l, "define", args, done, opaque);
+}
+
+void eng_link_undefine(eng_link *l, const char *name, eng_link_done_fn done, void *opaque)
+{
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "name", json_object_new_string(name));
+    def_call_start(l, "undefine", args, done, opaque);
 }
 
 bool eng_link_token(const char *hex, uint8_t out[TP_TOKEN_LEN])

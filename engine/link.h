@@ -37,6 +37,14 @@ void eng_link_call(eng_link *l, const char *op, json_object *args, eng_link_repl
 void eng_link_launch(eng_link *l, const char *op, json_object *args, const char *name,
                      const vmig_spec *spec, vmig_accel accel, qmp_event_fn ev, void *ev_opaque,
                      eng_launch_fn done, void *opaque);
+/* Asks the agent to define VM @spec's name with @spec (borrowed; NULL: from the VM of that
+ * name running there, its effective spec and UUID), replacing a definition there unless
+ * @exclusive, which refuses a name the agent's host defines or runs already (an offline
+ * migration).  @done once. */
+void eng_link_define(eng_link *l, const char *name, const vmig_spec *spec, bool exclusive,
+                     eng_link_done_fn done, void *opaque);
+/* Asks the agent to remove the definition of VM @name there; @done once. */
+void eng_link_undefine(eng_link *l, const char *name, eng_link_done_fn done, void *opaque);
 /* The control protocol's messages, type-checked (untrusted on both sides; fuzzed):
  * a request {"id": N, "op": "..."}: the object (owned), its id and op (borrowed from it);
  * a reply {"id": N, "ok": true, ...} or {"id": N, "error": "..."}: the object, id, and the
@@ -45,6 +53,14 @@ json_object *eng_agent_read_request(const char *text, size_t len, int64_t *ret_i
                                     const char **ret_op, vmig_error **errp);
 json_object *eng_link_read_reply(const char *text, size_t len, int64_t *ret_id,
                                  const char **ret_error, vmig_error **errp);
+/* A "define" or "undefine" request (@op), type-checked: the name must be a valid VM name, and
+ * only "define" may carry a spec (an object, borrowed from @req) and "exclusive". */
+typedef struct eng_def_req {
+    const char *name;
+    json_object *spec;
+    bool exclusive;
+} eng_def_req;
+bool eng_agent_read_define(json_object *req, const char *op, eng_def_req *ret, vmig_error **errp);
 /* A token in hex into its bytes; false when it is not one. */
 bool eng_link_token(const char *hex, uint8_t out[TP_TOKEN_LEN]);
 void eng_link_free(eng_link *l);
