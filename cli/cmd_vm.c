@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -19,6 +20,8 @@ static bool parse_accel(const char *v, vmig_accel *ret)
     }
     return true;
 }
+
+static vmig_spec *start_spec(vmig_engine *e, const char *arg, vmig_error **errp);
 
 static int vm_start(const cli_global *g, int argc, char **argv)
 {
@@ -38,21 +41,92 @@ static int vm_start(const cli_global *g, int argc, char **argv)
         }
     }
     if (argc - optind != 1) {
-        return cli_usage_error("vm", "'vm start' takes one SPEC file");
+        return cli_usage_error("vm", "'vm start' takes one SPEC file or the NAME of a defined VM");
     }
+    const char *arg = argv[optind];
     vmig_error *err = NULL;
-    vmig_spec *spec = vmig_spec_load(argv[optind], &err);
-    if (!spec) {
+    vmig_engine *e = cli_engine(g, &err);
+    if (!e) {
         return cli_fail(err);
     }
-    vmig_engine *e = cli_engine(g, &err);
-    bool ok = e && vmig_vm_start(e, spec, accel, &err);
+    vmig_spec *spec = start_spec(e, arg, &err);
+    bool ok = spec && vmig_vm_start(e, spec, accel, &err);
+    if (!spec && !err) { /* start_spec() said why */
+        vmig_engine_free(e);
+        return CLI_FAILED;
+    }
     if (ok) {
         printf("started VM '%s' (%s, state in %s)\n", vmig_spec_name(spec),
                accel == VMIG_ACCEL_KVM ? "kvm" : "tcg", vmig_engine_state_dir(e));
     }
     vmig_spec_free(spec);
     vmig_engine_free(e);
+    return ok ? CLI_OK : cli_fail(err);
+}
+
+/* What `vm start ARG` starts: the spec in file ARG, else the definition of VM ARG.  NULL when
+ * neither: then it has said so, and set no error. */
+static vmig_spec *start_spec(vmig_engine *e, const char *arg, vmig_error **errp)
+{
+    if (access(arg, F_OK) == 0) {
+        return vmig_spec_load(arg, errp);
+    }
+    vmig_error *err = NULL;
+    vmig_spec *spec = vmig_vm_definition(e, arg, &err);
+    if (!spec && vmig_error_code(err) == VMIG_E_NOTFOUND) {
+        vmig_error_free(err);
+        err = NULL;
+        if (!vmig_spec_load(arg, &err)) { /* the library's words for the missing file */
+            cli_err("%s, and no VM named '%s' is defined in %s", vmig_error_message(err), arg,
+                    vmig_engine_state_dir(e));
+            vmig_error_free(err);
+            err = NULL;
+        }
+    }
+    if (err) {
+        *errp = err;
+    }
+    return spec;
+}
+
+static int vm_define(const cli_global *g, int argc, char **argv)
+{
+    if (argc == 2 && argv[1][0] == '-') {
+        return cli_usage_error("vm", "unknown option '%s'", argv[1]);
+    }
+    if (argc != 2) {
+        return cli_usage_error("vm", "'vm define' takes one SPEC file");
+    }
+    vmig_error *err = NULL;
+    vmig_spec *spec = vmig_spec_load(argv[1], &err);
+    if (!spec) {
+        return cli_fail(err);
+    }
+    vmig_engine *e = cli_engine(g, &err);
+    bool ok = e && vmig_vm_define(e, spec, &err);
+    if (ok) {
+        printf("defined VM '%s' (in %s)\n", vmig_spec_name(spec), vmig_engine_state_dir(e));
+    }
+    vmig_spec_free(spec);
+    vmig_engine_free(e);
+    return ok ? CLI_OK : cli_fail(err);
+}
+
+static int vm_undefine(const cli_global *g, int argc, char **argv)
+{
+    if (argc == 2 && argv[1][0] == '-') {
+        return cli_usage_error("vm", "unknown option '%s'", argv[1]);
+    }
+    if (argc != 2) {
+        return cli_usage_error("vm", "'vm undefine' takes one VM NAME");
+    }
+    vmig_error *err = NULL;
+    vmig_engine *e = cli_engine(g, &err);
+    bool ok = e && vmig_vm_undefine(e, argv[1], &err);
+    vmig_engine_free(e);
+    if (ok) {
+        printf("undefined VM '%s'\n", argv[1]);
+    }
     return ok ? CLI_OK : cli_fail(err);
 }
 
@@ -95,7 +169,8 @@ static int vm_list(const cli_global *g, int argc, char **argv)
     }
     json_object *arr = json_object_new_array();
     if (!json && n > 0) {
-        printf("%-24s %8s  %-12s %-22s %s\n", "NAME", "PID", "STATE", "JOB", "QMP");
+        printf("%-24s %8s  %-12s %-10s %-22s %s\n", "NAME", "PID", "STATE", "PERSISTENT", "JOB",
+               "QMP");
     }
     for (int i = 0; i < n && i < LIST_MAX; i++) {
         const vmig_vm_info *v = &infos[i];
@@ -104,7 +179,10 @@ static int vm_list(const cli_global *g, int argc, char **argv)
             json_object_object_add(o, "name", json_object_new_string(v->name));
             json_object_object_add(o, "pid", json_object_new_int(v->pid));
             json_object_object_add(o, "state", json_object_new_string(v->status));
-            json_object_object_add(o, "qmp", json_object_new_string(v->qmp_path));
+            json_object_object_add(o, "persistent", json_object_new_boolean(v->persistent));
+            if (v->qmp_path[0]) {
+                json_object_object_add(o, "qmp", json_object_new_string(v->qmp_path));
+            }
             if (v->job[0]) {
                 json_object *jo = json_object_new_object();
                 json_object_object_add(jo, "kind", json_object_new_string(v->job));
@@ -119,7 +197,12 @@ static int vm_list(const cli_global *g, int argc, char **argv)
                 snprintf(job, sizeof(job), "%s %s %3.0f%%", v->job, v->job_state,
                          v->job_progress * 100);
             }
-            printf("%-24s %8d  %-12s %-22s %s\n", v->name, v->pid, v->status, job, v->qmp_path);
+            char pid[16] = "-";
+            if (v->pid > 0) {
+                snprintf(pid, sizeof(pid), "%d", v->pid);
+            }
+            printf("%-24s %8s  %-12s %-10s %-22s %s\n", v->name, pid, v->status,
+                   v->persistent ? "yes" : "no", job, v->qmp_path[0] ? v->qmp_path : "-");
         }
     }
     if (json) {
@@ -184,7 +267,8 @@ static int vm_recover(const cli_global *g, int argc, char **argv)
 int cmd_vm(const cli_global *g, int argc, char **argv)
 {
     if (argc < 2) {
-        return cli_usage_error("vm", "'vm' needs a subcommand: start, list, stop or recover");
+        return cli_usage_error("vm", "'vm' needs a subcommand: start, list, stop, define, "
+                                     "undefine or recover");
     }
     const char *sub = argv[1];
     argc--;
@@ -201,5 +285,14 @@ int cmd_vm(const cli_global *g, int argc, char **argv)
     if (strcmp(sub, "recover") == 0) {
         return vm_recover(g, argc, argv);
     }
-    return cli_usage_error("vm", "unknown subcommand '%s': use start, list, stop or recover", sub);
+    if (strcmp(sub, "define") == 0) {
+        return vm_define(g, argc, argv);
+    }
+    if (strcmp(sub, "undefine") == 0) {
+        return vm_undefine(g, argc, argv);
+    }
+    return cli_usage_error("vm",
+                           "unknown subcommand '%s': use start, list, stop, define, undefine or "
+                           "recover",
+                           sub);
 }
