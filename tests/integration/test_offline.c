@@ -278,7 +278,8 @@ Test(offline, define_list_start_stop_undefine)
     expect_cli(RUN("--state-dir", src, "vm", "stop", VM), 0, NULL);
     /* stopped, not forgotten */
     expect_cli(RUN("--state-dir", src, "vm", "list"), 0, "shut off");
-    cr_assert(eq(str, defined_uuid(src), uuid));
+    g_autofree char *still = defined_uuid(src);
+    cr_assert(eq(str, still, uuid));
     expect_cli(RUN("--state-dir", src, "vm", "undefine", VM), 0, "undefined VM '" VM "'");
     expect_refused(RUN("--state-dir", src, "vm", "undefine", VM), "VM '" VM "' is not defined");
     expect_refused(RUN("--state-dir", src, "vm", "start", VM),

@@ -133,7 +133,8 @@ Test(define, a_running_vms_uuid_is_taken)
     g_autoptr(vmig_spec) d = vmig_vm_definition(eng, "run", &err);
     cr_assert(eq(str, d->uuid, UUID_B));
     /* and eng_def_write_running() takes its whole effective spec */
-    cr_assert(eq(int, unlink(eng_def_path(dir, "run")), 0));
+    g_autofree char *def = eng_def_path(dir, "run");
+    cr_assert(eq(int, unlink(def), 0));
     cr_assert(eng_def_write_running(dir, "run", &err), "%s", vmig_error_message(err));
     g_autoptr(vmig_spec) d2 = vmig_vm_definition(eng, "run", &err);
     cr_assert(eq(str, d2->uuid, UUID_B));
