@@ -430,6 +430,100 @@ VMIG_EXPORT bool vmig_migrate_sized(vmig_engine *e, const char *name, const vmig
     vmig_migrate_sized((e), (name), (o), (progress), (opaque), (ret_stats),                        \
                        sizeof(vmig_migration_stats), (errp))
 
+/* ---- control of a running migration, from any process ---- */
+
+/*
+ * A migration runs in one process, its engine, which holds the VM's main monitor.  These calls
+ * work from any process on the same state directory, as virsh's domjobinfo, domjobabort,
+ * migrate-setmaxdowntime, migrate-setspeed, migrate-postcopy and domdirtyrate-calc do: they
+ * read the job state file the engine keeps in the VM's directory (job.json, rewritten every
+ * 250 ms) and talk to the VM's reader monitor (qmp-read.sock), never to the engine's.  They
+ * wait (each QMP command at most 10 s).  @name is the VM's name in the engine's state
+ * directory.  The calls that change a migration fail with VMIG_E_STATE, saying why, when no
+ * migration of the VM runs, or its engine is gone (then vmig_vm_recover() cleans up).
+ */
+#define VMIG_JOBINFO_ACTIONS_MAX 16
+
+/* What vmig_jobinfo_get() reports: the fields of `virsh domjobinfo`.  Figures come from QEMU
+ * (query-migrate, query-migrate-parameters on the reader monitor) where it says, else from
+ * the job state file; -1 (or "") when neither says. */
+typedef struct vmig_jobinfo {
+    char job[16];          /* "migrate"; "" when no job runs on the VM */
+    char state[16];        /* vmig_job_state_name() of the job; "none" when no job runs */
+    char last_state[16];   /* no job runs: how the last one ended ("cancelled", ...), or "" */
+    char holder[16];       /* which side holds the VM: "source" or "destination" */
+    char qemu_status[24];  /* QEMU's migration status on the VM ("active", "postcopy-active") */
+    char mode[12];         /* "precopy" or "postcopy" */
+    char policy[8];        /* the convergence policy: "auto" or "none" */
+    int engine_pid;        /* the process that runs the job; -1 unknown */
+    bool engine_alive;     /* false: it died (vmig_vm_recover() cleans up) */
+    int postcopy_armed;    /* 1 when post-copy can be started (postcopy-ram), 0 not, -1 unknown */
+    double progress;       /* 0..1 */
+    int64_t elapsed_ms;    /* since the job started (QEMU's total-time if the job says none) */
+    int64_t processed_bytes;
+    int64_t remaining_bytes;
+    int64_t total_bytes;   /* guest RAM */
+    double mbit_s;         /* memory bandwidth, QEMU's last figure */
+    double mib_s;          /* the same in MiB/s */
+    int64_t dirty_pages_rate;  /* pages/s */
+    double dirty_mib_s;        /* the same in MiB/s */
+    int64_t page_size;         /* bytes */
+    int64_t iteration;         /* passes over memory (dirty-sync-count) */
+    int64_t expected_downtime_ms;
+    int64_t downtime_limit_ms;
+    int64_t max_bandwidth_mib_s; /* QEMU's cap; 0 unlimited */
+    int64_t throttle_pct;        /* cpu-throttle-percentage (auto-converge) */
+    int64_t postcopy_requests;   /* pages the destination asked for in post-copy */
+    int64_t downtime_ms;         /* once the job says */
+    double measured_dirty_mib_s; /* the guest's dirty rate the engine measured before starting */
+    char error[256];             /* the job's error (or QEMU's error-desc), "" none */
+    size_t n_actions;            /* what the convergence policy did, the last ones, in order */
+    vmig_policy_action actions[VMIG_JOBINFO_ACTIONS_MAX];
+} vmig_jobinfo;
+
+/* The job on VM @name into @ret of @size bytes (the caller's sizeof: use the macro).  A VM
+ * without a running job is not an error: state "none". */
+VMIG_EXPORT bool vmig_jobinfo_get_sized(vmig_engine *e, const char *name, vmig_jobinfo *ret,
+                                        size_t size, vmig_error **errp);
+#define vmig_jobinfo_get(e, name, ret, errp)                                                       \
+    vmig_jobinfo_get_sized((e), (name), (ret), sizeof(vmig_jobinfo), (errp))
+
+/* Cancels the migration of VM @name (migrate_cancel), then waits (at most 30 s) for its engine
+ * to roll it back.  Refused in post-copy and once the destination holds the VM: only the
+ * destination has it whole then.  @ret_what (may be NULL; free()) says how it ended: "migration
+ * of VM 'web' cancelled; VM 'web' is running on the source".  False when it completed first. */
+VMIG_EXPORT bool vmig_migration_abort(vmig_engine *e, const char *name, char **ret_what,
+                                      vmig_error **errp);
+/* QEMU's downtime-limit for the running migration, 1-2000000 ms.  Policy auto may raise it
+ * again. */
+VMIG_EXPORT bool vmig_migration_set_max_downtime(vmig_engine *e, const char *name, int ms,
+                                                 vmig_error **errp);
+/* QEMU's bandwidth cap for the running migration, MiB/s; 0 lifts it. */
+VMIG_EXPORT bool vmig_migration_set_speed(vmig_engine *e, const char *name, int mib_s,
+                                          vmig_error **errp);
+/* Switches the running migration to post-copy (migrate-start-postcopy): the destination runs
+ * the VM from then on and pulls the pages it lacks.  The migration must have armed it
+ * (vmig_migrate_opts.postcopy). */
+VMIG_EXPORT bool vmig_migration_postcopy(vmig_engine *e, const char *name, vmig_error **errp);
+
+#define VMIG_DIRTYRATE_SECONDS_MAX 60
+
+typedef struct vmig_dirtyrate_info {
+    double mib_s;         /* the guest's dirty rate: QEMU's dirty-rate (it counts MiB) */
+    int calc_time_s;      /* over how long it was measured */
+    int64_t sample_pages; /* pages sampled per GiB of RAM */
+    char mode[16];        /* "page-sampling" */
+    int64_t start_time;   /* when it began, QEMU's clock: seconds since the epoch */
+} vmig_dirtyrate_info;
+
+/* Measures how fast VM @name dirties its memory, over @seconds (1-60), by sampling pages
+ * (calc-dirty-rate, then query-dirty-rate until measured), waiting.  Works whether or not a
+ * migration runs.  QEMU measures one at a time: VMIG_E_STATE when another is under way. */
+VMIG_EXPORT bool vmig_dirtyrate_sized(vmig_engine *e, const char *name, int seconds,
+                                      vmig_dirtyrate_info *ret, size_t size, vmig_error **errp);
+#define vmig_dirtyrate(e, name, seconds, ret, errp)                                                \
+    vmig_dirtyrate_sized((e), (name), (seconds), (ret), sizeof(vmig_dirtyrate_info), (errp))
+
 /* ---- the destination agent ----
  *
  * `vmigrate agent` on a destination host: one TCP port through which source engines start
