@@ -27,6 +27,8 @@ int cmd_qmp(const cli_global *g, int argc, char **argv);
 int cmd_cpu(const cli_global *g, int argc, char **argv);
 int cmd_agent(const cli_global *g, int argc, char **argv);
 int cmd_key(const cli_global *g, int argc, char **argv);
+/* jobinfo, abort, set-max-downtime, set-speed, postcopy, dirtyrate (cmd_control.c) */
+int cmd_control(const cli_global *g, int argc, char **argv);
 
 /* output.c */
 void cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

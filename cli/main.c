@@ -19,6 +19,13 @@ static const char main_help[] =
     "  vm recover NAME                    clean up after a migration whose vmigrate died\n"
     "  migrate [OPTIONS] NAME DEST        migrate VM NAME to DEST (local, local:STATE_DIR,\n"
     "                                     vmig://HOST[:PORT] through an agent)\n"
+    "  jobinfo [--json] NAME              the migration running on VM NAME: state, figures\n"
+    "  abort NAME                         cancel it (from another terminal); the source runs on\n"
+    "  set-max-downtime NAME MS           change its downtime limit while it runs\n"
+    "  set-speed NAME MIB_S               change its bandwidth cap while it runs (0: none)\n"
+    "  postcopy NAME                      switch it to post-copy (armed with --postcopy)\n"
+    "  dirtyrate [--seconds N] [--json] NAME\n"
+    "                                     measure how fast VM NAME dirties its memory\n"
     "  agent --key FILE [--listen H:P]    serve as a destination host: one port, one key\n"
     "  key new FILE                       create a key for agents and their sources\n"
     "  demo [OPTIONS]                     start the built-in test guest, migrate it live on\n"
@@ -118,6 +125,36 @@ static const char agent_help[] =
     "Creates FILE with a new random key (32 bytes, hex), mode 0600.  Copy it to the\n"
     "agent's host and to each source; anyone who has it can start QEMUs on the agent's host.\n";
 
+static const char control_help[] =
+    "Usage: vmigrate jobinfo [--json] NAME\n"
+    "       vmigrate abort NAME\n"
+    "       vmigrate set-max-downtime NAME MS\n"
+    "       vmigrate set-speed NAME MIB_S\n"
+    "       vmigrate postcopy NAME\n"
+    "       vmigrate dirtyrate [--seconds N] [--json] NAME\n"
+    "\n"
+    "Control of a migration of VM NAME that a 'vmigrate migrate' runs, from another\n"
+    "terminal (virsh's domjobinfo, domjobabort, migrate-setmaxdowntime, migrate-setspeed,\n"
+    "migrate-postcopy, domdirtyrate-calc).  They read the job file the migration keeps in\n"
+    "the VM's directory and talk to the VM's reader monitor, never to the migration's own.\n"
+    "\n"
+    "jobinfo           the job's state and QEMU's figures: data processed, remaining and\n"
+    "                  total, bandwidth, dirty rate, pass, expected downtime, limits, and what\n"
+    "                  the convergence policy did.  'Job type: none' when no job runs.\n"
+    "abort             cancels the migration and waits (30 s at most) until its vmigrate has\n"
+    "                  rolled it back: the VM stays on the source.  Refused in post-copy and\n"
+    "                  once the destination runs the VM.\n"
+    "set-max-downtime  QEMU's downtime limit, 1-2000000 ms (policy auto may raise it again)\n"
+    "set-speed         QEMU's bandwidth cap, MiB/s; 0 lifts it\n"
+    "postcopy          switches to post-copy: the destination runs the VM from then on and\n"
+    "                  pulls the pages it lacks; the migration must have been started with\n"
+    "                  --postcopy\n"
+    "dirtyrate         measures how fast the guest dirties its memory over N seconds\n"
+    "                  (1-60, default 1) by sampling pages, whether or not it migrates\n"
+    "\n"
+    "Exit status: 0 done, 1 refused or failed (no migration runs, post-copy, ...), 2 the\n"
+    "command line was wrong.\n";
+
 static const char qmp_help[] =
     "Usage: vmigrate qmp SOCKET COMMAND [ARGS-JSON]\n"
     "\n"
@@ -199,6 +236,18 @@ static int cmd_version(const cli_global *g, int argc, char **argv)
     return v < 0 ? cli_fail(err) : CLI_OK;
 }
 
+static bool is_control(const char *cmd)
+{
+    static const char *const cmds[] = {"jobinfo",   "abort",    "set-max-downtime",
+                                       "set-speed", "postcopy", "dirtyrate"};
+    for (size_t i = 0; i < G_N_ELEMENTS(cmds); i++) {
+        if (strcmp(cmd, cmds[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static int help(const char *topic)
 {
     if (!topic) {
@@ -214,6 +263,8 @@ static int help(const char *topic)
         fputs(cli_migrate_opts_help, stdout);
     } else if (strcmp(topic, "agent") == 0 || strcmp(topic, "key") == 0) {
         fputs(agent_help, stdout);
+    } else if (is_control(topic)) {
+        fputs(control_help, stdout);
     } else if (strcmp(topic, "qmp") == 0) {
         fputs(qmp_help, stdout);
     } else if (strcmp(topic, "cpu") == 0) {
@@ -293,6 +344,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "cpu") == 0) {
         return cmd_cpu(&g, cargc, cargv);
+    }
+    if (is_control(cmd)) {
+        return cmd_control(&g, cargc, cargv);
     }
     return cli_usage_error(NULL, "unknown command '%s'", cmd);
 }
