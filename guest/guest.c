@@ -188,12 +188,14 @@ static int pm_timer_ticks(void)
 
 /*
  * Dirty at @rate pages/s.  Credit is kept in 1/100 page per 10 ms tick so no 64-bit division
- * is needed; it is capped at a quarter second of work, so a guest that was descheduled (or
- * throttled by auto-converge) does not burst afterwards.
+ * is needed; it is capped at two ticks of work.  Time the vCPU did not run (descheduled, or
+ * throttled by auto-converge) is work not done, as for a CPU-bound workload: the guest does not
+ * burst to catch up, so a throttle slows its writes as it slows a real guest's.  (A quarter
+ * second of catch-up let it keep a quarter of its rate at a 99% throttle.)
  */
 static void dirty_forever(uint32_t rate)
 {
-    uint32_t last = pm_now(), acc = 0, credit = 0, cap = rate * 25u;
+    uint32_t last = pm_now(), acc = 0, credit = 0, cap = rate * 2u;
     for (;;) {
         uint32_t now = pm_now();
         acc += (now - last) & PM_TIMER_MASK;
