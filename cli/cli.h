@@ -55,6 +55,28 @@ void cli_progress_cb(void *opaque, const vmig_migration_stats *st);
 void cli_progress_done(cli_progress *p);
 
 /* Migration options shared by migrate and demo. */
+enum { /* migrate's long options without a letter (demo's start at 0x100) */
+       CLI_OPT_POLICY = 0x200,
+       CLI_OPT_DOWNTIME_STEPS,
+       CLI_OPT_AUTO_CONVERGE,
+       CLI_OPT_AC_INITIAL,
+       CLI_OPT_AC_INCREMENT,
+       CLI_OPT_POSTCOPY,
+       CLI_OPT_POSTCOPY_AFTER,
+       CLI_OPT_POSTCOPY_PREEMPT,
+       CLI_OPT_POSTCOPY_RESUME,
+       CLI_OPT_TIMEOUT_ACTION,
+       CLI_OPT_TIMEOUT_SUSPEND,
+       CLI_OPT_TIMEOUT_POSTCOPY,
+       CLI_OPT_DIRTY_LIMIT,
+       CLI_OPT_COMPRESSED,
+       CLI_OPT_SUSPEND,
+       CLI_OPT_OFFLINE,
+       CLI_OPT_PERSISTENT,
+       CLI_OPT_UNDEFINE_SOURCE,
+       CLI_OPT_DEST_SPEC,
+};
+
 typedef struct cli_migrate_args {
     vmig_migrate_opts opts;
     bool verbose;
@@ -66,11 +88,14 @@ int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val);
 extern const char cli_migrate_opts_help[];
 
 #define CLI_CHANNELS_MAX 66 /* main, 64 multifd, preempt */
-/* A migration to its end (the progress callback on @prog): its figures, and the relay's
- * channels into @chan (room for CLI_CHANNELS_MAX). */
+#define CLI_ACTIONS_MAX 64
+/* A migration to its end (the progress callback on @prog): its figures, the relay's channels
+ * into @chan (room for CLI_CHANNELS_MAX), and what the policy did into @act (room for
+ * CLI_ACTIONS_MAX; may be NULL). */
 bool cli_migrate_run(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
                      cli_progress *prog, vmig_migration_stats *st, vmig_channel_stats *chan,
-                     size_t *n_chan, vmig_error **errp);
+                     size_t *n_chan, vmig_policy_action *act, size_t *n_act, vmig_error **errp);
+json_object *cli_actions_json(const vmig_policy_action *a, size_t n);
 json_object *cli_channels_json(const vmig_channel_stats *c, size_t n);
 void cli_print_channels(const vmig_channel_stats *c, size_t n);
 

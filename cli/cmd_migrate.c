@@ -36,6 +36,25 @@ enum {
         {"key", required_argument, NULL, 'K'},                                                     \
         {"parallel-connections", required_argument, NULL, 'P'},                                    \
         {"relay-bandwidth", required_argument, NULL, 'R'},                                         \
+        {"policy", required_argument, NULL, CLI_OPT_POLICY},                                       \
+        {"downtime-steps", required_argument, NULL, CLI_OPT_DOWNTIME_STEPS},                       \
+        {"auto-converge", no_argument, NULL, CLI_OPT_AUTO_CONVERGE},                               \
+        {"auto-converge-initial", required_argument, NULL, CLI_OPT_AC_INITIAL},                    \
+        {"auto-converge-increment", required_argument, NULL, CLI_OPT_AC_INCREMENT},                \
+        {"postcopy", no_argument, NULL, CLI_OPT_POSTCOPY},                                         \
+        {"postcopy-after-precopy", no_argument, NULL, CLI_OPT_POSTCOPY_AFTER},                     \
+        {"postcopy-preempt", no_argument, NULL, CLI_OPT_POSTCOPY_PREEMPT},                         \
+        {"postcopy-resume", no_argument, NULL, CLI_OPT_POSTCOPY_RESUME},                           \
+        {"timeout-action", required_argument, NULL, CLI_OPT_TIMEOUT_ACTION},                       \
+        {"timeout-suspend", no_argument, NULL, CLI_OPT_TIMEOUT_SUSPEND},                           \
+        {"timeout-postcopy", no_argument, NULL, CLI_OPT_TIMEOUT_POSTCOPY},                         \
+        {"dirty-limit", required_argument, NULL, CLI_OPT_DIRTY_LIMIT},                             \
+        {"compressed", optional_argument, NULL, CLI_OPT_COMPRESSED},                               \
+        {"suspend", no_argument, NULL, CLI_OPT_SUSPEND},                                           \
+        {"offline", no_argument, NULL, CLI_OPT_OFFLINE},                                           \
+        {"persistent", no_argument, NULL, CLI_OPT_PERSISTENT},                                     \
+        {"undefinesource", no_argument, NULL, CLI_OPT_UNDEFINE_SOURCE},                            \
+        {"dest-spec", required_argument, NULL, CLI_OPT_DEST_SPEC},                                 \
     {                                                                                              \
         "stall-timeout", required_argument, NULL, 'S'                                              \
     }
@@ -51,6 +70,11 @@ static void print_summary(const char *name, const char *dest, const vmig_migrati
     printf("  transferred %8.1f MiB in %llu pass(es), %.0f Mbit/s\n",
            (double)st->transferred_bytes / (1024.0 * 1024.0), (unsigned long long)st->passes,
            st->mbps);
+    if (st->postcopy_at_ms) {
+        printf("  post-copy   from %.1f s, %llu page(s) faulted in\n",
+               (double)st->postcopy_at_ms / 1000.0, (unsigned long long)st->postcopy_requests);
+    }
+    printf("  VM          %s on the %s\n", st->vm_state, st->vm_holder);
 }
 
 int cmd_migrate(const cli_global *g, int argc, char **argv)
@@ -95,7 +119,9 @@ int cmd_migrate(const cli_global *g, int argc, char **argv)
     vmig_migration_stats st;
     vmig_channel_stats chan[CLI_CHANNELS_MAX];
     size_t n_chan = 0;
-    bool ok = cli_migrate_run(e, name, &a.opts, &prog, &st, chan, &n_chan, &err);
+    vmig_policy_action act[CLI_ACTIONS_MAX];
+    size_t n_act = 0;
+    bool ok = cli_migrate_run(e, name, &a.opts, &prog, &st, chan, &n_chan, act, &n_act, &err);
     cli_progress_done(&prog);
     if (a.json) {
         json_object *o = cli_stats_json(&st);
@@ -105,14 +131,22 @@ int cmd_migrate(const cli_global *g, int argc, char **argv)
         json_object_object_add(o, "parallel_connections",
                                json_object_new_int(a.opts.parallel_connections));
         json_object_object_add(o, "channels", cli_channels_json(chan, n_chan));
+        json_object_object_add(o, "actions", cli_actions_json(act, n_act));
         if (!ok) {
             json_object_object_add(o, "error", json_object_new_string(vmig_error_message(err)));
         }
         cli_print_json(o);
         json_object_put(o);
-    } else if (ok) {
-        print_summary(name, a.opts.dest, &st);
-        if (a.verbose) {
+    } else {
+        if (ok) {
+            print_summary(name, a.opts.dest, &st);
+        }
+        if (ok || a.verbose) {
+            for (size_t i = 0; i < n_act; i++) {
+                printf("  at %6.1f s  %s\n", (double)act[i].at_ms / 1000.0, act[i].what);
+            }
+        }
+        if (ok && a.verbose) {
             cli_print_channels(chan, n_chan);
         }
     }
@@ -431,7 +465,7 @@ static vmig_engine *demo_run(const cli_global *g, demo_args *d, vmig_engine *e,
         }
     }
     res->migrated = ready && cli_migrate_run(e, DEMO_NAME, &d->m.opts, &prog, &res->st, res->chan,
-                                             &res->n_chan, errp);
+                                             &res->n_chan, NULL, NULL, errp);
     cli_progress_done(&prog);
     vmig_engine *de = NULL;
     vmig_engine *holder = e; /* where the VM is now */

@@ -141,7 +141,29 @@ json_object *cli_stats_json(const vmig_migration_stats *st)
     json_object_object_add(o, "remaining_bytes",
                            json_object_new_int64((int64_t)st->remaining_bytes));
     json_object_object_add(o, "cpu_check", json_object_new_string(st->cpu_check));
+    json_object_object_add(o, "holder", json_object_new_string(st->vm_holder));
+    json_object_object_add(o, "vm_state", json_object_new_string(st->vm_state));
+    json_object_object_add(o, "mode", json_object_new_string(st->mode));
+    json_object_object_add(o, "dirty_rate_mib_s", json_object_new_double(st->dirty_rate_mib_s));
+    json_object_object_add(o, "downtime_limit_ms",
+                           json_object_new_int64((int64_t)st->downtime_limit_ms));
+    json_object_object_add(o, "throttle_pct", json_object_new_int64(st->throttle_pct));
+    json_object_object_add(o, "postcopy_at_ms", json_object_new_int64((int64_t)st->postcopy_at_ms));
+    json_object_object_add(o, "postcopy_requests",
+                           json_object_new_int64((int64_t)st->postcopy_requests));
     return o;
+}
+
+json_object *cli_actions_json(const vmig_policy_action *a, size_t n)
+{
+    json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "at_ms", json_object_new_int64((int64_t)a[i].at_ms));
+        json_object_object_add(o, "what", json_object_new_string(a[i].what));
+        json_object_array_add(arr, o);
+    }
+    return arr;
 }
 
 /* ---- progress ------------------------------------------------------------------------------ */
@@ -224,7 +246,46 @@ const char cli_migrate_opts_help[] =
     "                       N multifd channels (1-64), each its own stream (through the\n"
     "                       relay: its own TCP connection); default one stream\n"
     "  --relay-bandwidth MIB_S\n"
-    "                       cap the relay's channels together (vmig:// destinations)\n";
+    "                       cap the relay's channels together (vmig:// destinations)\n"
+    "\n"
+    "Modes:\n"
+    "  --suspend            leave the VM paused on the destination\n"
+    "  --offline            move a shut-off VM's definition (needs --persistent)\n"
+    "  --persistent         keep the VM defined on the destination\n"
+    "  --undefinesource     remove the VM's definition from the source\n"
+    "  --dest-spec FILE     the spec the destination runs (other disk paths, kernel, extra\n"
+    "                       arguments); name, memory, vCPUs, machine and disk count must\n"
+    "                       match the VM's (what virsh migrate --xml is for)\n"
+    "  --postcopy-resume    finish a post-copy migration whose connection broke: both\n"
+    "                       QEMUs are paused, each with part of the VM (give --live)\n"
+    "\n"
+    "Convergence:\n"
+    "  --policy auto|none   auto (the default, with --live): measure the guest's dirty\n"
+    "                       rate first; when remaining memory stops shrinking, raise the\n"
+    "                       downtime limit up to --max-downtime, then switch to post-copy\n"
+    "                       if armed, else throttle the vCPUs.  none: only what the options\n"
+    "                       say, as virsh migrate\n"
+    "  --downtime-steps N   auto: the limit starts at max-downtime/N, rises in N steps (4)\n"
+    "  --auto-converge      throttle the guest's vCPUs from the start when pre-copy does\n"
+    "                       not converge (QEMU's auto-converge)\n"
+    "  --auto-converge-initial PCT, --auto-converge-increment PCT\n"
+    "                       its first throttle and each step (default 20 and 10)\n"
+    "  --postcopy           arm post-copy: the policy, --postcopy-after-precopy, a timeout\n"
+    "                       or 'vmigrate postcopy NAME' may switch to it.  Once switched,\n"
+    "                       the destination runs the VM and the source serves it pages\n"
+    "  --postcopy-after-precopy\n"
+    "                       switch to post-copy after the first full pass (arms it)\n"
+    "  --postcopy-preempt   faulted pages on a channel of their own (QEMU >= 8.0)\n"
+    "  --timeout-action abort|suspend|postcopy\n"
+    "                       what --timeout does: roll back (default), pause the VM so\n"
+    "                       the migration finishes non-live, or switch to post-copy\n"
+    "  --timeout-suspend, --timeout-postcopy\n"
+    "                       the same, as virsh spells them\n"
+    "  --dirty-limit MIB_S  QEMU's per-vCPU dirty limit (QEMU >= 8.1, KVM's dirty ring;\n"
+    "                       refused under TCG)\n"
+    "  --compressed[=zstd|zlib]\n"
+    "                       compress the multifd channels (default zstd; implies\n"
+    "                       --parallel-connections 1 when none is given)\n";
 
 int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
 {
@@ -268,6 +329,81 @@ int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
         return cli_parse_int("--parallel-connections", val, 1, 64, &a->opts.parallel_connections)
                    ? 1
                    : -1;
+    case CLI_OPT_POLICY:
+        if (strcmp(val, "auto") == 0 || strcmp(val, "none") == 0) {
+            a->opts.policy = val[0] == 'a' ? VMIG_POLICY_AUTO : VMIG_POLICY_NONE;
+            return 1;
+        }
+        cli_err("--policy: '%s' is not auto or none", val);
+        return -1;
+    case CLI_OPT_DOWNTIME_STEPS:
+        return cli_parse_int("--downtime-steps", val, 1, 100, &a->opts.downtime_steps) ? 1 : -1;
+    case CLI_OPT_AUTO_CONVERGE:
+        a->opts.auto_converge = true;
+        return 1;
+    case CLI_OPT_AC_INITIAL:
+        a->opts.auto_converge = true;
+        return cli_parse_int("--auto-converge-initial", val, 1, 99, &a->opts.throttle_initial) ? 1
+                                                                                               : -1;
+    case CLI_OPT_AC_INCREMENT:
+        a->opts.auto_converge = true;
+        return cli_parse_int("--auto-converge-increment", val, 1, 100, &a->opts.throttle_increment)
+                   ? 1
+                   : -1;
+    case CLI_OPT_POSTCOPY:
+        a->opts.postcopy = true;
+        return 1;
+    case CLI_OPT_POSTCOPY_AFTER:
+        a->opts.postcopy_after_precopy = true;
+        return 1;
+    case CLI_OPT_POSTCOPY_PREEMPT:
+        a->opts.postcopy_preempt = true;
+        return 1;
+    case CLI_OPT_POSTCOPY_RESUME:
+        a->opts.postcopy_resume = true;
+        return 1;
+    case CLI_OPT_TIMEOUT_ACTION:
+        if (strcmp(val, "abort") == 0) {
+            a->opts.timeout_action = VMIG_TIMEOUT_ABORT;
+        } else if (strcmp(val, "suspend") == 0) {
+            a->opts.timeout_action = VMIG_TIMEOUT_SUSPEND;
+        } else if (strcmp(val, "postcopy") == 0) {
+            a->opts.timeout_action = VMIG_TIMEOUT_POSTCOPY;
+        } else {
+            cli_err("--timeout-action: '%s' is not abort, suspend or postcopy", val);
+            return -1;
+        }
+        return 1;
+    case CLI_OPT_TIMEOUT_SUSPEND:
+        a->opts.timeout_action = VMIG_TIMEOUT_SUSPEND;
+        return 1;
+    case CLI_OPT_TIMEOUT_POSTCOPY:
+        a->opts.timeout_action = VMIG_TIMEOUT_POSTCOPY;
+        return 1;
+    case CLI_OPT_DIRTY_LIMIT:
+        return cli_parse_int("--dirty-limit", val, 1, 1000000, &a->opts.dirty_limit_mib_s) ? 1 : -1;
+    case CLI_OPT_COMPRESSED:
+        if (val && strcmp(val, "zstd") != 0 && strcmp(val, "zlib") != 0) {
+            cli_err("--compressed: '%s' is not zstd or zlib", val);
+            return -1;
+        }
+        a->opts.compress = val ? val : "zstd";
+        return 1;
+    case CLI_OPT_SUSPEND:
+        a->opts.suspend = true;
+        return 1;
+    case CLI_OPT_OFFLINE:
+        a->opts.offline = true;
+        return 1;
+    case CLI_OPT_PERSISTENT:
+        a->opts.persistent = true;
+        return 1;
+    case CLI_OPT_UNDEFINE_SOURCE:
+        a->opts.undefine_source = true;
+        return 1;
+    case CLI_OPT_DEST_SPEC:
+        a->opts.dest_spec = val;
+        return 1;
     default:
         return 0;
     }
@@ -311,10 +447,13 @@ void cli_print_channels(const vmig_channel_stats *c, size_t n)
 
 bool cli_migrate_run(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
                      cli_progress *prog, vmig_migration_stats *st, vmig_channel_stats *chan,
-                     size_t *n_chan, vmig_error **errp)
+                     size_t *n_chan, vmig_policy_action *act, size_t *n_act, vmig_error **errp)
 {
     memset(st, 0, sizeof(*st));
     *n_chan = 0;
+    if (n_act) {
+        *n_act = 0;
+    }
     vmig_job *j = vmig_migrate_start(e, name, o, cli_progress_cb, prog, NULL, NULL, errp);
     if (!j) {
         snprintf(st->status, sizeof(st->status), "failed");
@@ -330,6 +469,10 @@ bool cli_migrate_run(vmig_engine *e, const char *name, const vmig_migrate_opts *
     vmig_job_stats(j, st);
     size_t n = vmig_job_channels(j, chan, CLI_CHANNELS_MAX);
     *n_chan = n < CLI_CHANNELS_MAX ? n : CLI_CHANNELS_MAX;
+    if (act && n_act) {
+        n = vmig_job_actions(j, act, CLI_ACTIONS_MAX);
+        *n_act = n < CLI_ACTIONS_MAX ? n : CLI_ACTIONS_MAX;
+    }
     if (ok && vmig_job_get_state(j) != VMIG_JOB_COMPLETED) {
         if (errp && !*errp) {
             *errp = vmig_error_copy(vmig_job_error(j));

@@ -117,7 +117,7 @@ static void decide(vmig_job *j)
     mig *m = M(j);
     mig_discard_probe(m);
     vmig_error *err = NULL;
-    if (!preflight_qemus(j, &err) || !cpu_gate(j, &err)) {
+    if (!preflight_qemus(j, &err) || !mig_converge_preflight(m, &err) || !cpu_gate(j, &err)) {
         eng_job_fail(j, err);
         return;
     }
@@ -262,12 +262,20 @@ static void on_dst_kvm(vmig_job *j, json_object *ret, const vmig_error *err)
     eng_job_call_opt(j, m->probe->qmp, "query-cpu-model-expansion", args, on_dst_expansion);
 }
 
+static void on_dst_caps(vmig_job *j, json_object *ret, const vmig_error *err)
+{
+    if (!err && json_object_is_type(ret, json_type_array)) {
+        M(j)->dst_caps = keep(ret);
+    }
+}
+
 static void ask_destination(vmig_job *j)
 {
     qmp_conn *c = M(j)->probe->qmp;
     eng_job_call_opt(j, c, "query-version", NULL, on_dst_version);
     eng_job_call_opt(j, c, "query-machines", NULL, on_dst_machines);
     eng_job_call_opt(j, c, "query-kvm", NULL, on_dst_kvm);
+    eng_job_call_opt(j, c, "query-migrate-capabilities", NULL, on_dst_caps);
 }
 
 /* The source may move: running or paused, not migrating, nothing blocking it. */
@@ -351,6 +359,16 @@ static void on_src_machines(vmig_job *j, json_object *ret, const vmig_error *err
     }
 }
 
+static bool on_src_caps(vmig_job *j, json_object *ret, vmig_error **errp)
+{
+    if (!json_object_is_type(ret, json_type_array)) {
+        vmig_set_error(errp, VMIG_E_PROTO, "query-migrate-capabilities: the reply is not an array");
+        return false;
+    }
+    M(j)->src_caps = keep(ret);
+    return true;
+}
+
 static bool on_cpus(vmig_job *j, json_object *ret, vmig_error **errp)
 {
     M(j)->cpu_path = cpu_first_qom_path(ret, errp);
@@ -377,6 +395,7 @@ void mig_ask_source(vmig_job *j)
     eng_job_call_opt(j, c, "query-kvm", NULL, on_src_kvm);
     eng_job_call_opt(j, c, "query-machines", NULL, on_src_machines);
     eng_job_call(j, c, "query-cpus-fast", NULL, on_cpus);
+    eng_job_call(j, c, "query-migrate-capabilities", NULL, on_src_caps);
     eng_job_hold(j);
     if (m->link) { /* the agent's QEMU, asked through it */
         eng_link_launch(m->link, "probe", NULL, "probe", NULL, m->src->accel, NULL, NULL,

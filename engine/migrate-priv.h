@@ -74,7 +74,48 @@ typedef struct mig {
     tp_channel_stats chan[TP_CHANNELS_MAX + 2]; /* the relay's channels, kept at its end */
     size_t n_chan;
     GArray *actions; /* vmig_policy_action: what the policy and timeouts did */
+    /* convergence (converge.c) */
+    json_object *src_caps, *dst_caps; /* query-migrate-capabilities, owned */
+    bool pc_armed;                    /* postcopy-ram set on both sides */
+    bool pc_requested;                /* migrate-start-postcopy sent */
+    bool pc_switched;                 /* the source reached postcopy-active */
+    bool pc_paused;                   /* it broke: both sides hold part of the VM */
+    bool throttle_armed;              /* auto-converge set */
+    bool throttle_released;           /* the policy let the throttle rise */
+    bool suspended;                   /* the timeout paused the source */
+    bool timed_out;
+    bool cancelled_here;           /* we sent migrate_cancel (not another process) */
+    uint64_t max_downtime_ms;      /* the limit the policy may rise to */
+    uint64_t downtime_now_ms;      /* what QEMU has now */
+    uint64_t expected_downtime_ms; /* QEMU's estimate */
+    uint64_t qm_syncs;             /* dirty-sync-count in the last query-migrate */
+    uint64_t page_size;            /* query-migrate's ram page-size (4096 if none) */
+    uint64_t pass_seen;            /* the last pass the policy looked at */
+    uint64_t best_remaining;       /* the least remaining at a pass boundary */
+    bool pass_acted;               /* the policy has acted once */
+    int stall_passes;              /* pass boundaries since remaining last shrank */
+    int64_t dirty_deadline;        /* calc-dirty-rate: until when to wait */
+    bool dirty_measured;
+    void (*after_dirty)(vmig_job *j);
+    vmig_spec *dest_spec; /* --dest-spec, checked against the VM's */
 } mig;
+
+/* converge.c: the options of convergence and modes, checked before anything runs. */
+bool mig_converge_opts(mig *m, vmig_error **errp);
+/* ...and against what the QEMUs are and have (capabilities, accelerator). */
+bool mig_converge_preflight(mig *m, vmig_error **errp);
+/* Adds the capabilities and parameters of convergence to the arguments for each side. */
+void mig_converge_caps(const mig *m, json_object *caps, bool source);
+void mig_converge_params(const mig *m, json_object *args, bool source);
+/* Step: measure the guest's dirty rate (policy auto) before the migration starts. */
+void mig_measure_dirty_rate(vmig_job *j, eng_step_fn next);
+/* After each figure while memory moves: timeouts, switching to post-copy, the policy.  True
+ * when it failed the job. */
+bool mig_converge_tick(vmig_job *j);
+/* Records what the policy (or a timeout) did, with the time, for the report and the log. */
+void mig_act(vmig_job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* query-migrate-capabilities' reply names @cap. */
+bool mig_has_cap(json_object *caps, const char *cap);
 
 static inline mig *M(vmig_job *j)
 {

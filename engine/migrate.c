@@ -105,13 +105,22 @@ static json_object *stats_json(const vmig_migration_stats *st)
     json_object_object_add(o, "passes", json_object_new_int64((int64_t)st->passes));
     json_object_object_add(o, "mbps", json_object_new_double(st->mbps));
     json_object_object_add(o, "downtime_ms", json_object_new_int64((int64_t)st->downtime_ms));
+    json_object_object_add(o, "downtime_limit_ms",
+                           json_object_new_int64((int64_t)st->downtime_limit_ms));
+    json_object_object_add(o, "throttle_pct", json_object_new_int64(st->throttle_pct));
+    json_object_object_add(o, "postcopy_requests",
+                           json_object_new_int64((int64_t)st->postcopy_requests));
+    json_object_object_add(o, "dirty_rate_mib_s", json_object_new_double(st->dirty_rate_mib_s));
     return o;
 }
 
 static void save_state_as(vmig_job *j, vmig_job_state state)
 {
     mig *m = M(j);
-    g_strlcpy(m->st.vm_holder, m->dest_took_over ? "destination" : "source",
+    g_strlcpy(m->st.vm_holder,
+              m->pc_paused        ? "both"
+              : m->dest_took_over ? "destination"
+                                  : "source",
               sizeof(m->st.vm_holder));
     g_autoptr(json_object) o = json_object_new_object();
     json_object_object_add(o, "job", json_object_new_string("migrate"));
@@ -124,6 +133,19 @@ static void save_state_as(vmig_job *j, vmig_job_state state)
     }
     json_object_object_add(o, "progress", json_object_new_double(m->st.progress));
     json_object_object_add(o, "stats", stats_json(&m->st));
+    json_object_object_add(o, "mode", json_object_new_string(m->st.mode));
+    json_object_object_add(
+        o, "policy", json_object_new_string(m->o.policy == VMIG_POLICY_AUTO ? "auto" : "none"));
+    json_object_object_add(o, "postcopy_armed", json_object_new_boolean(m->o.postcopy));
+    json_object *acts = json_object_new_array();
+    for (guint i = 0; m->actions && i < m->actions->len; i++) {
+        const vmig_policy_action *a = &g_array_index(m->actions, vmig_policy_action, i);
+        json_object *ao = json_object_new_object();
+        json_object_object_add(ao, "at_ms", json_object_new_int64((int64_t)a->at_ms));
+        json_object_object_add(ao, "what", json_object_new_string(a->what));
+        json_object_array_add(acts, ao);
+    }
+    json_object_object_add(o, "actions", acts);
     if (j->err) {
         json_object_object_add(o, "error", json_object_new_string(vmig_error_message(j->err)));
     }
@@ -149,6 +171,15 @@ static void end(vmig_job *j, vmig_job_state final)
 {
     keep_channels(M(j));
     mig *m = M(j);
+    const char *vs = m->src_state;
+    if (final == VMIG_JOB_COMPLETED) {
+        vs = m->was_running && !m->o.suspend ? "running" : "paused";
+    } else if (m->pc_paused) {
+        vs = "postcopy-paused";
+    } else if (m->dest_took_over) {
+        vs = m->dst && eng_vm_alive(m->dst) ? "unknown" : "lost";
+    }
+    g_strlcpy(m->st.vm_state, vs, sizeof(m->st.vm_state));
     save_state_as(j, final);
     if (m->src) {
         eng_vm_disconnect(m->src);
@@ -235,7 +266,7 @@ static void dst_closed(void *opaque, const vmig_error *why)
 /* ---- query-migrate -------------------------------------------------------------------------- */
 
 typedef struct qm_ram {
-    uint64_t transferred, remaining, total, dirty_rate, syncs;
+    uint64_t transferred, remaining, total, dirty_rate, syncs, page_size, postcopy_requests;
     double mbps;
 } qm_ram;
 
@@ -245,7 +276,7 @@ static bool read_query_migrate(mig *m, json_object *info, vmig_error **errp)
     struct {
         const char *status, *error_desc;
         json_object *ram, *blocked;
-        uint64_t total_time, downtime;
+        uint64_t total_time, downtime, expected_downtime, throttle;
     } q = {0};
     static const vmig_jfield fields[] = {
         {"status", VJ_STRING, offsetof(typeof(q), status), 0},
@@ -254,6 +285,8 @@ static bool read_query_migrate(mig *m, json_object *info, vmig_error **errp)
         {"blocked-reasons", VJ_ARRAY, offsetof(typeof(q), blocked), 0},
         {"total-time", VJ_UINT64, offsetof(typeof(q), total_time), 0},
         {"downtime", VJ_UINT64, offsetof(typeof(q), downtime), 0},
+        {"expected-downtime", VJ_UINT64, offsetof(typeof(q), expected_downtime), 0},
+        {"cpu-throttle-percentage", VJ_UINT64, offsetof(typeof(q), throttle), 0},
         {NULL},
     };
     static const vmig_jfield ram_fields[] = {
@@ -263,6 +296,8 @@ static bool read_query_migrate(mig *m, json_object *info, vmig_error **errp)
         {"dirty-pages-rate", VJ_UINT64, offsetof(qm_ram, dirty_rate), 0},
         {"dirty-sync-count", VJ_UINT64, offsetof(qm_ram, syncs), 0},
         {"mbps", VJ_DOUBLE, offsetof(qm_ram, mbps), 0},
+        {"page-size", VJ_UINT64, offsetof(qm_ram, page_size), 0},
+        {"postcopy-requests", VJ_UINT64, offsetof(qm_ram, postcopy_requests), 0},
         {NULL},
     };
     qm_ram r = {0};
@@ -285,7 +320,10 @@ static bool read_query_migrate(mig *m, json_object *info, vmig_error **errp)
         m->st.total_bytes = r.total;
         m->st.dirty_pages_rate = r.dirty_rate;
         m->st.passes = MAX(m->st.passes, r.syncs);
+        m->qm_syncs = r.syncs;
         m->st.mbps = r.mbps;
+        m->page_size = r.page_size >= 512 && r.page_size <= (1u << 30) ? r.page_size : 4096;
+        m->st.postcopy_requests = r.postcopy_requests;
         if (r.total) {
             double done = 1.0 - (double)r.remaining / (double)r.total;
             m->st.progress = done < 0 ? 0 : done > 1 ? 1 : done;
@@ -293,6 +331,9 @@ static bool read_query_migrate(mig *m, json_object *info, vmig_error **errp)
     }
     m->st.qemu_total_ms = q.total_time;
     m->st.qemu_downtime_ms = q.downtime;
+    m->expected_downtime_ms = q.expected_downtime;
+    m->st.throttle_pct = (uint32_t)MIN(q.throttle, 100);
+    m->st.downtime_limit_ms = m->downtime_now_ms;
     return true;
 }
 
@@ -319,7 +360,8 @@ static void poll_done(vmig_job *j, json_object *ret, const vmig_error *err)
     on_query_migrate_opt(j, ret, err);
     m->st.total_ms = (uint64_t)(vmig_now_ms() - m->t0);
     g_strlcpy(m->st.status, mig_status_names[m->src_status], sizeof(m->st.status));
-    if (m->progress && j->state == VMIG_JOB_MIGRATING) {
+    if (m->progress &&
+        (j->state == VMIG_JOB_MIGRATING || (j->state == VMIG_JOB_SWITCHOVER && m->pc_switched))) {
         m->progress(m->progress_opaque, &m->st);
     }
     save_state(j);
@@ -361,15 +403,10 @@ static bool stalled(vmig_job *j)
 static void tick(vmig_job *j)
 {
     mig *m = M(j);
-    if (m->o.timeout_s && j->state == VMIG_JOB_MIGRATING &&
-        vmig_now_ms() - m->t_migrate > (int64_t)m->o.timeout_s * 1000) {
-        mig_fail_new(j, VMIG_E_TIMEOUT,
-                     "migration did not finish within %d s (remaining %" G_GUINT64_FORMAT
-                     " bytes, pass %" G_GUINT64_FORMAT ")",
-                     m->o.timeout_s, m->st.remaining_bytes, m->st.passes);
+    if (j->state == VMIG_JOB_MIGRATING && !j->failing && mig_converge_tick(j)) {
         return;
     }
-    if (j->state == VMIG_JOB_MIGRATING && stalled(j)) {
+    if (j->state == VMIG_JOB_MIGRATING && !m->suspended && stalled(j)) {
         return;
     }
     bool poll = j->state == VMIG_JOB_MIGRATING || j->state == VMIG_JOB_SWITCHOVER ||
@@ -386,9 +423,47 @@ static void tick(vmig_job *j)
 
 /* ---- confirm --------------------------------------------------------------------------------- */
 
+/* --persistent and --undefinesource, once the destination has the VM's name.  The VM runs
+ * there whatever happens here: a failure is logged, not the migration's. */
+static void undefine_source(vmig_job *j)
+{
+    mig *m = M(j);
+    vmig_error *err = NULL;
+    if (m->o.undefine_source && !eng_def_remove(j->e->state_dir, m->name, &err) &&
+        vmig_error_code(err) != VMIG_E_NOTFOUND) {
+        eng_log(j->e, VMIG_LOG_ERROR, "--undefinesource: %s", vmig_error_message(err));
+    }
+    vmig_error_free(err);
+}
+
+static void define_local(vmig_job *j)
+{
+    mig *m = M(j);
+    vmig_error *err = NULL;
+    bool same_dir = strcmp(m->dest_state, j->e->state_dir) == 0;
+    if (m->o.persistent && !eng_def_write_running(m->dest_state, m->name, &err)) {
+        eng_log(j->e, VMIG_LOG_ERROR, "--persistent: %s", vmig_error_message(err));
+        vmig_error_free(err);
+    }
+    if (!same_dir) { /* in one state directory the definition is the destination's too */
+        undefine_source(j);
+    }
+}
+
+static void on_agent_define(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    if (err) {
+        eng_log(j->e, VMIG_LOG_ERROR, "--persistent: defining VM '%s' at the destination: %s",
+                M(j)->name, vmig_error_message(err));
+    }
+    eng_job_release(j);
+}
+
 static void finished_remote(vmig_job *j)
 {
     mig *m = M(j);
+    undefine_source(j);
     eng_vm_remove_dir(m->src->dir);
     g_clear_pointer(&j->state_file, g_free); /* the VM's directory is the agent's now */
     g_strlcpy(m->st.status, "completed", sizeof(m->st.status));
@@ -426,6 +501,10 @@ static void finish(vmig_job *j)
     if (m->link) {
         eng_job_hold(j);
         eng_link_call(m->link, "finish", token_args(m->dst), on_agent_finish, j);
+        if (m->o.persistent) {
+            eng_job_hold(j);
+            eng_link_define(m->link, m->name, NULL, false, on_agent_define, j);
+        }
         eng_job_then(j, finished_remote);
         return;
     }
@@ -439,6 +518,7 @@ static void finish(vmig_job *j)
     }
     g_free(j->state_file);
     j->state_file = g_build_filename(m->dst->dir, ENG_JOB_FILE, NULL);
+    define_local(j);
     g_strlcpy(m->st.status, "completed", sizeof(m->st.status));
     m->st.progress = 1.0;
     end(j, VMIG_JOB_COMPLETED);
@@ -490,10 +570,22 @@ static bool on_cont(vmig_job *j, json_object *ret, vmig_error **errp)
     return true;
 }
 
+static void postcopy_wait_end(vmig_job *j);
+
+/* The destination runs: in post-copy, the source still holds pages it lacks. */
+static void running(vmig_job *j)
+{
+    if (M(j)->pc_switched) {
+        postcopy_wait_end(j);
+    } else {
+        confirm(j);
+    }
+}
+
 static void wait_resume(vmig_job *j)
 {
     M(j)->resume_deadline = vmig_now_ms() + RESUME_WAIT_MS;
-    eng_job_wait(j, resumed, 0, NULL, confirm);
+    eng_job_wait(j, resumed, 0, NULL, running);
 }
 
 /* ---- finish: the destination has loaded ----------------------------------------------------- */
@@ -501,9 +593,9 @@ static void wait_resume(vmig_job *j)
 static void cont_released(vmig_job *j)
 {
     mig *m = M(j);
-    if (!m->was_running) {
-        m->dest_took_over = true; /* stays paused, as the source was */
-        confirm(j);
+    if (!m->was_running || m->o.suspend) {
+        m->dest_took_over = true; /* stays paused, as the source was or as asked */
+        running(j);
         return;
     }
     eng_job_call(j, m->dst->qmp, "cont", NULL, on_cont);
@@ -537,6 +629,69 @@ static void cont_destination(vmig_job *j)
         return;
     }
     cont_released(j);
+}
+
+/* ---- post-copy: the destination runs, and pulls the pages it lacks from the source ---------- */
+
+static bool postcopy_settled(vmig_job *j)
+{
+    mig *m = M(j);
+    return (m->src_status == MS_COMPLETED && m->dst_status == MS_COMPLETED) ||
+           m->src_status == MS_FAILED || m->dst_status == MS_FAILED ||
+           m->src_status == MS_POSTCOPY_PAUSED || m->dst_status == MS_POSTCOPY_PAUSED ||
+           m->src_closed || m->dst_closed || !eng_vm_alive(m->src) || !eng_vm_alive(m->dst);
+}
+
+static void postcopy_final(vmig_job *j)
+{
+    mig *m = M(j);
+    if (m->src_status == MS_COMPLETED && m->dst_status == MS_COMPLETED) {
+        eng_job_call_opt(j, m->src->qmp, "query-migrate", NULL, on_query_migrate_opt);
+        eng_job_then(j, confirm);
+        return;
+    }
+    const char *why = m->relay_why ? m->relay_why : m->fail_desc;
+    if (!eng_vm_alive(m->dst) || (m->dst_closed && !m->link)) {
+        mig_fail_new(j, VMIG_E_QEMU,
+                     "the destination QEMU exited during post-copy, and VM '%s' with it: it ran "
+                     "there and its newest memory was there (post-copy's risk)",
+                     m->name);
+        return;
+    }
+    if (!eng_vm_alive(m->src)) {
+        mig_fail_new(j, VMIG_E_QEMU,
+                     "the source QEMU exited during post-copy with pages the destination never "
+                     "got: VM '%s' on the destination cannot finish",
+                     m->name);
+        return;
+    }
+    m->pc_paused = true;
+    mig_fail_new(j, VMIG_E_IO,
+                 "post-copy paused: the migration connection broke%s%s (source %s, destination "
+                 "%s).  VM '%s' runs on the destination, which lacks pages only the source holds: "
+                 "both QEMUs are kept.  'vmigrate migrate --live --postcopy-resume %s %s' "
+                 "re-opens the connection and finishes",
+                 why ? ": " : "", why ? why : "", mig_status_names[m->src_status],
+                 mig_status_names[m->dst_status], m->name, m->name, m->dest);
+}
+
+static void postcopy_wait_end(vmig_job *j)
+{
+    eng_job_wait(j, postcopy_settled, 0, NULL, postcopy_final);
+}
+
+/* The source stopped and sent the device state: from here the destination holds the VM. */
+static void postcopy_started(vmig_job *j)
+{
+    mig *m = M(j);
+    m->pc_switched = true;
+    m->dest_took_over = true;
+    g_strlcpy(m->st.mode, "postcopy", sizeof(m->st.mode));
+    m->st.postcopy_at_ms = (uint64_t)(vmig_now_ms() - m->t0);
+    mig_act(j, "post-copy active after %.0f MiB: the destination holds the VM from here",
+            (double)m->st.transferred_bytes / (1024.0 * 1024.0));
+    set_state(j, VMIG_JOB_MIGRATING, VMIG_JOB_SWITCHOVER);
+    cont_destination(j);
 }
 
 static bool dst_gone(vmig_job *j)
@@ -606,6 +761,16 @@ static bool dst_gone_or_late(vmig_job *j)
 
 static void src_failed(vmig_job *j)
 {
+    mig *m = M(j);
+    /* first: a destination whose stream was cancelled exits, and that is not the news */
+    if (m->src_status == MS_CANCELLED && !m->cancelled_here) {
+        mig_act(j, "cancelled by another client of the source QEMU");
+        mig_fail_new(j, VMIG_E_CANCELLED,
+                     "migration cancelled by another client of the source QEMU's monitor "
+                     "('vmigrate abort %s', say)",
+                     m->name);
+        return;
+    }
     if (!dst_gone(j)) {
         fail_from_qemu(j);
     }
@@ -649,6 +814,10 @@ static void src_final(vmig_job *j)
     if (dst_gone(j)) {
         return;
     }
+    if (m->src_status == MS_POSTCOPY_ACTIVE && !m->pc_switched) {
+        postcopy_started(j);
+        return;
+    }
     if (m->src_status == MS_FAILED || m->src_status == MS_CANCELLED) {
         /* A destination that died makes the source fail with a broken pipe, and the source
          * may say so before the dying process has left: give it a moment to be the cause. */
@@ -666,6 +835,7 @@ static bool src_settled(vmig_job *j)
 {
     mig *m = M(j);
     return m->src_status == MS_COMPLETED || m->src_status == MS_FAILED ||
+           m->src_status == MS_POSTCOPY_ACTIVE || m->src_status == MS_POSTCOPY_PAUSED ||
            m->src_status == MS_CANCELLED || m->dst_closed || m->src_closed;
 }
 
@@ -745,13 +915,18 @@ static void pause_source(vmig_job *j)
     eng_job_then(j, start_migrate);
 }
 
+static void measure(vmig_job *j)
+{
+    mig_measure_dirty_rate(j, pause_source);
+}
+
 static void incoming(vmig_job *j)
 {
     mig *m = M(j);
     json_object *args = json_object_new_object();
     json_object_object_add(args, "uri", json_object_new_string(m->uri));
     eng_job_call(j, m->dst->qmp, "migrate-incoming", args, NULL);
-    eng_job_then(j, pause_source);
+    eng_job_then(j, measure);
 }
 
 static void add_cap(json_object *caps, const char *name)
@@ -762,25 +937,50 @@ static void add_cap(json_object *caps, const char *name)
     json_object_array_add(caps, cap);
 }
 
-/* events, and multifd when asked for */
-static json_object *caps_args(const mig *m)
+/* events, multifd when asked for, and what convergence needs */
+static json_object *caps_args(const mig *m, bool source)
 {
     json_object *caps = json_object_new_array();
     add_cap(caps, "events");
     if (m->o.parallel_connections > 0) {
         add_cap(caps, "multifd");
     }
+    mig_converge_caps(m, caps, source);
     json_object *args = json_object_new_object();
     json_object_object_add(args, "capabilities", caps);
     return args;
 }
 
-static json_object *multifd_args(const mig *m)
+static json_object *params_args(const mig *m, bool source)
 {
     json_object *args = json_object_new_object();
-    json_object_object_add(args, "multifd-channels",
-                           json_object_new_int(m->o.parallel_connections));
+    if (m->o.parallel_connections > 0) {
+        json_object_object_add(args, "multifd-channels",
+                               json_object_new_int(m->o.parallel_connections));
+    }
+    if (source) {
+        uint64_t bw = m->o.bandwidth_mib_s ? (uint64_t)m->o.bandwidth_mib_s << 20
+                                           : BANDWIDTH_UNLIMITED;
+        json_object_object_add(args, "max-bandwidth", json_object_new_int64((int64_t)bw));
+    }
+    mig_converge_params(m, args, source);
     return args;
+}
+
+static void on_set_src(vmig_job *j, json_object *ret, const vmig_error *err)
+{
+    (void)ret;
+    if (err) {
+        mig_fail_with(j, err, "setting up the source QEMU: ");
+    }
+}
+
+static void on_set_dst(vmig_job *j, json_object *ret, const vmig_error *err)
+{
+    (void)ret;
+    if (err) {
+        mig_fail_with(j, err, "setting up the destination QEMU: ");
+    }
 }
 
 static void setup(vmig_job *j)
@@ -792,19 +992,15 @@ static void setup(vmig_job *j)
         m->uri = g_strdup(m->dst->remote_uri);
     }
     /* both sides alike, and on the destination before migrate-incoming */
-    eng_job_call(j, m->src->qmp, "migrate-set-capabilities", caps_args(m), NULL);
-    eng_job_call(j, m->dst->qmp, "migrate-set-capabilities", caps_args(m), NULL);
-    if (m->o.parallel_connections > 0) {
-        eng_job_call(j, m->src->qmp, "migrate-set-parameters", multifd_args(m), NULL);
-        eng_job_call(j, m->dst->qmp, "migrate-set-parameters", multifd_args(m), NULL);
+    eng_job_call_opt(j, m->src->qmp, "migrate-set-capabilities", caps_args(m, true), on_set_src);
+    eng_job_call_opt(j, m->dst->qmp, "migrate-set-capabilities", caps_args(m, false), on_set_dst);
+    json_object *dargs = params_args(m, false);
+    if (json_object_object_length(dargs)) {
+        eng_job_call_opt(j, m->dst->qmp, "migrate-set-parameters", dargs, on_set_dst);
+    } else {
+        json_object_put(dargs);
     }
-    json_object *args = json_object_new_object();
-    uint64_t bw = m->o.bandwidth_mib_s ? (uint64_t)m->o.bandwidth_mib_s << 20 : BANDWIDTH_UNLIMITED;
-    json_object_object_add(args, "max-bandwidth", json_object_new_int64((int64_t)bw));
-    if (m->o.max_downtime_ms) {
-        json_object_object_add(args, "downtime-limit", json_object_new_int64(m->o.max_downtime_ms));
-    }
-    eng_job_call(j, m->src->qmp, "migrate-set-parameters", args, NULL);
+    eng_job_call_opt(j, m->src->qmp, "migrate-set-parameters", params_args(m, true), on_set_src);
     eng_job_then(j, incoming);
 }
 
@@ -824,7 +1020,11 @@ void mig_launch_destination(vmig_job *j)
     mig *m = M(j);
     g_autofree char *stage = m->final_dir ? g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL)
                                           : NULL;
-    g_autoptr(vmig_spec) dspec = eng_spec_copy(m->src->spec);
+    g_autoptr(vmig_spec) dspec = eng_spec_copy(m->dest_spec ? m->dest_spec : m->src->spec);
+    if (m->dest_spec) { /* the VM's identity is the source's */
+        g_free(dspec->uuid);
+        dspec->uuid = g_strdup(m->src->spec->uuid);
+    }
     g_free(dspec->cpu);
     dspec->cpu = g_strdup(m->dst_cpu);
     if (m->link) {
@@ -863,6 +1063,91 @@ static void src_ready(void *opaque, const vmig_error *err)
         qmp_conn_set_closed_cb(M(j)->src->qmp, mig_src_closed, j);
     }
     eng_job_release(j);
+}
+
+/* ---- resuming a post-copy that broke --------------------------------------------------------- */
+
+static void dst_ready(void *opaque, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    if (err) {
+        mig_fail_with(j, err, "--postcopy-resume: the destination's monitor: ");
+    } else {
+        qmp_conn_set_closed_cb(M(j)->dst->qmp, dst_closed, j);
+    }
+    eng_job_release(j);
+}
+
+static void on_dst_query_migrate(vmig_job *j, json_object *ret, const vmig_error *err)
+{
+    const char *status = NULL;
+    static const vmig_jfield fields[] = {{"status", VJ_STRING, 0, 0}, {NULL}};
+    if (!err && vmig_json_read(ret, fields, &status, "query-migrate", NULL) && status) {
+        M(j)->dst_status = mig_status_parse(status);
+    }
+}
+
+static bool on_recover(vmig_job *j, json_object *ret, vmig_error **errp)
+{
+    (void)ret;
+    (void)errp;
+    if (M(j)->dst_status == MS_POSTCOPY_PAUSED) { /* no event has said more yet */
+        M(j)->dst_status = MS_POSTCOPY_RECOVER;
+    }
+    return true;
+}
+
+static bool on_resume(vmig_job *j, json_object *ret, vmig_error **errp)
+{
+    (void)ret;
+    (void)errp;
+    if (M(j)->src_status == MS_POSTCOPY_PAUSED) {
+        M(j)->src_status = MS_POSTCOPY_RECOVER;
+    }
+    return true;
+}
+
+static void resume_go(vmig_job *j)
+{
+    mig *m = M(j);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(m->uri));
+    json_object_object_add(args, "resume", json_object_new_boolean(true));
+    eng_job_call(j, m->src->qmp, "migrate", args, on_resume);
+    eng_job_then(j, postcopy_wait_end);
+}
+
+static void resume_check(vmig_job *j)
+{
+    mig *m = M(j);
+    if (m->src_status != MS_POSTCOPY_PAUSED || m->dst_status != MS_POSTCOPY_PAUSED) {
+        mig_fail_new(j, VMIG_E_STATE,
+                     "--postcopy-resume: VM '%s' has no paused post-copy migration (source: %s, "
+                     "destination: %s); nothing was changed",
+                     m->name, mig_status_names[m->src_status], mig_status_names[m->dst_status]);
+        return;
+    }
+    m->dest_took_over = true;
+    m->pc_switched = true;
+    m->was_running = true; /* the destination ran it; it goes on as it is */
+    g_strlcpy(m->st.mode, "postcopy", sizeof(m->st.mode));
+    mig_act(j, "resuming post-copy: a new connection to the destination");
+    set_state(j, VMIG_JOB_PREPARING, VMIG_JOB_SWITCHOVER);
+    g_autofree char *path = g_build_filename(m->dst->dir, "resume.sock", NULL);
+    unlink(path); /* an earlier attempt's */
+    m->uri = g_strconcat("unix:", path, NULL);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(m->uri));
+    eng_job_call(j, m->dst->qmp, "migrate-recover", args, on_recover);
+    eng_job_then(j, resume_go);
+}
+
+static void resume_ask(vmig_job *j)
+{
+    mig *m = M(j);
+    eng_job_call(j, m->src->qmp, "query-migrate", NULL, mig_on_query_migrate);
+    eng_job_call_opt(j, m->dst->qmp, "query-migrate", NULL, on_dst_query_migrate);
+    eng_job_then(j, resume_check);
 }
 
 static void link_closed(void *opaque, const vmig_error *why)
@@ -962,6 +1247,7 @@ static void rb_cancel(vmig_job *j)
         rb_source_state(j);
         return;
     }
+    m->cancelled_here = true;
     eng_job_call_opt(j, m->src->qmp, "migrate_cancel", NULL, on_rb_opt);
     m->cancel_deadline = vmig_now_ms() + CANCEL_TIMEOUT_MS;
     eng_job_wait(j, rb_settled, 0, NULL, rb_source_state);
@@ -1114,6 +1400,12 @@ static void mig_free(vmig_job *j)
     g_free(m->uri);
     g_free(m->src_closed_why);
     g_free(m->dst_cpu);
+    json_object_put(m->src_caps);
+    json_object_put(m->dst_caps);
+    if (m->actions) {
+        g_array_free(m->actions, TRUE);
+    }
+    vmig_spec_free(m->dest_spec);
     g_free(m);
 }
 
@@ -1178,6 +1470,9 @@ static bool read_opts(mig *m, const vmig_migrate_opts *o, vmig_error **errp)
                        m->o.relay_bandwidth_mib_s);
         return false;
     }
+    if (!mig_converge_opts(m, errp)) {
+        return false;
+    }
     m->o.key_file = NULL; /* read in begin(); the caller's string is not kept */
     m->dest = g_strdup(m->o.dest ? m->o.dest : "local");
     m->o.dest = m->dest;
@@ -1230,11 +1525,33 @@ static bool begin(vmig_job *j, vmig_engine *e, mig *m, const char *key_file, vmi
     }
     g_autofree char *src_dir = eng_vm_dir(e->state_dir, m->name);
     if (m->link) { /* the agent checks its side */
+        if (m->o.postcopy_resume) {
+            vmig_set_error(errp, VMIG_E_STATE,
+                           "--postcopy-resume through an agent (vmig://) is not supported yet: "
+                           "VM '%s''s two halves are left as they are",
+                           m->name);
+            return false;
+        }
         m->src = eng_vm_find(e, src_dir, errp);
         return m->src != NULL;
     }
     m->final_dir = eng_vm_dir(m->dest_state, m->name);
     g_autofree char *stage = g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL);
+    if (m->o.postcopy_resume) {
+        /* both halves of a post-copy that broke: nothing is cleaned, both are needed */
+        m->src = eng_vm_find(e, src_dir, errp);
+        if (!m->src) {
+            return false;
+        }
+        m->dst = g_file_test(stage, G_FILE_TEST_IS_DIR) ? eng_vm_find(e, stage, errp) : NULL;
+        if (!m->dst) {
+            vmig_prefix_error(errp,
+                              "--postcopy-resume: VM '%s' has no destination in %s: ", m->name,
+                              m->dest_state);
+            return false;
+        }
+        return true;
+    }
     if (g_file_test(stage, G_FILE_TEST_EXISTS)) {
         /* left by a vmigrate that died mid-migration: these locks prove none drives it now */
         g_autofree char *what = NULL;
@@ -1263,12 +1580,16 @@ vmig_job *vmig_migrate_start(vmig_engine *e, const char *name, const vmig_migrat
                              vmig_progress_fn progress, void *progress_opaque,
                              vmig_job_done_fn done, void *opaque, vmig_error **errp)
 {
+    if (o && o->size > offsetof(vmig_migrate_opts, offline) && o->offline) {
+        return eng_offline_start(e, name, o, done, opaque, errp);
+    }
     mig *m = g_new0(mig, 1);
     m->t0 = vmig_now_ms();
     m->name = g_strdup(name ? name : "");
     m->progress = progress;
     m->progress_opaque = progress_opaque;
     g_strlcpy(m->st.status, "none", sizeof(m->st.status));
+    g_strlcpy(m->st.mode, "precopy", sizeof(m->st.mode));
     vmig_job *j = eng_job_new(e, VMIG_JOB_MIGRATE, &mig_ops, m, done, opaque);
     if (!read_opts(m, o, errp) || !begin(j, e, m, o ? o->key_file : NULL, errp)) {
         j->ended = true;
@@ -1288,12 +1609,28 @@ vmig_job *vmig_migrate_start(vmig_engine *e, const char *name, const vmig_migrat
         eng_job_hold(j);
         eng_link_connect(m->link, link_ready, j);
     }
+    if (m->o.postcopy_resume) {
+        eng_job_hold(j);
+        if (!eng_vm_connect(m->dst, dst_event, j, dst_ready, j, &err)) {
+            dst_ready(j, err);
+            vmig_error_free(err);
+        }
+        eng_job_then(j, resume_ask);
+        return j;
+    }
     eng_job_then(j, mig_ask_source);
     return j;
 }
 
 bool vmig_job_stats_sized(const vmig_job *job, vmig_migration_stats *ret, size_t size)
 {
+    if (eng_job_is_offline(job)) {
+        vmig_migration_stats st;
+        memset(&st, 0, sizeof(st));
+        bool ok = eng_offline_stats(job, &st);
+        memcpy(ret, &st, MIN(size, sizeof(st)));
+        return ok;
+    }
     if (job->kind != VMIG_JOB_MIGRATE || !job->data) {
         return false;
     }
@@ -1309,6 +1646,9 @@ bool vmig_job_stats_sized(const vmig_job *job, vmig_migration_stats *ret, size_t
 size_t vmig_job_channels_sized(const vmig_job *job, vmig_channel_stats *ret, size_t max,
                                size_t size)
 {
+    if (eng_job_is_offline(job)) {
+        return 0;
+    }
     if (job->kind != VMIG_JOB_MIGRATE || !job->data) {
         return 0;
     }
@@ -1340,9 +1680,11 @@ size_t vmig_job_channels_sized(const vmig_job *job, vmig_channel_stats *ret, siz
     return n;
 }
 
-size_t vmig_job_actions_sized(const vmig_job *job, vmig_policy_action *ret, size_t max,
-                              size_t size)
+size_t vmig_job_actions_sized(const vmig_job *job, vmig_policy_action *ret, size_t max, size_t size)
 {
+    if (eng_job_is_offline(job)) {
+        return 0;
+    }
     if (job->kind != VMIG_JOB_MIGRATE || !job->data) {
         return 0;
     }

@@ -124,8 +124,27 @@ bool eng_vm_recover_locked(vmig_engine *e, const char *src_dir, const char *fina
                        src->name, src->pid);
         return false;
     }
+    /* A post-copy that broke: each side holds part of the VM, and only a resume mends it. */
+    if (src && migration_of(src, mst, sizeof(mst)) && g_str_has_prefix(mst, "postcopy")) {
+        vmig_set_error(errp, VMIG_E_STATE,
+                       "VM '%s' is in a post-copy migration (%s): its source and its destination "
+                       "each hold part of it, so neither is stopped; 'vmigrate migrate --live "
+                       "--postcopy-resume %s DEST' finishes it",
+                       src->name, mst, src->name);
+        return false;
+    }
     if (g_file_test(stage, G_FILE_TEST_IS_DIR)) {
         dst = eng_vm_find(e, stage, NULL);
+        if (dst && status_of(dst, dstat, sizeof(dstat)) && migration_of(dst, mst, sizeof(mst)) &&
+            g_str_has_prefix(mst, "postcopy")) {
+            vmig_set_error(errp, VMIG_E_STATE,
+                           "VM '%s' is in a post-copy migration (the destination's is %s): "
+                           "the destination runs it without all its memory, so neither QEMU is "
+                           "stopped; 'vmigrate migrate --live --postcopy-resume %s DEST' "
+                           "finishes it",
+                           dst->name, mst, dst->name);
+            return false;
+        }
         if (dst && !status_of(dst, dstat, sizeof(dstat))) {
             g_strlcpy(dstat, "unknown", sizeof(dstat));
         }
