@@ -1543,7 +1543,14 @@ static bool begin(vmig_job *j, vmig_engine *e, mig *m, const char *key_file, vmi
         if (!m->src) {
             return false;
         }
-        m->dst = g_file_test(stage, G_FILE_TEST_IS_DIR) ? eng_vm_find(e, stage, errp) : NULL;
+        if (!g_file_test(stage, G_FILE_TEST_IS_DIR)) {
+            vmig_set_error(errp, VMIG_E_NOTFOUND,
+                           "--postcopy-resume: VM '%s' has no destination in %s: there is no "
+                           "post-copy migration to resume",
+                           m->name, m->dest_state);
+            return false;
+        }
+        m->dst = eng_vm_find(e, stage, errp);
         if (!m->dst) {
             vmig_prefix_error(errp,
                               "--postcopy-resume: VM '%s' has no destination in %s: ", m->name,
