@@ -15,6 +15,9 @@
  *                                                            write VM V's definition here
  *                                                            (no spec: the running V's own)
  *               {"id":N,"op":"undefine","name":V}             remove it
+ *               {"id":N,"op":"resume","name":V}               a released VM whose post-copy
+ *                                                            broke: a new token, monitor and
+ *                                                            channels, for migrate-recover
  *             Replies: {"id":N,"ok":true,...} or {"id":N,"error":"..."}.
  *   qmp       the engine's monitor connection to a QEMU this agent started (token)
  *   main, multifd, preempt
@@ -536,6 +539,72 @@ static void op_define(vmig_agent *a, session *s, int64_t id, const char *op, jso
     send_json(a, s->id, r);
 }
 
+/* A VM released here whose post-copy migration broke (its engine went away, or the link did):
+ * a new engine takes it over with a new token, a new monitor connection and a new relay for
+ * the channels of the resumed migration, which QEMU takes at "uri" after migrate-recover. */
+static void op_resume(vmig_agent *a, session *s, int64_t id, json_object *req)
+{
+    const char *name = NULL;
+    static const vmig_jfield fields[] = {{"name", VJ_STRING, 0, VJ_MANDATORY}, {NULL}};
+    vmig_error *err = NULL;
+    if (!vmig_json_read(req, fields, &name, "resume", &err)) {
+        reply_error(a, s->id, id, "%s", vmig_error_message(err));
+        vmig_error_free(err);
+        return;
+    }
+    GHashTableIter it;
+    gpointer value;
+    avm *v = NULL;
+    g_hash_table_iter_init(&it, a->vms);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        avm *c = value;
+        if (c->released && !c->probe && !c->dying && c->vm && strcmp(c->name, name) == 0) {
+            v = c;
+        }
+    }
+    if (!v || !eng_vm_alive(v->vm)) {
+        reply_error(a, s->id, id, "no VM '%.64s' was left here by a migration that broke", name);
+        return;
+    }
+    if (v->owner && v->owner != s->id &&
+        g_hash_table_contains(a->sessions, GUINT_TO_POINTER(v->owner))) {
+        reply_error(a, s->id, id, "VM '%.64s' is another engine's: its connection is open", name);
+        return;
+    }
+    uint8_t token[TP_TOKEN_LEN];
+    if (!tp_random(token, sizeof(token), &err)) {
+        reply_error(a, s->id, id, "%s", vmig_error_message(err));
+        vmig_error_free(err);
+        return;
+    }
+    /* the old engine's token, monitor relay and channels are over */
+    g_hash_table_steal(a->vms, v->hex);
+    memcpy(v->token, token, sizeof(token));
+    token_hex(v->token, v->hex);
+    g_hash_table_insert(a->vms, v->hex, v);
+    v->owner = s->id;
+    g_clear_pointer(&v->qmp_pump, tp_pump_free);
+    for (int i = 0; i < 2; i++) {
+        if (v->qmp_fd[i] >= 0) {
+            close(v->qmp_fd[i]);
+            v->qmp_fd[i] = -1;
+        }
+    }
+    log_channels(v, "broke off");
+    g_clear_pointer(&v->relay, tp_dest_relay_free);
+    g_autofree char *sock = g_build_filename(v->vm->dir, "resume.sock", NULL);
+    unlink(sock);
+    v->relay = tp_dest_relay_new(a->e->ring, sock, NULL, RELAY_TIMEOUT_MS, relay_failed, v);
+    g_autofree char *uri = g_strconcat("unix:", sock, NULL);
+    json_object *r = ok_reply(id);
+    json_object_object_add(r, "token", json_object_new_string(v->hex));
+    json_object_object_add(r, "dir", json_object_new_string(v->vm->dir));
+    json_object_object_add(r, "uri", json_object_new_string(uri));
+    eng_log(a->e, VMIG_LOG_INFO, "agent: VM '%s' taken over by %s to resume its migration", v->name,
+            s->peer);
+    send_json(a, s->id, r);
+}
+
 static void op_info(vmig_agent *a, session *s, int64_t id)
 {
     json_object *r = ok_reply(id);
@@ -568,6 +637,8 @@ static void on_message(void *opaque, const char *text, size_t len)
         op_probe(a, s, q.id, req);
     } else if (strcmp(q.op, "launch") == 0) {
         op_launch(a, s, q.id, req);
+    } else if (strcmp(q.op, "resume") == 0) {
+        op_resume(a, s, q.id, req);
     } else if (strcmp(q.op, "define") == 0 || strcmp(q.op, "undefine") == 0) {
         op_define(a, s, q.id, q.op, req);
     } else if (strcmp(q.op, "release") == 0 || strcmp(q.op, "finish") == 0 ||

@@ -84,6 +84,7 @@ typedef struct mig {
     bool throttle_released;           /* the policy let the throttle rise */
     bool suspended;                   /* the timeout paused the source */
     bool timed_out;
+    bool dst_gone_asked;              /* the source was asked why its destination left */
     bool cancelled_here;           /* we sent migrate_cancel (not another process) */
     uint64_t max_downtime_ms;      /* the limit the policy may rise to */
     uint64_t downtime_now_ms;      /* what QEMU has now */

@@ -651,7 +651,8 @@ static void postcopy_final(vmig_job *j)
         return;
     }
     const char *why = m->relay_why ? m->relay_why : m->fail_desc;
-    if (!eng_vm_alive(m->dst) || (m->dst_closed && !m->link)) {
+    bool remote = m->dst->remote_token != NULL;
+    if (!remote && !eng_vm_alive(m->dst)) {
         mig_fail_new(j, VMIG_E_QEMU,
                      "the destination QEMU exited during post-copy, and VM '%s' with it: it ran "
                      "there and its newest memory was there (post-copy's risk)",
@@ -666,6 +667,16 @@ static void postcopy_final(vmig_job *j)
         return;
     }
     m->pc_paused = true;
+    if (remote && (m->dst_closed || m->link_closed || !eng_vm_alive(m->dst))) {
+        mig_fail_new(j, VMIG_E_IO,
+                     "lost the destination's agent at %s during post-copy (%s): VM '%s' may run "
+                     "there without all its memory, and the source (%s) holds the rest: both are "
+                     "kept.  'vmigrate migrate --live --postcopy-resume %s %s' finishes it once "
+                     "the agent is back",
+                     eng_link_name(m->link), m->link_why ? m->link_why : "connection closed",
+                     m->name, mig_status_names[m->src_status], m->name, m->dest);
+        return;
+    }
     mig_fail_new(j, VMIG_E_IO,
                  "post-copy paused: the migration connection broke%s%s (source %s, destination "
                  "%s).  VM '%s' runs on the destination, which lacks pages only the source holds: "
@@ -759,19 +770,25 @@ static bool dst_gone_or_late(vmig_job *j)
     return m->dst_closed || !eng_vm_alive(m->dst) || vmig_ms_left(m->dst_grace_deadline) == 0;
 }
 
-static void src_failed(vmig_job *j)
+/* Another client of the source QEMU (vmigrate abort) cancelled the migration: its
+ * destination exits at once, and that is not the news. */
+static bool cancelled_elsewhere(vmig_job *j)
 {
     mig *m = M(j);
-    /* first: a destination whose stream was cancelled exits, and that is not the news */
-    if (m->src_status == MS_CANCELLED && !m->cancelled_here) {
-        mig_act(j, "cancelled by another client of the source QEMU");
-        mig_fail_new(j, VMIG_E_CANCELLED,
-                     "migration cancelled by another client of the source QEMU's monitor "
-                     "('vmigrate abort %s', say)",
-                     m->name);
-        return;
+    if ((m->src_status != MS_CANCELLING && m->src_status != MS_CANCELLED) || m->cancelled_here) {
+        return false;
     }
-    if (!dst_gone(j)) {
+    mig_act(j, "cancelled by another client of the source QEMU");
+    mig_fail_new(j, VMIG_E_CANCELLED,
+                 "migration cancelled by another client of the source QEMU's monitor "
+                 "('vmigrate abort %s', say)",
+                 m->name);
+    return true;
+}
+
+static void src_failed(vmig_job *j)
+{
+    if (!cancelled_elsewhere(j) && !dst_gone(j)) {
         fail_from_qemu(j);
     }
 }
@@ -811,7 +828,15 @@ static void src_final(vmig_job *j)
         eng_job_wait(j, src_gone_or_late, 0, NULL, src_closed_final);
         return;
     }
-    if (dst_gone(j)) {
+    if ((m->dst_closed || !eng_vm_alive(m->dst)) && !m->dst_gone_asked &&
+        mig_status_active(m->src_status) && m->src_status != MS_CANCELLING) {
+        /* the destination went first: was the migration cancelled at the source? */
+        m->dst_gone_asked = true;
+        eng_job_call_opt(j, m->src->qmp, "query-migrate", NULL, on_query_migrate_opt);
+        eng_job_then(j, src_final);
+        return;
+    }
+    if (cancelled_elsewhere(j) || dst_gone(j)) {
         return;
     }
     if (m->src_status == MS_POSTCOPY_ACTIVE && !m->pc_switched) {
@@ -874,6 +899,7 @@ static bool start_relay(vmig_job *j, vmig_error **errp)
         .token = token,
         .timeout_ms = RELAY_TIMEOUT_MS,
         .delay_main_ms = delay ? (int)CLAMP(g_ascii_strtoll(delay, NULL, 10), 0, 60000) : 0,
+        .first_is_main = m->o.postcopy_resume,
     };
     cfg.agent = eng_link_addr(m->link, &cfg.agent_len);
     if (m->o.relay_bandwidth_mib_s) {
@@ -1110,8 +1136,14 @@ static bool on_resume(vmig_job *j, json_object *ret, vmig_error **errp)
 static void resume_go(vmig_job *j)
 {
     mig *m = M(j);
+    vmig_error *err = NULL;
+    if (m->link && !start_relay(j, &err)) {
+        vmig_prefix_error(&err, "starting the relay: ");
+        eng_job_fail(j, err);
+        return;
+    }
     json_object *args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(m->uri));
+    json_object_object_add(args, "uri", json_object_new_string(m->src_uri ? m->src_uri : m->uri));
     json_object_object_add(args, "resume", json_object_new_boolean(true));
     eng_job_call(j, m->src->qmp, "migrate", args, on_resume);
     eng_job_then(j, postcopy_wait_end);
@@ -1133,13 +1165,43 @@ static void resume_check(vmig_job *j)
     g_strlcpy(m->st.mode, "postcopy", sizeof(m->st.mode));
     mig_act(j, "resuming post-copy: a new connection to the destination");
     set_state(j, VMIG_JOB_PREPARING, VMIG_JOB_SWITCHOVER);
-    g_autofree char *path = g_build_filename(m->dst->dir, "resume.sock", NULL);
-    unlink(path); /* an earlier attempt's */
-    m->uri = g_strconcat("unix:", path, NULL);
+    if (m->link) { /* the agent's relay takes the channels to where QEMU will listen */
+        m->uri = g_strdup(m->dst->remote_uri);
+    } else {
+        g_autofree char *path = g_build_filename(m->dst->dir, "resume.sock", NULL);
+        unlink(path); /* an earlier attempt's */
+        m->uri = g_strconcat("unix:", path, NULL);
+    }
     json_object *args = json_object_new_object();
     json_object_object_add(args, "uri", json_object_new_string(m->uri));
     eng_job_call(j, m->dst->qmp, "migrate-recover", args, on_recover);
     eng_job_then(j, resume_go);
+}
+
+static void dst_resumed(void *opaque, eng_vm *vm, const vmig_error *err)
+{
+    vmig_job *j = opaque;
+    M(j)->dst = vm;
+    if (err) {
+        mig_fail_with(j, err, "--postcopy-resume: the agent: ");
+    } else {
+        qmp_conn_set_closed_cb(vm->qmp, dst_closed, j);
+    }
+    eng_job_release(j);
+}
+
+static void resume_ask(vmig_job *j);
+
+/* The agent kept the destination when the first engine went: take it over. */
+static void resume_attach(vmig_job *j)
+{
+    mig *m = M(j);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "name", json_object_new_string(m->name));
+    eng_job_hold(j);
+    eng_link_launch(m->link, "resume", args, m->name, NULL, m->src->accel, dst_event, j,
+                    dst_resumed, j);
+    eng_job_then(j, resume_ask);
 }
 
 static void resume_ask(vmig_job *j)
@@ -1525,13 +1587,6 @@ static bool begin(vmig_job *j, vmig_engine *e, mig *m, const char *key_file, vmi
     }
     g_autofree char *src_dir = eng_vm_dir(e->state_dir, m->name);
     if (m->link) { /* the agent checks its side */
-        if (m->o.postcopy_resume) {
-            vmig_set_error(errp, VMIG_E_STATE,
-                           "--postcopy-resume through an agent (vmig://) is not supported yet: "
-                           "VM '%s''s two halves are left as they are",
-                           m->name);
-            return false;
-        }
         m->src = eng_vm_find(e, src_dir, errp);
         return m->src != NULL;
     }
@@ -1615,6 +1670,10 @@ vmig_job *vmig_migrate_start(vmig_engine *e, const char *name, const vmig_migrat
     if (m->link) {
         eng_job_hold(j);
         eng_link_connect(m->link, link_ready, j);
+    }
+    if (m->o.postcopy_resume && m->link) {
+        eng_job_then(j, resume_attach);
+        return j;
     }
     if (m->o.postcopy_resume) {
         eng_job_hold(j);

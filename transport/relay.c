@@ -88,6 +88,7 @@ struct tp_source_relay {
     tp_key key;
     uint8_t token[TP_TOKEN_LEN];
     int delay_main_ms;
+    bool first_is_main, first_seen;
 };
 
 struct tp_dest_relay {
@@ -481,6 +482,12 @@ static void classify(relay_chan *ch, int revents)
         chan_drop(ch); /* closed before saying anything: no channel */
         return;
     }
+    tp_source_relay *s = (tp_source_relay *)ch->core; /* the core is its first member */
+    if (s->first_is_main && !s->first_seen) {
+        s->first_seen = true;
+        source_identified(ch, TP_KIND_MAIN, 0);
+        return;
+    }
     unsigned id = 0;
     switch (tp_classify(buf, (size_t)n, &id)) {
     case TP_STREAM_MAIN:
@@ -634,6 +641,7 @@ tp_source_relay *tp_source_relay_new(ring *r, const tp_source_cfg *cfg, tp_relay
     s->key = *cfg->key;
     memcpy(s->token, cfg->token, TP_TOKEN_LEN);
     s->delay_main_ms = cfg->delay_main_ms;
+    s->first_is_main = cfg->first_is_main;
     if (!source_listen(s, errp)) {
         tp_source_relay_free(s);
         return NULL;

@@ -62,6 +62,8 @@ typedef struct tp_source_cfg {
     tp_limiter *limiter;  /* shared cap, may be NULL; the caller's */
     int timeout_ms;       /* for each connect, classification and handshake */
     int delay_main_ms;    /* tests: hold the main channel back this long */
+    bool first_is_main;   /* a resumed post-copy: QEMU's first connection is main, though its
+                           * stream goes on where it broke, with no QEVM header */
 } tp_source_cfg;
 
 /* Listens on cfg->listen_path at once (copied config); NULL with an error. */

@@ -566,3 +566,81 @@ Test(relay, between_network_namespaces)
         cr_fail("could not set up the namespace: %s", cmd);
     }
 }
+
+/* Cuts the migration once post-copy runs: QEMU's migrate-pause shuts its channel down, as a
+ * broken network would, and the relay passes the end on. */
+typedef struct cutter {
+    bool cut;
+    char *sock;
+} cutter;
+
+static void cut_in_postcopy(void *opaque, const vmig_migration_stats *st)
+{
+    cutter *c = opaque;
+    if (c->cut || !st->postcopy_at_ms || st->remaining_bytes < (4u << 20)) {
+        return;
+    }
+    c->cut = true;
+    const char *args[] = {"qmp", c->sock, "migrate-pause", NULL};
+    t_run_result r = t_cli(args);
+    cr_assert(eq(int, r.status, 0), "migrate-pause: %s%s", r.out, r.err);
+    t_run_result_clear(&r);
+}
+
+static vmig_job *run_job(const vmig_migrate_opts *o, const char *name, vmig_progress_fn fn,
+                         void *opaque)
+{
+    vmig_error *err = NULL;
+    vmig_job *j = vmig_migrate_start(eng, name, o, fn, opaque, NULL, NULL, &err);
+    cr_assert_not_null(j, "%s", vmig_error_message(err));
+    while (!vmig_job_finished(j)) {
+        cr_assert(ge(int, vmig_engine_run(eng, 500, &err), 0), "%s", vmig_error_message(err));
+    }
+    return j;
+}
+
+Test(relay, postcopy_cut_and_resumed_through_the_agent)
+{
+    if (t_qemu_loses_tcg_writes()) { /* no .fini after a skip: clean up first */
+        agent_stop(&ag);
+        t_engine_teardown(eng, state);
+        cr_skip_test("QEMU %d.%d under TCG loses guest writes in live migration",
+                     t_qemu_version() / 10000, t_qemu_version() / 100 % 100);
+    }
+    start_guest("pcr", 64, 32);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.dest = ag.dest;
+    o.key_file = ag.key;
+    o.bandwidth_mib_s = 8;
+    o.policy = VMIG_POLICY_NONE;
+    o.postcopy_after_precopy = true;
+    cutter c = {.sock = g_build_filename(state, "pcr", ENG_READER_SOCK, NULL)};
+    vmig_job *j = run_job(&o, "pcr", cut_in_postcopy, &c);
+    cr_assert(c.cut, "post-copy ran long enough to cut it");
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_FAILED));
+    const char *msg = vmig_error_message(vmig_job_error(j));
+    cr_assert(strstr(msg, "--postcopy-resume") != NULL, "%s", msg);
+    vmig_migration_stats st;
+    vmig_job_stats(j, &st);
+    cr_assert(eq(str, st.vm_holder, "both"), "%s", msg);
+    vmig_job_free(j);
+    g_free(c.sock);
+
+    /* the agent kept its half when the engine's connection ended; a new engine takes it */
+    vmig_migrate_opts r;
+    vmig_migrate_opts_init(&r);
+    r.dest = ag.dest;
+    r.key_file = ag.key;
+    r.postcopy_resume = true;
+    j = run_job(&r, "pcr", NULL, NULL);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    vmig_channel_stats ch[4];
+    size_t n = vmig_job_channels(j, ch, 4);
+    cr_assert(ge(sz, n, (size_t)1));
+    cr_assert(eq(str, ch[0].kind, "main"), "the resumed stream is main, with no QEVM header");
+    vmig_job_free(j);
+    cr_assert(eq(int, vmig_vm_list(eng, NULL, 0, NULL), 0), "the source is retired");
+    verify_at_agent(&ag, "pcr");
+}
