@@ -68,7 +68,7 @@ static int vm_start(const cli_global *g, int argc, char **argv)
  * neither: then it has said so, and set no error. */
 static vmig_spec *start_spec(vmig_engine *e, const char *arg, vmig_error **errp)
 {
-    if (access(arg, F_OK) == 0) {
+    if (access(arg, F_OK) == 0 || strchr(arg, '/')) { /* a path: its own error if missing */
         return vmig_spec_load(arg, errp);
     }
     vmig_error *err = NULL;
