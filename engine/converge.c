@@ -207,6 +207,17 @@ bool mig_converge_preflight(mig *m, vmig_error **errp)
                        m->name);
         return false;
     }
+    const eng_qemu_version *v = &m->pf.src;
+    if (o->postcopy && o->parallel_connections &&
+        (v->major < 10 || (v->major == 10 && v->minor < 1))) {
+        vmig_set_error(errp, VMIG_E_STATE,
+                       "post-copy with multifd channels (--parallel-connections%s) needs QEMU "
+                       "10.1 or later; the source's QEMU %d.%d.%d refuses them together: drop "
+                       "one",
+                       o->compress ? ", or --compressed, which uses them" : "", v->major, v->minor,
+                       v->micro);
+        return false;
+    }
     return (!o->postcopy || need_cap(m, "postcopy-ram", "--postcopy", "2.5", errp)) &&
            (!o->postcopy_preempt ||
             need_cap(m, "postcopy-preempt", "--postcopy-preempt", "8.0", errp)) &&
@@ -215,34 +226,41 @@ bool mig_converge_preflight(mig *m, vmig_error **errp)
            (!m->throttle_armed || need_cap(m, "auto-converge", "--auto-converge", "2.0", errp));
 }
 
-static void add_cap(json_object *caps, const char *name)
+/* Each capability vmigrate manages is set, on or off: a QEMU keeps them from its last
+ * migration (a VM that came in with multifd still has it).  One the QEMU lacks is off. */
+static void set_cap(json_object *caps, json_object *have, const char *name, bool on)
 {
+    if (!on && !mig_has_cap(have, name)) {
+        return;
+    }
     json_object *cap = json_object_new_object();
     json_object_object_add(cap, "capability", json_object_new_string(name));
-    json_object_object_add(cap, "state", json_object_new_boolean(true));
+    json_object_object_add(cap, "state", json_object_new_boolean(on));
     json_object_array_add(caps, cap);
 }
 
-void mig_converge_caps(const mig *m, json_object *caps, bool source)
+json_object *mig_converge_caps(const mig *m, bool source)
 {
-    if (m->o.postcopy) {
-        add_cap(caps, "postcopy-ram");
+    json_object *have = source ? m->src_caps : m->dst_caps;
+    json_object *caps = json_object_new_array();
+    set_cap(caps, have, "events", true);
+    set_cap(caps, have, "multifd", m->o.parallel_connections > 0);
+    set_cap(caps, have, "postcopy-ram", m->o.postcopy);
+    set_cap(caps, have, "postcopy-preempt", m->o.postcopy_preempt);
+    if (source) {
+        set_cap(caps, have, "auto-converge", m->throttle_armed);
+        set_cap(caps, have, "dirty-limit", m->o.dirty_limit_mib_s > 0);
     }
-    if (m->o.postcopy_preempt) {
-        add_cap(caps, "postcopy-preempt");
-    }
-    if (source && m->throttle_armed) {
-        add_cap(caps, "auto-converge");
-    }
-    if (source && m->o.dirty_limit_mib_s) {
-        add_cap(caps, "dirty-limit");
-    }
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "capabilities", caps);
+    return args;
 }
 
 void mig_converge_params(const mig *m, json_object *args, bool source)
 {
-    if (m->o.compress) {
-        json_object_object_add(args, "multifd-compression", json_object_new_string(m->o.compress));
+    if (m->o.parallel_connections > 0) { /* set either way: a QEMU keeps its last value */
+        json_object_object_add(args, "multifd-compression",
+                               json_object_new_string(m->o.compress ? m->o.compress : "none"));
     }
     if (!source) {
         return;
@@ -259,7 +277,7 @@ void mig_converge_params(const mig *m, json_object *args, bool source)
         json_object_object_add(args, "max-cpu-throttle",
                                json_object_new_int(held ? THROTTLE_HELD : THROTTLE_MAX));
     }
-    if (m->o.postcopy && m->o.bandwidth_mib_s) { /* the cap holds after the switch too */
+    if (m->o.postcopy) { /* the cap holds after the switch too (0: none) */
         json_object_object_add(args, "max-postcopy-bandwidth",
                                json_object_new_int64((int64_t)m->o.bandwidth_mib_s << 20));
     }

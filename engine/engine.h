@@ -245,9 +245,14 @@ bool eng_vm_launch(vmig_engine *e, const eng_launch_req *req, eng_launch_fn done
  * @timeout_ms, and done when the process is gone.  @vm stays the caller's. */
 typedef void (*eng_kill_fn)(void *opaque, const vmig_error *err);
 void eng_vm_kill(eng_vm *vm, int timeout_ms, eng_kill_fn done, void *opaque);
+/* Retires the source of a VM that moved: SIGKILL, never quit.  QEMU's exit unlinks its pid
+ * file and listening sockets by path, and a VM that came in by migration has the paths of its
+ * staging directory (NAME.incoming), where its own next destination lives now. */
+void eng_vm_retire(eng_vm *vm, int timeout_ms, eng_kill_fn done, void *opaque);
 /* The same two, waiting (tests, probes). */
 eng_vm *eng_vm_launch_sync(vmig_engine *e, const eng_launch_req *req, vmig_error **errp);
 bool eng_vm_kill_sync(eng_vm *vm, int timeout_ms, vmig_error **errp);
+bool eng_vm_retire_sync(eng_vm *vm, int timeout_ms, vmig_error **errp);
 /* A probe QEMU is done with: killed and its directory removed, without waiting. */
 void eng_vm_discard(eng_vm *vm);
 

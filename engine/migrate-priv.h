@@ -105,8 +105,9 @@ typedef struct mig {
 bool mig_converge_opts(mig *m, vmig_error **errp);
 /* ...and against what the QEMUs are and have (capabilities, accelerator). */
 bool mig_converge_preflight(mig *m, vmig_error **errp);
-/* Adds the capabilities and parameters of convergence to the arguments for each side. */
-void mig_converge_caps(const mig *m, json_object *caps, bool source);
+/* migrate-set-capabilities' arguments for each side: every capability vmigrate manages. */
+json_object *mig_converge_caps(const mig *m, bool source);
+/* Adds the parameters of convergence to the arguments for each side. */
 void mig_converge_params(const mig *m, json_object *args, bool source);
 /* Step: measure the guest's dirty rate (policy auto) before the migration starts. */
 void mig_measure_dirty_rate(vmig_job *j, eng_step_fn next);

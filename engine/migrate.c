@@ -545,7 +545,7 @@ static void confirm(vmig_job *j)
     }
     set_state(j, VMIG_JOB_SWITCHOVER, VMIG_JOB_FINISHING);
     eng_job_hold(j);
-    eng_vm_kill(m->src, QUIT_TIMEOUT_MS, src_retired, j);
+    eng_vm_retire(m->src, QUIT_TIMEOUT_MS, src_retired, j);
     eng_job_then(j, finish);
 }
 
@@ -955,28 +955,6 @@ static void incoming(vmig_job *j)
     eng_job_then(j, measure);
 }
 
-static void add_cap(json_object *caps, const char *name)
-{
-    json_object *cap = json_object_new_object();
-    json_object_object_add(cap, "capability", json_object_new_string(name));
-    json_object_object_add(cap, "state", json_object_new_boolean(true));
-    json_object_array_add(caps, cap);
-}
-
-/* events, multifd when asked for, and what convergence needs */
-static json_object *caps_args(const mig *m, bool source)
-{
-    json_object *caps = json_object_new_array();
-    add_cap(caps, "events");
-    if (m->o.parallel_connections > 0) {
-        add_cap(caps, "multifd");
-    }
-    mig_converge_caps(m, caps, source);
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "capabilities", caps);
-    return args;
-}
-
 static json_object *params_args(const mig *m, bool source)
 {
     json_object *args = json_object_new_object();
@@ -1018,8 +996,10 @@ static void setup(vmig_job *j)
         m->uri = g_strdup(m->dst->remote_uri);
     }
     /* both sides alike, and on the destination before migrate-incoming */
-    eng_job_call_opt(j, m->src->qmp, "migrate-set-capabilities", caps_args(m, true), on_set_src);
-    eng_job_call_opt(j, m->dst->qmp, "migrate-set-capabilities", caps_args(m, false), on_set_dst);
+    eng_job_call_opt(j, m->src->qmp, "migrate-set-capabilities", mig_converge_caps(m, true),
+                     on_set_src);
+    eng_job_call_opt(j, m->dst->qmp, "migrate-set-capabilities", mig_converge_caps(m, false),
+                     on_set_dst);
     json_object *dargs = params_args(m, false);
     if (json_object_object_length(dargs)) {
         eng_job_call_opt(j, m->dst->qmp, "migrate-set-parameters", dargs, on_set_dst);

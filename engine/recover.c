@@ -86,7 +86,7 @@ static void note(GString *what, const char *fmt, ...)
 static bool hand_over(eng_vm *src, eng_vm *dst, const char *src_dir, const char *final_dir,
                       GString *what, vmig_error **errp)
 {
-    if (src && !eng_vm_kill_sync(src, RECOVER_KILL_MS, errp)) {
+    if (src && !eng_vm_retire_sync(src, RECOVER_KILL_MS, errp)) {
         return false;
     }
     if (g_file_test(src_dir, G_FILE_TEST_IS_DIR)) {

@@ -726,6 +726,24 @@ void eng_vm_kill(eng_vm *vm, int timeout_ms, eng_kill_fn done, void *opaque)
     ring_timer(vm->e->ring, 0, kill_tick, k);
 }
 
+void eng_vm_retire(eng_vm *vm, int timeout_ms, eng_kill_fn done, void *opaque)
+{
+    killer *k = g_new0(killer, 1);
+    k->vm = vm;
+    k->done = done;
+    k->opaque = opaque;
+    k->killed = true;
+    k->deadline = vmig_now_ms() + MAX(timeout_ms, KILL_GRACE_MS);
+    if (vm->qmp) {
+        qmp_conn_set_event_cb(vm->qmp, NULL, NULL);
+        qmp_conn_set_closed_cb(vm->qmp, NULL, NULL);
+    }
+    if (pid_alive(vm->pid) && pid_is_instance(vm->pid, vm->name)) {
+        kill(vm->pid, SIGKILL);
+    }
+    ring_timer(vm->e->ring, 0, kill_tick, k);
+}
+
 void eng_vm_discard(eng_vm *vm)
 {
     if (!vm) {
@@ -903,6 +921,20 @@ bool eng_vm_kill_sync(eng_vm *vm, int timeout_ms, vmig_error **errp)
 {
     sync_flag f = {0};
     eng_vm_kill(vm, timeout_ms, sync_killed, &f);
+    if (!eng_run_until(vm->e, flag_done, &f, errp)) {
+        return false;
+    }
+    if (f.err) {
+        vmig_propagate_error(errp, f.err);
+        return false;
+    }
+    return true;
+}
+
+bool eng_vm_retire_sync(eng_vm *vm, int timeout_ms, vmig_error **errp)
+{
+    sync_flag f = {0};
+    eng_vm_retire(vm, timeout_ms, sync_killed, &f);
     if (!eng_run_until(vm->e, flag_done, &f, errp)) {
         return false;
     }
