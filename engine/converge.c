@@ -22,10 +22,11 @@
 #define DEFAULT_DOWNTIME_MS 300 /* QEMU's own default downtime-limit */
 #define DEFAULT_STEPS 4
 #define DIRTY_CALC_S 1
-#define DIRTY_WAIT_MS 5000  /* calc-dirty-rate: its time, then this long for the figure */
-#define SHRINK_RATIO 0.9    /* remaining must fall below this fraction of the best to count */
-#define HOPELESS_RATIO 0.95 /* dirtying at this fraction of the throughput cannot converge */
-#define THROTTLE_HELD 1     /* percent: auto-converge armed but held back by the policy */
+#define DIRTY_WAIT_MS 5000      /* calc-dirty-rate: its time, then this long for the figure */
+#define DIRTY_SAMPLE_PAGES 4096 /* a GiB: the most QEMU samples */
+#define SHRINK_RATIO 0.9        /* remaining must fall below this fraction of the best to count */
+#define HOPELESS_RATIO 0.95     /* dirtying at this fraction of the throughput cannot converge */
+#define THROTTLE_HELD 1         /* percent: auto-converge armed but held back by the policy */
 #define THROTTLE_MAX 99
 
 static const char *const policy_names[] = {"auto", "none"};
@@ -324,8 +325,7 @@ static bool dirty_done(vmig_job *j)
     if (m->dirty_measured || !m->dirty_deadline || vmig_ms_left(m->dirty_deadline) == 0) {
         return true;
     }
-    int64_t since = vmig_now_ms() - (m->dirty_deadline - DIRTY_WAIT_MS);
-    if (since >= DIRTY_CALC_S * 1000 && !m->poll_in_flight && m->src->qmp &&
+    if (vmig_now_ms() - m->dirty_t0 >= DIRTY_CALC_S * 1000 && !m->poll_in_flight && m->src->qmp &&
         qmp_conn_ready(m->src->qmp)) {
         m->poll_in_flight = true;
         eng_job_hold(j);
@@ -347,7 +347,7 @@ static void on_calc(vmig_job *j, json_object *ret, const vmig_error *err)
 static void dirty_measured(vmig_job *j)
 {
     mig *m = M(j);
-    m->st.setup_dirty_ms = (uint64_t)(vmig_now_ms() - (m->dirty_deadline - DIRTY_WAIT_MS));
+    m->st.setup_dirty_ms = (uint64_t)(vmig_now_ms() - m->dirty_wait_t0);
     if (m->dirty_measured) {
         double bw = m->o.bandwidth_mib_s;
         mig_act(j, "dirty rate %.0f MiB/s measured%s", m->st.dirty_rate_mib_s,
@@ -359,24 +359,31 @@ static void dirty_measured(vmig_job *j)
     m->after_dirty(j);
 }
 
-static void dirty_wait_step(vmig_job *j)
+void mig_dirty_rate_start(vmig_job *j)
 {
-    eng_job_wait(j, dirty_done, 0, NULL, dirty_measured);
+    mig *m = M(j);
+    if (m->o.policy != VMIG_POLICY_AUTO || !m->o.live || !m->was_running) {
+        return;
+    }
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "calc-time", json_object_new_int64(DIRTY_CALC_S));
+    /* QEMU samples 512 pages a GiB by default: too few in a small guest to tell 4 MiB/s */
+    json_object_object_add(args, "sample-pages", json_object_new_int64(DIRTY_SAMPLE_PAGES));
+    m->dirty_t0 = vmig_now_ms();
+    m->dirty_deadline = m->dirty_t0 + DIRTY_CALC_S * 1000 + DIRTY_WAIT_MS;
+    eng_job_call_opt(j, m->src->qmp, "calc-dirty-rate", args, on_calc);
 }
 
 void mig_measure_dirty_rate(vmig_job *j, eng_step_fn next)
 {
     mig *m = M(j);
-    if (m->o.policy != VMIG_POLICY_AUTO || !m->o.live || !m->was_running) {
+    if (!m->dirty_deadline) {
         next(j);
         return;
     }
     m->after_dirty = next;
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "calc-time", json_object_new_int64(DIRTY_CALC_S));
-    m->dirty_deadline = vmig_now_ms() + DIRTY_CALC_S * 1000 + DIRTY_WAIT_MS;
-    eng_job_call_opt(j, m->src->qmp, "calc-dirty-rate", args, on_calc);
-    eng_job_then(j, dirty_wait_step);
+    m->dirty_wait_t0 = vmig_now_ms();
+    eng_job_wait(j, dirty_done, 0, NULL, dirty_measured);
 }
 
 /* ---- while memory moves -------------------------------------------------------------------- */

@@ -84,18 +84,19 @@ typedef struct mig {
     bool throttle_released;           /* the policy let the throttle rise */
     bool suspended;                   /* the timeout paused the source */
     bool timed_out;
-    bool dst_gone_asked;              /* the source was asked why its destination left */
-    bool cancelled_here;           /* we sent migrate_cancel (not another process) */
-    uint64_t max_downtime_ms;      /* the limit the policy may rise to */
-    uint64_t downtime_now_ms;      /* what QEMU has now */
-    uint64_t expected_downtime_ms; /* QEMU's estimate */
-    uint64_t qm_syncs;             /* dirty-sync-count in the last query-migrate */
-    uint64_t page_size;            /* query-migrate's ram page-size (4096 if none) */
-    uint64_t pass_seen;            /* the last pass the policy looked at */
-    uint64_t best_remaining;       /* the least remaining at a pass boundary */
-    bool pass_acted;               /* the policy has acted once */
-    int stall_passes;              /* pass boundaries since remaining last shrank */
-    int64_t dirty_deadline;        /* calc-dirty-rate: until when to wait */
+    bool dst_gone_asked;             /* the source was asked why its destination left */
+    bool cancelled_here;             /* we sent migrate_cancel (not another process) */
+    uint64_t max_downtime_ms;        /* the limit the policy may rise to */
+    uint64_t downtime_now_ms;        /* what QEMU has now */
+    uint64_t expected_downtime_ms;   /* QEMU's estimate */
+    uint64_t qm_syncs;               /* dirty-sync-count in the last query-migrate */
+    uint64_t page_size;              /* query-migrate's ram page-size (4096 if none) */
+    uint64_t pass_seen;              /* the last pass the policy looked at */
+    uint64_t best_remaining;         /* the least remaining at a pass boundary */
+    bool pass_acted;                 /* the policy has acted once */
+    int stall_passes;                /* pass boundaries since remaining last shrank */
+    int64_t dirty_deadline;          /* calc-dirty-rate: until when to wait */
+    int64_t dirty_t0, dirty_wait_t0; /* when it was asked, when the wait began */
     bool dirty_measured;
     void (*after_dirty)(vmig_job *j);
     vmig_spec *dest_spec; /* --dest-spec, checked against the VM's */
@@ -109,7 +110,9 @@ bool mig_converge_preflight(mig *m, vmig_error **errp);
 json_object *mig_converge_caps(const mig *m, bool source);
 /* Adds the parameters of convergence to the arguments for each side. */
 void mig_converge_params(const mig *m, json_object *args, bool source);
-/* Step: measure the guest's dirty rate (policy auto) before the migration starts. */
+/* The guest's dirty rate (policy auto): calc-dirty-rate, sent while the destination starts;
+ * then a step that waits for the figure before the migration starts. */
+void mig_dirty_rate_start(vmig_job *j);
 void mig_measure_dirty_rate(vmig_job *j, eng_step_fn next);
 /* After each figure while memory moves: timeouts, switching to post-copy, the policy.  True
  * when it failed the job. */

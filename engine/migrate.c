@@ -1026,6 +1026,7 @@ void mig_launch_destination(vmig_job *j)
     mig *m = M(j);
     g_autofree char *stage = m->final_dir ? g_strconcat(m->final_dir, ENG_INCOMING_SUFFIX, NULL)
                                           : NULL;
+    mig_dirty_rate_start(j); /* measured while the destination starts */
     g_autoptr(vmig_spec) dspec = eng_spec_copy(m->dest_spec ? m->dest_spec : m->src->spec);
     if (m->dest_spec) { /* the VM's identity is the source's */
         g_free(dspec->uuid);
