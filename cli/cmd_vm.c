@@ -130,6 +130,53 @@ static int vm_undefine(const cli_global *g, int argc, char **argv)
     return ok ? CLI_OK : cli_fail(err);
 }
 
+/* vm list's output: a table, or a JSON array. */
+static void print_list(const vmig_vm_info *infos, int n, bool json)
+{
+    json_object *arr = json_object_new_array();
+    if (!json && n > 0) {
+        printf("%-24s %8s  %-12s %-10s %-22s %s\n", "NAME", "PID", "STATE", "PERSISTENT", "JOB",
+               "QMP");
+    }
+    for (int i = 0; i < n; i++) {
+        const vmig_vm_info *v = &infos[i];
+        if (json) {
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "name", json_object_new_string(v->name));
+            json_object_object_add(o, "pid", json_object_new_int(v->pid));
+            json_object_object_add(o, "state", json_object_new_string(v->status));
+            json_object_object_add(o, "persistent", json_object_new_boolean(v->persistent));
+            if (v->qmp_path[0]) {
+                json_object_object_add(o, "qmp", json_object_new_string(v->qmp_path));
+            }
+            if (v->job[0]) {
+                json_object *jo = json_object_new_object();
+                json_object_object_add(jo, "kind", json_object_new_string(v->job));
+                json_object_object_add(jo, "state", json_object_new_string(v->job_state));
+                json_object_object_add(jo, "progress", json_object_new_double(v->job_progress));
+                json_object_object_add(o, "job", jo);
+            }
+            json_object_array_add(arr, o);
+        } else {
+            char job[64] = "-";
+            if (v->job[0]) {
+                snprintf(job, sizeof(job), "%s %s %3.0f%%", v->job, v->job_state,
+                         v->job_progress * 100);
+            }
+            char pid[16] = "-";
+            if (v->pid > 0) {
+                snprintf(pid, sizeof(pid), "%d", v->pid);
+            }
+            printf("%-24s %8s  %-12s %-10s %-22s %s\n", v->name, pid, v->status,
+                   v->persistent ? "yes" : "no", job, v->qmp_path[0] ? v->qmp_path : "-");
+        }
+    }
+    if (json) {
+        cli_print_json(arr);
+    }
+    json_object_put(arr);
+}
+
 static int vm_list(const cli_global *g, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -167,48 +214,7 @@ static int vm_list(const cli_global *g, int argc, char **argv)
         vmig_engine_free(e);
         return err ? cli_fail(err) : CLI_FAILED;
     }
-    json_object *arr = json_object_new_array();
-    if (!json && n > 0) {
-        printf("%-24s %8s  %-12s %-10s %-22s %s\n", "NAME", "PID", "STATE", "PERSISTENT", "JOB",
-               "QMP");
-    }
-    for (int i = 0; i < n && i < LIST_MAX; i++) {
-        const vmig_vm_info *v = &infos[i];
-        if (json) {
-            json_object *o = json_object_new_object();
-            json_object_object_add(o, "name", json_object_new_string(v->name));
-            json_object_object_add(o, "pid", json_object_new_int(v->pid));
-            json_object_object_add(o, "state", json_object_new_string(v->status));
-            json_object_object_add(o, "persistent", json_object_new_boolean(v->persistent));
-            if (v->qmp_path[0]) {
-                json_object_object_add(o, "qmp", json_object_new_string(v->qmp_path));
-            }
-            if (v->job[0]) {
-                json_object *jo = json_object_new_object();
-                json_object_object_add(jo, "kind", json_object_new_string(v->job));
-                json_object_object_add(jo, "state", json_object_new_string(v->job_state));
-                json_object_object_add(jo, "progress", json_object_new_double(v->job_progress));
-                json_object_object_add(o, "job", jo);
-            }
-            json_object_array_add(arr, o);
-        } else {
-            char job[64] = "-";
-            if (v->job[0]) {
-                snprintf(job, sizeof(job), "%s %s %3.0f%%", v->job, v->job_state,
-                         v->job_progress * 100);
-            }
-            char pid[16] = "-";
-            if (v->pid > 0) {
-                snprintf(pid, sizeof(pid), "%d", v->pid);
-            }
-            printf("%-24s %8s  %-12s %-10s %-22s %s\n", v->name, pid, v->status,
-                   v->persistent ? "yes" : "no", job, v->qmp_path[0] ? v->qmp_path : "-");
-        }
-    }
-    if (json) {
-        cli_print_json(arr);
-    }
-    json_object_put(arr);
+    print_list(infos, n < LIST_MAX ? n : LIST_MAX, json);
     free(infos);
     vmig_engine_free(e);
     return CLI_OK;

@@ -287,6 +287,100 @@ const char cli_migrate_opts_help[] =
     "                       compress the multifd channels (default zstd; implies\n"
     "                       --parallel-connections 1 when none is given)\n";
 
+/* The options of modes and convergence (issue 9). */
+/* The options of modes. */
+static int migrate_mode_opt(cli_migrate_args *a, int opt, const char *val)
+{
+    switch (opt) {
+    case CLI_OPT_POSTCOPY_RESUME:
+        a->opts.postcopy_resume = true;
+        return 1;
+    case CLI_OPT_SUSPEND:
+        a->opts.suspend = true;
+        return 1;
+    case CLI_OPT_OFFLINE:
+        a->opts.offline = true;
+        return 1;
+    case CLI_OPT_PERSISTENT:
+        a->opts.persistent = true;
+        return 1;
+    case CLI_OPT_UNDEFINE_SOURCE:
+        a->opts.undefine_source = true;
+        return 1;
+    case CLI_OPT_DEST_SPEC:
+        a->opts.dest_spec = val;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The options of convergence. */
+static int migrate_control_opt(cli_migrate_args *a, int opt, const char *val)
+{
+    switch (opt) {
+    case CLI_OPT_POLICY:
+        if (strcmp(val, "auto") == 0 || strcmp(val, "none") == 0) {
+            a->opts.policy = val[0] == 'a' ? VMIG_POLICY_AUTO : VMIG_POLICY_NONE;
+            return 1;
+        }
+        cli_err("--policy: '%s' is not auto or none", val);
+        return -1;
+    case CLI_OPT_DOWNTIME_STEPS:
+        return cli_parse_int("--downtime-steps", val, 1, 100, &a->opts.downtime_steps) ? 1 : -1;
+    case CLI_OPT_AUTO_CONVERGE:
+        a->opts.auto_converge = true;
+        return 1;
+    case CLI_OPT_AC_INITIAL:
+        a->opts.auto_converge = true;
+        return cli_parse_int("--auto-converge-initial", val, 1, 99, &a->opts.throttle_initial) ? 1
+                                                                                               : -1;
+    case CLI_OPT_AC_INCREMENT:
+        a->opts.auto_converge = true;
+        return cli_parse_int("--auto-converge-increment", val, 1, 100, &a->opts.throttle_increment)
+                   ? 1
+                   : -1;
+    case CLI_OPT_POSTCOPY:
+        a->opts.postcopy = true;
+        return 1;
+    case CLI_OPT_POSTCOPY_AFTER:
+        a->opts.postcopy_after_precopy = true;
+        return 1;
+    case CLI_OPT_POSTCOPY_PREEMPT:
+        a->opts.postcopy_preempt = true;
+        return 1;
+    case CLI_OPT_TIMEOUT_ACTION:
+        if (strcmp(val, "abort") == 0) {
+            a->opts.timeout_action = VMIG_TIMEOUT_ABORT;
+        } else if (strcmp(val, "suspend") == 0) {
+            a->opts.timeout_action = VMIG_TIMEOUT_SUSPEND;
+        } else if (strcmp(val, "postcopy") == 0) {
+            a->opts.timeout_action = VMIG_TIMEOUT_POSTCOPY;
+        } else {
+            cli_err("--timeout-action: '%s' is not abort, suspend or postcopy", val);
+            return -1;
+        }
+        return 1;
+    case CLI_OPT_TIMEOUT_SUSPEND:
+        a->opts.timeout_action = VMIG_TIMEOUT_SUSPEND;
+        return 1;
+    case CLI_OPT_TIMEOUT_POSTCOPY:
+        a->opts.timeout_action = VMIG_TIMEOUT_POSTCOPY;
+        return 1;
+    case CLI_OPT_DIRTY_LIMIT:
+        return cli_parse_int("--dirty-limit", val, 1, 1000000, &a->opts.dirty_limit_mib_s) ? 1 : -1;
+    case CLI_OPT_COMPRESSED:
+        if (val && strcmp(val, "zstd") != 0 && strcmp(val, "zlib") != 0) {
+            cli_err("--compressed: '%s' is not zstd or zlib", val);
+            return -1;
+        }
+        a->opts.compress = val ? val : "zstd";
+        return 1;
+    default:
+        return migrate_mode_opt(a, opt, val);
+    }
+}
+
 int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
 {
     switch (opt) {
@@ -329,83 +423,8 @@ int cli_migrate_opt(cli_migrate_args *a, int opt, const char *val)
         return cli_parse_int("--parallel-connections", val, 1, 64, &a->opts.parallel_connections)
                    ? 1
                    : -1;
-    case CLI_OPT_POLICY:
-        if (strcmp(val, "auto") == 0 || strcmp(val, "none") == 0) {
-            a->opts.policy = val[0] == 'a' ? VMIG_POLICY_AUTO : VMIG_POLICY_NONE;
-            return 1;
-        }
-        cli_err("--policy: '%s' is not auto or none", val);
-        return -1;
-    case CLI_OPT_DOWNTIME_STEPS:
-        return cli_parse_int("--downtime-steps", val, 1, 100, &a->opts.downtime_steps) ? 1 : -1;
-    case CLI_OPT_AUTO_CONVERGE:
-        a->opts.auto_converge = true;
-        return 1;
-    case CLI_OPT_AC_INITIAL:
-        a->opts.auto_converge = true;
-        return cli_parse_int("--auto-converge-initial", val, 1, 99, &a->opts.throttle_initial) ? 1
-                                                                                               : -1;
-    case CLI_OPT_AC_INCREMENT:
-        a->opts.auto_converge = true;
-        return cli_parse_int("--auto-converge-increment", val, 1, 100, &a->opts.throttle_increment)
-                   ? 1
-                   : -1;
-    case CLI_OPT_POSTCOPY:
-        a->opts.postcopy = true;
-        return 1;
-    case CLI_OPT_POSTCOPY_AFTER:
-        a->opts.postcopy_after_precopy = true;
-        return 1;
-    case CLI_OPT_POSTCOPY_PREEMPT:
-        a->opts.postcopy_preempt = true;
-        return 1;
-    case CLI_OPT_POSTCOPY_RESUME:
-        a->opts.postcopy_resume = true;
-        return 1;
-    case CLI_OPT_TIMEOUT_ACTION:
-        if (strcmp(val, "abort") == 0) {
-            a->opts.timeout_action = VMIG_TIMEOUT_ABORT;
-        } else if (strcmp(val, "suspend") == 0) {
-            a->opts.timeout_action = VMIG_TIMEOUT_SUSPEND;
-        } else if (strcmp(val, "postcopy") == 0) {
-            a->opts.timeout_action = VMIG_TIMEOUT_POSTCOPY;
-        } else {
-            cli_err("--timeout-action: '%s' is not abort, suspend or postcopy", val);
-            return -1;
-        }
-        return 1;
-    case CLI_OPT_TIMEOUT_SUSPEND:
-        a->opts.timeout_action = VMIG_TIMEOUT_SUSPEND;
-        return 1;
-    case CLI_OPT_TIMEOUT_POSTCOPY:
-        a->opts.timeout_action = VMIG_TIMEOUT_POSTCOPY;
-        return 1;
-    case CLI_OPT_DIRTY_LIMIT:
-        return cli_parse_int("--dirty-limit", val, 1, 1000000, &a->opts.dirty_limit_mib_s) ? 1 : -1;
-    case CLI_OPT_COMPRESSED:
-        if (val && strcmp(val, "zstd") != 0 && strcmp(val, "zlib") != 0) {
-            cli_err("--compressed: '%s' is not zstd or zlib", val);
-            return -1;
-        }
-        a->opts.compress = val ? val : "zstd";
-        return 1;
-    case CLI_OPT_SUSPEND:
-        a->opts.suspend = true;
-        return 1;
-    case CLI_OPT_OFFLINE:
-        a->opts.offline = true;
-        return 1;
-    case CLI_OPT_PERSISTENT:
-        a->opts.persistent = true;
-        return 1;
-    case CLI_OPT_UNDEFINE_SOURCE:
-        a->opts.undefine_source = true;
-        return 1;
-    case CLI_OPT_DEST_SPEC:
-        a->opts.dest_spec = val;
-        return 1;
     default:
-        return 0;
+        return migrate_control_opt(a, opt, val);
     }
 }
 

@@ -325,8 +325,8 @@ static bool dirty_done(vmig_job *j)
     if (m->dirty_measured || !m->dirty_deadline || vmig_ms_left(m->dirty_deadline) == 0) {
         return true;
     }
-    if (vmig_now_ms() - m->dirty_t0 >= DIRTY_CALC_S * 1000 && !m->poll_in_flight && m->src->qmp &&
-        qmp_conn_ready(m->src->qmp)) {
+    if (vmig_now_ms() - m->dirty_t0 >= (int64_t)DIRTY_CALC_S * 1000 && !m->poll_in_flight &&
+        m->src->qmp && qmp_conn_ready(m->src->qmp)) {
         m->poll_in_flight = true;
         eng_job_hold(j);
         qmp_call(m->src->qmp, "query-dirty-rate", NULL, 0, ENG_QMP_TIMEOUT_MS, on_dirty_rate, j);
@@ -370,7 +370,7 @@ void mig_dirty_rate_start(vmig_job *j)
     /* QEMU samples 512 pages a GiB by default: too few in a small guest to tell 4 MiB/s */
     json_object_object_add(args, "sample-pages", json_object_new_int64(DIRTY_SAMPLE_PAGES));
     m->dirty_t0 = vmig_now_ms();
-    m->dirty_deadline = m->dirty_t0 + DIRTY_CALC_S * 1000 + DIRTY_WAIT_MS;
+    m->dirty_deadline = m->dirty_t0 + (int64_t)DIRTY_CALC_S * 1000 + DIRTY_WAIT_MS;
     eng_job_call_opt(j, m->src->qmp, "calc-dirty-rate", args, on_calc);
 }
 

@@ -914,20 +914,32 @@ static bool start_relay(vmig_job *j, vmig_error **errp)
     return true;
 }
 
-static void start_migrate(vmig_job *j)
+/* `migrate`'s arguments: to the relay's socket (a vmig:// destination; started here) or
+ * straight to the destination.  NULL when the relay cannot start: the job has failed. */
+static json_object *migrate_args(vmig_job *j)
 {
     mig *m = M(j);
     vmig_error *err = NULL;
     if (m->link && !start_relay(j, &err)) {
         vmig_prefix_error(&err, "starting the relay: ");
         eng_job_fail(j, err);
+        return NULL;
+    }
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(m->src_uri ? m->src_uri : m->uri));
+    return args;
+}
+
+static void start_migrate(vmig_job *j)
+{
+    mig *m = M(j);
+    json_object *args = migrate_args(j);
+    if (!args) {
         return;
     }
     m->t_migrate = vmig_now_ms();
     m->st.setup_ms = (uint64_t)(m->t_migrate - m->t0);
     set_state(j, VMIG_JOB_PREPARING, VMIG_JOB_MIGRATING);
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(m->src_uri ? m->src_uri : m->uri));
     eng_job_call(j, m->src->qmp, "migrate", args, NULL);
     eng_job_then(j, wait_source);
 }
@@ -1117,14 +1129,10 @@ static bool on_resume(vmig_job *j, json_object *ret, vmig_error **errp)
 static void resume_go(vmig_job *j)
 {
     mig *m = M(j);
-    vmig_error *err = NULL;
-    if (m->link && !start_relay(j, &err)) {
-        vmig_prefix_error(&err, "starting the relay: ");
-        eng_job_fail(j, err);
+    json_object *args = migrate_args(j);
+    if (!args) {
         return;
     }
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(m->src_uri ? m->src_uri : m->uri));
     json_object_object_add(args, "resume", json_object_new_boolean(true));
     eng_job_call(j, m->src->qmp, "migrate", args, on_resume);
     eng_job_then(j, postcopy_wait_end);

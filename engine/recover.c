@@ -106,6 +106,37 @@ static bool hand_over(eng_vm *src, eng_vm *dst, const char *src_dir, const char 
     return true;
 }
 
+/* A post-copy that broke: each side holds part of the VM, and only a resume mends it, so
+ * recovery refuses to touch either. */
+static bool postcopy_src_check(eng_vm *src, vmig_error **errp)
+{
+    char mst[32];
+    if (migration_of(src, mst, sizeof(mst)) && g_str_has_prefix(mst, "postcopy")) {
+        vmig_set_error(errp, VMIG_E_STATE,
+                       "VM '%s' is in a post-copy migration (%s): its source and its destination "
+                       "each hold part of it, so neither is stopped; 'vmigrate migrate --live "
+                       "--postcopy-resume %s DEST' finishes it",
+                       src->name, mst, src->name);
+        return false;
+    }
+    return true;
+}
+
+static bool postcopy_dst_check(eng_vm *dst, char *dstat, size_t len, vmig_error **errp)
+{
+    char mst[32];
+    if (status_of(dst, dstat, len) && migration_of(dst, mst, sizeof(mst)) &&
+        g_str_has_prefix(mst, "postcopy")) {
+        vmig_set_error(errp, VMIG_E_STATE,
+                       "VM '%s' is in a post-copy migration (the destination's is %s): the "
+                       "destination runs it without all its memory, so neither QEMU is stopped; "
+                       "'vmigrate migrate --live --postcopy-resume %s DEST' finishes it",
+                       dst->name, mst, dst->name);
+        return false;
+    }
+    return true;
+}
+
 bool eng_vm_recover_locked(vmig_engine *e, const char *src_dir, const char *final_dir,
                            char **ret_what, vmig_error **errp)
 {
@@ -124,25 +155,12 @@ bool eng_vm_recover_locked(vmig_engine *e, const char *src_dir, const char *fina
                        src->name, src->pid);
         return false;
     }
-    /* A post-copy that broke: each side holds part of the VM, and only a resume mends it. */
-    if (src && migration_of(src, mst, sizeof(mst)) && g_str_has_prefix(mst, "postcopy")) {
-        vmig_set_error(errp, VMIG_E_STATE,
-                       "VM '%s' is in a post-copy migration (%s): its source and its destination "
-                       "each hold part of it, so neither is stopped; 'vmigrate migrate --live "
-                       "--postcopy-resume %s DEST' finishes it",
-                       src->name, mst, src->name);
+    if (src && !postcopy_src_check(src, errp)) {
         return false;
     }
     if (g_file_test(stage, G_FILE_TEST_IS_DIR)) {
         dst = eng_vm_find(e, stage, NULL);
-        if (dst && status_of(dst, dstat, sizeof(dstat)) && migration_of(dst, mst, sizeof(mst)) &&
-            g_str_has_prefix(mst, "postcopy")) {
-            vmig_set_error(errp, VMIG_E_STATE,
-                           "VM '%s' is in a post-copy migration (the destination's is %s): "
-                           "the destination runs it without all its memory, so neither QEMU is "
-                           "stopped; 'vmigrate migrate --live --postcopy-resume %s DEST' "
-                           "finishes it",
-                           dst->name, mst, dst->name);
+        if (dst && !postcopy_dst_check(dst, dstat, sizeof(dstat), errp)) {
             return false;
         }
         if (dst && !status_of(dst, dstat, sizeof(dstat))) {

@@ -917,10 +917,11 @@ static void sync_killed(void *opaque, const vmig_error *err)
     f->err = vmig_error_copy(err);
 }
 
-bool eng_vm_kill_sync(eng_vm *vm, int timeout_ms, vmig_error **errp)
+static bool stop_sync(eng_vm *vm, int timeout_ms, void (*stop)(eng_vm *, int, eng_kill_fn, void *),
+                      vmig_error **errp)
 {
     sync_flag f = {0};
-    eng_vm_kill(vm, timeout_ms, sync_killed, &f);
+    stop(vm, timeout_ms, sync_killed, &f);
     if (!eng_run_until(vm->e, flag_done, &f, errp)) {
         return false;
     }
@@ -931,18 +932,14 @@ bool eng_vm_kill_sync(eng_vm *vm, int timeout_ms, vmig_error **errp)
     return true;
 }
 
+bool eng_vm_kill_sync(eng_vm *vm, int timeout_ms, vmig_error **errp)
+{
+    return stop_sync(vm, timeout_ms, eng_vm_kill, errp);
+}
+
 bool eng_vm_retire_sync(eng_vm *vm, int timeout_ms, vmig_error **errp)
 {
-    sync_flag f = {0};
-    eng_vm_retire(vm, timeout_ms, sync_killed, &f);
-    if (!eng_run_until(vm->e, flag_done, &f, errp)) {
-        return false;
-    }
-    if (f.err) {
-        vmig_propagate_error(errp, f.err);
-        return false;
-    }
-    return true;
+    return stop_sync(vm, timeout_ms, eng_vm_retire, errp);
 }
 
 void eng_qemu_probe_end(int pid, const char *dir)

@@ -311,28 +311,28 @@ typedef struct vmig_migrate_opts {
     int parallel_connections;  /* 0: one stream; N >= 1: multifd with N channels (1-64) */
     int relay_bandwidth_mib_s; /* vmig://: a cap the relay's channels share; 0 none */
     /* modes */
-    bool suspend;           /* leave the VM paused on the destination */
-    bool offline;           /* a shut-off VM: move its definition (needs persistent) */
-    bool persistent;        /* keep the VM defined on the destination */
-    bool undefine_source;   /* remove the VM's definition from the source */
-    const char *dest_spec;  /* a spec file for the destination side (other disk paths, QEMU);
-                             * name, memory, vCPUs and machine must match the VM's */
-    bool postcopy_resume;   /* resume a post-copy migration whose connection broke */
+    bool suspend;          /* leave the VM paused on the destination */
+    bool offline;          /* a shut-off VM: move its definition (needs persistent) */
+    bool persistent;       /* keep the VM defined on the destination */
+    bool undefine_source;  /* remove the VM's definition from the source */
+    const char *dest_spec; /* a spec file for the destination side (other disk paths, QEMU);
+                            * name, memory, vCPUs and machine must match the VM's */
+    bool postcopy_resume;  /* resume a post-copy migration whose connection broke */
     /* convergence */
-    vmig_policy policy;     /* VMIG_POLICY_AUTO (the default) or VMIG_POLICY_NONE */
-    int downtime_steps;     /* policy auto: downtime rises to max_downtime_ms in this many
-                             * steps (0: 4); 1 sets it at once */
-    bool auto_converge;     /* throttle the guest's vCPUs when pre-copy does not converge */
-    int throttle_initial;   /* percent, 0: QEMU's default (20) */
-    int throttle_increment; /* percent, 0: QEMU's default (10) */
-    bool postcopy;          /* arm post-copy: `vmigrate postcopy`, the policy, or
-                             * postcopy_after_precopy / VMIG_TIMEOUT_POSTCOPY switch to it */
+    vmig_policy policy;          /* VMIG_POLICY_AUTO (the default) or VMIG_POLICY_NONE */
+    int downtime_steps;          /* policy auto: downtime rises to max_downtime_ms in this many
+                                  * steps (0: 4); 1 sets it at once */
+    bool auto_converge;          /* throttle the guest's vCPUs when pre-copy does not converge */
+    int throttle_initial;        /* percent, 0: QEMU's default (20) */
+    int throttle_increment;      /* percent, 0: QEMU's default (10) */
+    bool postcopy;               /* arm post-copy: `vmigrate postcopy`, the policy, or
+                                  * postcopy_after_precopy / VMIG_TIMEOUT_POSTCOPY switch to it */
     bool postcopy_after_precopy; /* switch to post-copy after the first full pass */
     bool postcopy_preempt;       /* a separate channel for faulted pages (QEMU >= 8.0) */
     vmig_timeout_action timeout_action; /* what timeout_s does: abort (the default), suspend
                                          * (finish non-live) or postcopy */
-    int dirty_limit_mib_s;  /* per-vCPU dirty-page limit (QEMU >= 8.1, KVM's dirty ring) */
-    const char *compress;   /* multifd compression: NULL/"none", "zstd" or "zlib" */
+    int dirty_limit_mib_s; /* per-vCPU dirty-page limit (QEMU >= 8.1, KVM's dirty ring) */
+    const char *compress;  /* multifd compression: NULL/"none", "zstd" or "zlib" */
 } vmig_migrate_opts;
 
 /* Fills in the defaults for a struct of @size bytes (the caller's sizeof). */
@@ -348,16 +348,16 @@ typedef struct vmig_migration_stats {
     uint64_t qemu_total_ms;    /* QEMU's total-time */
     uint64_t transferred_bytes;
     uint64_t remaining_bytes;
-    uint64_t total_bytes;      /* guest RAM */
-    uint64_t dirty_pages_rate; /* pages/s, as QEMU last reported */
-    uint64_t passes;           /* dirty-sync-count */
-    double mbps;               /* QEMU's last throughput figure, megabits/s */
-    double progress;           /* 0..1: 1 - remaining / total while running */
-    char cpu_check[16];        /* "passed", "forced" (--force over a mismatch), or "" */
-    char vm_holder[16];        /* which side holds the VM: "source" or "destination" */
-    char vm_state[16];         /* its run state there at the end: "running", "paused", ... */
-    char mode[12];             /* "precopy", "postcopy" (it switched), "offline" */
-    double dirty_rate_mib_s;   /* the guest's, measured before starting (policy auto) */
+    uint64_t total_bytes;       /* guest RAM */
+    uint64_t dirty_pages_rate;  /* pages/s, as QEMU last reported */
+    uint64_t passes;            /* dirty-sync-count */
+    double mbps;                /* QEMU's last throughput figure, megabits/s */
+    double progress;            /* 0..1: 1 - remaining / total while running */
+    char cpu_check[16];         /* "passed", "forced" (--force over a mismatch), or "" */
+    char vm_holder[16];         /* which side holds the VM: "source" or "destination" */
+    char vm_state[16];          /* its run state there at the end: "running", "paused", ... */
+    char mode[12];              /* "precopy", "postcopy" (it switched), "offline" */
+    double dirty_rate_mib_s;    /* the guest's, measured before starting (policy auto) */
     uint64_t downtime_limit_ms; /* the limit QEMU had last */
     uint32_t throttle_pct;      /* the vCPU throttle QEMU applied last (auto-converge) */
     uint64_t postcopy_at_ms;    /* when it switched to post-copy, from the start; 0: never */
@@ -373,8 +373,8 @@ typedef struct vmig_policy_action {
 
 /* The actions of migration @job so far into @ret (up to @max of @size bytes each: use the
  * macro); how many there are. */
-VMIG_EXPORT size_t vmig_job_actions_sized(const vmig_job *job, vmig_policy_action *ret,
-                                          size_t max, size_t size);
+VMIG_EXPORT size_t vmig_job_actions_sized(const vmig_job *job, vmig_policy_action *ret, size_t max,
+                                          size_t size);
 #define vmig_job_actions(job, ret, max)                                                            \
     vmig_job_actions_sized((job), (ret), (max), sizeof(vmig_policy_action))
 
@@ -448,27 +448,27 @@ VMIG_EXPORT bool vmig_migrate_sized(vmig_engine *e, const char *name, const vmig
  * (query-migrate, query-migrate-parameters on the reader monitor) where it says, else from
  * the job state file; -1 (or "") when neither says. */
 typedef struct vmig_jobinfo {
-    char job[16];          /* "migrate"; "" when no job runs on the VM */
-    char state[16];        /* vmig_job_state_name() of the job; "none" when no job runs */
-    char last_state[16];   /* no job runs: how the last one ended ("cancelled", ...), or "" */
-    char holder[16];       /* which side holds the VM: "source" or "destination" */
-    char qemu_status[24];  /* QEMU's migration status on the VM ("active", "postcopy-active") */
-    char mode[12];         /* "precopy" or "postcopy" */
-    char policy[8];        /* the convergence policy: "auto" or "none" */
-    int engine_pid;        /* the process that runs the job; -1 unknown */
-    bool engine_alive;     /* false: it died (vmig_vm_recover() cleans up) */
-    int postcopy_armed;    /* 1 when post-copy can be started (postcopy-ram), 0 not, -1 unknown */
-    double progress;       /* 0..1 */
-    int64_t elapsed_ms;    /* since the job started (QEMU's total-time if the job says none) */
+    char job[16];         /* "migrate"; "" when no job runs on the VM */
+    char state[16];       /* vmig_job_state_name() of the job; "none" when no job runs */
+    char last_state[16];  /* no job runs: how the last one ended ("cancelled", ...), or "" */
+    char holder[16];      /* which side holds the VM: "source" or "destination" */
+    char qemu_status[24]; /* QEMU's migration status on the VM ("active", "postcopy-active") */
+    char mode[12];        /* "precopy" or "postcopy" */
+    char policy[8];       /* the convergence policy: "auto" or "none" */
+    int engine_pid;       /* the process that runs the job; -1 unknown */
+    bool engine_alive;    /* false: it died (vmig_vm_recover() cleans up) */
+    int postcopy_armed;   /* 1 when post-copy can be started (postcopy-ram), 0 not, -1 unknown */
+    double progress;      /* 0..1 */
+    int64_t elapsed_ms;   /* since the job started (QEMU's total-time if the job says none) */
     int64_t processed_bytes;
     int64_t remaining_bytes;
-    int64_t total_bytes;   /* guest RAM */
-    double mbit_s;         /* memory bandwidth, QEMU's last figure */
-    double mib_s;          /* the same in MiB/s */
-    int64_t dirty_pages_rate;  /* pages/s */
-    double dirty_mib_s;        /* the same in MiB/s */
-    int64_t page_size;         /* bytes */
-    int64_t iteration;         /* passes over memory (dirty-sync-count) */
+    int64_t total_bytes;      /* guest RAM */
+    double mbit_s;            /* memory bandwidth, QEMU's last figure */
+    double mib_s;             /* the same in MiB/s */
+    int64_t dirty_pages_rate; /* pages/s */
+    double dirty_mib_s;       /* the same in MiB/s */
+    int64_t page_size;        /* bytes */
+    int64_t iteration;        /* passes over memory (dirty-sync-count) */
     int64_t expected_downtime_ms;
     int64_t downtime_limit_ms;
     int64_t max_bandwidth_mib_s; /* QEMU's cap; 0 unlimited */

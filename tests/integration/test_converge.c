@@ -230,25 +230,6 @@ Test(converge, default_policy_converges)
     verify("pol");
 }
 
-/* Cuts the migration connection once post-copy runs, as a network failure would. */
-typedef struct cutter {
-    bool cut;
-    char *sock;
-} cutter;
-
-static void cut_in_postcopy(void *opaque, const vmig_migration_stats *st)
-{
-    cutter *c = opaque;
-    if (c->cut || !st->postcopy_at_ms || st->remaining_bytes < (4u << 20)) {
-        return;
-    }
-    c->cut = true;
-    const char *args[] = {"qmp", c->sock, "migrate-pause", NULL};
-    t_run_result r = t_cli(args);
-    cr_assert(eq(int, r.status, 0), "migrate-pause: %s%s", r.out, r.err);
-    t_run_result_clear(&r);
-}
-
 Test(converge, postcopy_cut_pauses_both_and_resume_completes)
 {
     T_SKIP_IF_QEMU_LOSES_WRITES();
@@ -256,9 +237,9 @@ Test(converge, postcopy_cut_pauses_both_and_resume_completes)
     vmig_migrate_opts o;
     hard_opts(&o);
     o.postcopy_after_precopy = true;
-    cutter c = {.sock = g_build_filename(state, "cut", ENG_READER_SOCK, NULL)};
+    t_cutter c = {.sock = g_build_filename(state, "cut", ENG_READER_SOCK, NULL)};
     vmig_migration_stats st;
-    vmig_job *j = run("cut", &o, cut_in_postcopy, &c, &st);
+    vmig_job *j = run("cut", &o, t_cut_in_postcopy, &c, &st);
     cr_assert(c.cut, "post-copy ran long enough to cut it");
     cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_FAILED));
     const char *msg = vmig_error_message(vmig_job_error(j));

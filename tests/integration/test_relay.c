@@ -567,26 +567,6 @@ Test(relay, between_network_namespaces)
     }
 }
 
-/* Cuts the migration once post-copy runs: QEMU's migrate-pause shuts its channel down, as a
- * broken network would, and the relay passes the end on. */
-typedef struct cutter {
-    bool cut;
-    char *sock;
-} cutter;
-
-static void cut_in_postcopy(void *opaque, const vmig_migration_stats *st)
-{
-    cutter *c = opaque;
-    if (c->cut || !st->postcopy_at_ms || st->remaining_bytes < (4u << 20)) {
-        return;
-    }
-    c->cut = true;
-    const char *args[] = {"qmp", c->sock, "migrate-pause", NULL};
-    t_run_result r = t_cli(args);
-    cr_assert(eq(int, r.status, 0), "migrate-pause: %s%s", r.out, r.err);
-    t_run_result_clear(&r);
-}
-
 static vmig_job *run_job(const vmig_migrate_opts *o, const char *name, vmig_progress_fn fn,
                          void *opaque)
 {
@@ -615,8 +595,8 @@ Test(relay, postcopy_cut_and_resumed_through_the_agent)
     o.bandwidth_mib_s = 8;
     o.policy = VMIG_POLICY_NONE;
     o.postcopy_after_precopy = true;
-    cutter c = {.sock = g_build_filename(state, "pcr", ENG_READER_SOCK, NULL)};
-    vmig_job *j = run_job(&o, "pcr", cut_in_postcopy, &c);
+    t_cutter c = {.sock = g_build_filename(state, "pcr", ENG_READER_SOCK, NULL)};
+    vmig_job *j = run_job(&o, "pcr", t_cut_in_postcopy, &c);
     cr_assert(c.cut, "post-copy ran long enough to cut it");
     cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_FAILED));
     const char *msg = vmig_error_message(vmig_job_error(j));

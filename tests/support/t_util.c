@@ -257,3 +257,16 @@ ring *t_ring(void)
     }
     return the_ring;
 }
+
+void t_cut_in_postcopy(void *opaque, const vmig_migration_stats *st)
+{
+    t_cutter *c = opaque;
+    if (c->cut || !st->postcopy_at_ms || st->remaining_bytes < (4u << 20)) {
+        return;
+    }
+    c->cut = true;
+    const char *args[] = {"qmp", c->sock, "migrate-pause", NULL};
+    t_run_result r = t_cli(args);
+    cr_assert(eq(int, r.status, 0), "migrate-pause: %s%s", r.out, r.err);
+    t_run_result_clear(&r);
+}

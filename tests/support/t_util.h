@@ -63,6 +63,15 @@ typedef struct t_run_result {
 t_run_result t_run(const char *const *argv);
 /* Runs the vmigrate CLI ($VMIG_CLI) with @args (NULL-terminated). */
 t_run_result t_cli(const char *const *args);
+
+/* A progress callback (vmig_progress_fn) that cuts a migration once it runs in post-copy with
+ * more than 4 MiB left: migrate-pause on the source's reader monitor @sock shuts its channel
+ * down, as a broken network would.  @cut says it did. */
+typedef struct t_cutter {
+    bool cut;
+    char *sock;
+} t_cutter;
+void t_cut_in_postcopy(void *opaque, const vmig_migration_stats *st);
 void t_run_result_clear(t_run_result *r);
 
 /* A unix-socket relay from @listen_path to @target_path that corrupts the body of every copy
