@@ -401,6 +401,12 @@ static void op_launch(vmig_agent *a, session *s, int64_t id, json_object *req)
                        q.name);
         goto fail;
     }
+    if (spec->qemu) { /* a key holder may start QEMUs here, not pick what runs */
+        vmig_set_error(&err, VMIG_E_INVAL,
+                       "the spec names a QEMU binary (%.200s): this agent runs its own",
+                       spec->qemu);
+        goto fail;
+    }
     if (q.cpu) {
         g_free(spec->cpu);
         spec->cpu = g_strdup(q.cpu);
@@ -524,7 +530,12 @@ static void op_define(vmig_agent *a, session *s, int64_t id, const char *op, jso
 {
     eng_def_req q = {0};
     vmig_error *err = NULL;
-    if (!eng_agent_read_define(req, op, &q, &err) || !def_apply(a, op, &q, &err)) {
+    json_object *qemu = NULL;
+    if (eng_agent_read_define(req, op, &q, &err) && q.spec &&
+        json_object_object_get_ex(q.spec, "qemu", &qemu)) {
+        vmig_set_error(&err, VMIG_E_INVAL, "the spec names a QEMU binary: this agent runs its own");
+    }
+    if (err || !def_apply(a, op, &q, &err)) {
         eng_log(a->e, VMIG_LOG_WARN, "agent: %s of VM '%s' for %s refused: %s", op,
                 q.name ? q.name : "?", s->peer, vmig_error_message(err));
         reply_error(a, s->id, id, "%s", vmig_error_message(err));

@@ -200,6 +200,13 @@ bool mig_converge_preflight(mig *m, vmig_error **errp)
     if (m->dest_spec && !dest_spec_check(m, errp)) {
         return false;
     }
+    if (m->dest_spec && m->dest_spec->qemu && m->link) {
+        vmig_set_error(errp, VMIG_E_INVAL,
+                       "--dest-spec names a QEMU (%s), but a vmig:// destination runs its "
+                       "agent's own (vmigrate agent --qemu there)",
+                       m->dest_spec->qemu);
+        return false;
+    }
     if (o->dirty_limit_mib_s && m->pf.src_tcg) {
         vmig_set_error(errp, VMIG_E_STATE,
                        "--dirty-limit needs KVM's dirty ring (QEMU 8.1 or later with "

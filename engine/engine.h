@@ -156,6 +156,7 @@ struct vmig_spec {
     char *initrd;
     char *append;
     char *uuid;            /* filled in at the first start; the destination reuses it */
+    char *qemu;            /* the QEMU binary for this VM; NULL: the engine's */
     GPtrArray *disks;      /* eng_disk * */
     GPtrArray *extra_args; /* char * */
 };
@@ -233,9 +234,10 @@ typedef struct eng_launch_req {
     const vmig_spec *spec; /* copied */
     const char *dir;       /* absolute instance directory; created, must not hold a live VM */
     vmig_accel accel;
-    bool incoming; /* -incoming defer -S */
-    bool guard;    /* killed when the engine dies, until eng_vm_release_guard() */
-    bool probe;    /* -machine none, in a fresh directory below the state directory */
+    bool incoming;    /* -incoming defer -S */
+    bool guard;       /* killed when the engine dies, until eng_vm_release_guard() */
+    bool probe;       /* -machine none, in a fresh directory below the state directory */
+    const char *qemu; /* a probe's binary; NULL: the engine's (others: the spec's, else it) */
     qmp_event_fn ev;
     void *ev_opaque;
 } eng_launch_req;

@@ -403,7 +403,9 @@ void mig_ask_source(vmig_job *j)
         eng_job_then(j, check_source);
         return;
     }
-    eng_launch_req req = {.accel = m->src->accel, .probe = true, .guard = true};
+    const vmig_spec *dspec = m->dest_spec ? m->dest_spec : m->src->spec;
+    eng_launch_req req = {
+        .accel = m->src->accel, .probe = true, .guard = true, .qemu = dspec->qemu};
     vmig_error *err = NULL;
     if (!eng_vm_launch(j->e, &req, probe_launched, j, &err)) {
         probe_launched(j, NULL, err);

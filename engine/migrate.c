@@ -1047,6 +1047,7 @@ void mig_launch_destination(vmig_job *j)
     g_free(dspec->cpu);
     dspec->cpu = g_strdup(m->dst_cpu);
     if (m->link) {
+        g_clear_pointer(&dspec->qemu, g_free); /* the agent runs its own */
         json_object *args = json_object_new_object();
         json_object_object_add(args, "name", json_object_new_string(m->name));
         json_object_object_add(args, "spec", eng_spec_to_obj(dspec));

@@ -145,6 +145,7 @@ static void define_dest(vmig_job *j)
     offline *o = j->data;
     eng_job_set_state(j, VMIG_JOB_PREPARING, VMIG_JOB_MIGRATING);
     if (o->link) {
+        g_clear_pointer(&o->spec->qemu, g_free); /* the agent runs its own */
         eng_job_hold(j);
         eng_link_define(o->link, o->name, o->spec, true, defined_remote, j);
     } else {

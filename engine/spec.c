@@ -31,6 +31,7 @@ void vmig_spec_free(vmig_spec *s)
     g_free(s->machine);
     g_free(s->cpu);
     g_free(s->kernel);
+    g_free(s->qemu);
     g_free(s->initrd);
     g_free(s->append);
     g_free(s->uuid);
@@ -305,6 +306,9 @@ static bool parse_field(spec_ctx *x, const char *key, json_object *val, vmig_spe
     if (strcmp(key, "kernel") == 0) {
         return get_path(x, val, key, &s->kernel);
     }
+    if (strcmp(key, "qemu") == 0) {
+        return get_path(x, val, key, &s->qemu);
+    }
     if (strcmp(key, "initrd") == 0) {
         return get_path(x, val, key, &s->initrd);
     }
@@ -327,7 +331,7 @@ static bool parse_field(spec_ctx *x, const char *key, json_object *val, vmig_spe
     }
     return bad(x, key,
                "unknown field (name, memory_mib, vcpus, machine, cpu, kernel, initrd, "
-               "append, disks, extra_args, uuid)");
+               "append, disks, extra_args, uuid, qemu)");
 }
 
 vmig_spec *eng_spec_from_json(json_object *obj, const char *origin, const char *base_dir,
@@ -435,6 +439,9 @@ json_object *eng_spec_to_obj(const vmig_spec *s)
     json_object_object_add(o, "cpu", json_object_new_string(s->cpu));
     if (s->kernel) {
         json_object_object_add(o, "kernel", json_object_new_string(s->kernel));
+    }
+    if (s->qemu) {
+        json_object_object_add(o, "qemu", json_object_new_string(s->qemu));
     }
     if (s->initrd) {
         json_object_object_add(o, "initrd", json_object_new_string(s->initrd));

@@ -250,6 +250,10 @@ static bool check_file(const char *what, const char *path, vmig_error **errp)
 
 static bool check_spec_files(const vmig_spec *s, vmig_error **errp)
 {
+    if (s->qemu && access(s->qemu, X_OK) < 0) {
+        vmig_set_error_errno(errp, errno, "qemu %s", s->qemu);
+        return false;
+    }
     if (!check_file("kernel", s->kernel, errp) || !check_file("initrd", s->initrd, errp)) {
         return false;
     }
@@ -563,11 +567,11 @@ static eng_vm *new_instance(vmig_engine *e, const vmig_spec *spec, const char *d
 }
 
 /* The argv of a throwaway QEMU with no machine, to ask things of. */
-static GPtrArray *probe_argv(vmig_engine *e, const char *dir, vmig_accel accel)
+static GPtrArray *probe_argv(const char *qemu, const char *dir, vmig_accel accel)
 {
     g_autofree char *chardev = g_strdup_printf("socket,id=m,path=%s/qmp.sock,server=on,wait=off",
                                                dir);
-    const char *const words[] = {e->qemu,
+    const char *const words[] = {qemu,
                                  "-name",
                                  "guest=probe",
                                  "-machine",
@@ -610,7 +614,7 @@ static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, vmig_er
     g_autoptr(eng_vm) vm = new_instance(e, req->probe ? NULL : req->spec, dir, req->accel);
     g_autoptr(GPtrArray) argv = NULL;
     if (req->probe) {
-        argv = probe_argv(e, dir, req->accel);
+        argv = probe_argv(req->qemu ? req->qemu : e->qemu, dir, req->accel);
     } else {
         if (!vm->spec->uuid) {
             vm->spec->uuid = g_uuid_string_random();
@@ -623,8 +627,10 @@ static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, vmig_er
             eng_vm_remove_dir(dir);
             return NULL;
         }
-        eng_launch l = {
-            .qemu = e->qemu, .dir = dir, .accel = req->accel, .incoming = req->incoming};
+        eng_launch l = {.qemu = vm->spec->qemu ? vm->spec->qemu : e->qemu,
+                        .dir = dir,
+                        .accel = req->accel,
+                        .incoming = req->incoming};
         argv = eng_spec_argv(vm->spec, &l);
     }
     g_autofree char *cmdline = g_strjoinv(" ", (char **)argv->pdata);

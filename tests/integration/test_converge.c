@@ -391,3 +391,35 @@ Test(converge, a_vm_migrated_again_and_again_stays_reachable)
     }
     verify("chain");
 }
+
+/* --dest-spec: the destination runs another spec (here another path to QEMU, which the
+ * pre-flight probe runs too); the VM's identity stays its own. */
+Test(converge, dest_spec_runs_the_destination_from_another_spec)
+{
+    start_guest("ds", 32, 0);
+    g_autofree char *qemu = g_build_filename(state, "qemu-link", NULL);
+    cr_assert(eq(int, symlink(vmig_engine_qemu(eng), qemu), 0));
+    g_autoptr(vmig_spec) other = t_guest_spec("ds", 32, 0);
+    g_autofree char *json = vmig_spec_to_json(other);
+    g_autoptr(json_object) o = json_tokener_parse(json);
+    json_object_object_add(o, "qemu", json_object_new_string(qemu));
+    g_autofree char *path = g_build_filename(state, "ds-dest.json", NULL);
+    cr_assert(g_file_set_contents(path, json_object_to_json_string(o), -1, NULL));
+    vmig_migrate_opts opts;
+    t_live_opts(&opts);
+    opts.dest_spec = path;
+    vmig_migration_stats st;
+    vmig_error *err = NULL;
+    g_autofree char *src_spec = g_build_filename(state, "ds", "spec.json", NULL);
+    g_autoptr(vmig_spec) before = vmig_spec_load(src_spec, &err);
+    cr_assert(before != NULL, "%s", vmig_error_message(err));
+    cr_assert(vmig_migrate(eng, "ds", &opts, NULL, NULL, &st, &err), "%s", vmig_error_message(err));
+    g_autoptr(vmig_spec) after = vmig_spec_load(src_spec, &err);
+    cr_assert(after != NULL, "%s", vmig_error_message(err));
+    cr_assert(eq(str, after->uuid, before->uuid), "the UUID stays the VM's");
+    cr_assert(eq(str, after->qemu, qemu));
+    char buf[32];
+    cr_assert(eq(str, (char *)run_state("ds", buf, sizeof(buf)), "running"));
+    g_unlink(path);
+    g_unlink(qemu);
+}
