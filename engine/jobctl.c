@@ -612,6 +612,22 @@ bool vmig_migration_set_speed(vmig_engine *e, const char *name, int mib_s, vmig_
     return set_parameter(e, name, "max-bandwidth", (int64_t)bw, errp);
 }
 
+/* @cmd, whose reply is dropped; a QEMU error that contains @needle is told by @instead. */
+static bool ctl_call_or(ctl *x, const char *cmd, json_object *args, const char *needle,
+                        void (*instead)(ctl *x, vmig_error **errp), vmig_error **errp)
+{
+    vmig_error *err = NULL;
+    json_object *r = ctl_call(x, cmd, args, &err);
+    if (!r && strstr(vmig_error_message(err), needle)) {
+        vmig_error_free(err);
+        instead(x, errp);
+        return false;
+    }
+    vmig_propagate_error(errp, err);
+    json_object_put(r);
+    return r != NULL;
+}
+
 static void not_armed(ctl *x, vmig_error **errp)
 {
     vmig_set_error(errp, VMIG_E_STATE,
@@ -643,16 +659,7 @@ static bool postcopy_run(ctl *x, vmig_error **errp)
         not_armed(x, errp);
         return false;
     }
-    vmig_error *err = NULL;
-    json_object *r = ctl_call(x, "migrate-start-postcopy", NULL, &err);
-    if (!r && strstr(vmig_error_message(err), "Enable postcopy")) {
-        vmig_error_free(err);
-        not_armed(x, errp);
-        return false;
-    }
-    vmig_propagate_error(errp, err);
-    json_object_put(r);
-    return r != NULL;
+    return ctl_call_or(x, "migrate-start-postcopy", NULL, "Enable postcopy", not_armed, errp);
 }
 
 bool vmig_migration_postcopy(vmig_engine *e, const char *name, vmig_error **errp)
@@ -719,16 +726,7 @@ static bool dirty_start(ctl *x, int seconds, vmig_error **errp)
     json_object *args = json_object_new_object();
     json_object_object_add(args, "calc-time", json_object_new_int(seconds));
     json_object_object_add(args, "mode", json_object_new_string("page-sampling"));
-    vmig_error *err = NULL;
-    json_object *r = ctl_call(x, "calc-dirty-rate", args, &err);
-    if (!r && strstr(vmig_error_message(err), "already being measured")) {
-        vmig_error_free(err);
-        dirty_busy(x, errp);
-        return false;
-    }
-    vmig_propagate_error(errp, err);
-    json_object_put(r);
-    return r != NULL;
+    return ctl_call_or(x, "calc-dirty-rate", args, "already being measured", dirty_busy, errp);
 }
 
 static bool dirtyrate(ctl *x, int seconds, vmig_dirtyrate_info *ret, vmig_error **errp)

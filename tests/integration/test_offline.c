@@ -25,10 +25,7 @@
 static char *src, *dst, *spec_file;
 static vmig_engine *eng;
 
-typedef struct agent {
-    char *dir, *key_dir, *key, *log, *dest;
-    pid_t pid;
-} agent;
+typedef t_agent agent;
 
 static void setup(void)
 {
@@ -140,64 +137,8 @@ static char *defined_uuid(const char *state)
     return uuid_of(def);
 }
 
-/* ---- an agent (as test_relay.c starts one) ----------------------------------------------------
+/* ---- an agent (t_agent_start) ----------------------------------------------------------------
  */
-
-static void agent_start(agent *a)
-{
-    a->dir = t_state_dir_new();
-    a->key_dir = t_state_dir_new();
-    a->key = g_build_filename(a->key_dir, "key", NULL);
-    a->log = g_build_filename(a->key_dir, "agent.log", NULL);
-    vmig_error *err = NULL;
-    cr_assert(vmig_key_create(a->key, &err), "%s", vmig_error_message(err));
-    const char *cli = getenv("VMIG_CLI"), *qemu = getenv("VMIG_QEMU");
-    cr_assert(cli && qemu, "VMIG_CLI and VMIG_QEMU must be set");
-    const char *argv[] = {cli,
-                          "--state-dir",
-                          a->dir,
-                          "--qemu",
-                          qemu,
-                          "--debug",
-                          "agent",
-                          "--listen",
-                          "127.0.0.1:0",
-                          "--key",
-                          a->key,
-                          "--accel",
-                          t_accel() == VMIG_ACCEL_KVM ? "kvm" : "tcg",
-                          NULL};
-    int out[2];
-    cr_assert(eq(int, pipe2(out, O_CLOEXEC), 0));
-    int log = open(a->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    cr_assert(ge(int, log, 0));
-    a->pid = fork();
-    cr_assert(ge(int, a->pid, 0));
-    if (a->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        dup2(out[1], STDOUT_FILENO);
-        dup2(log, STDERR_FILENO);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(out[1]);
-    close(log);
-    char line[128] = "";
-    size_t got = 0;
-    while (got + 1 < sizeof(line)) {
-        struct pollfd p = {.fd = out[0], .events = POLLIN};
-        cr_assert(gt(int, poll(&p, 1, 30000), 0), "the agent did not say where it listens");
-        ssize_t r = read(out[0], line + got, 1);
-        cr_assert(eq(long, (long)r, 1L), "the agent ended before it listened");
-        if (line[got++] == '\n') {
-            break;
-        }
-    }
-    close(out[0]);
-    line[strcspn(line, "\n")] = '\0';
-    cr_assert(g_str_has_prefix(line, "listening on "), "agent said '%s'", line);
-    a->dest = g_strdup_printf("vmig://%s", line + strlen("listening on "));
-}
 
 static void agent_stop(agent *a)
 {
@@ -300,7 +241,7 @@ Test(offline, library_to_a_local_state_directory)
 Test(offline, library_to_an_agent)
 {
     agent a = {0};
-    agent_start(&a);
+    t_agent_start(&a, NULL, "127.0.0.1");
     expect_cli(RUN("--state-dir", src, "vm", "define", spec_file), 0, NULL);
     g_autofree char *uuid = defined_uuid(src);
     vmig_error *err = NULL;
@@ -369,7 +310,7 @@ Test(offline, cli_to_an_agent)
 {
     skip_without_offline();
     agent a = {0};
-    agent_start(&a);
+    t_agent_start(&a, NULL, "127.0.0.1");
     expect_cli(RUN("--state-dir", src, "vm", "define", spec_file), 0, NULL);
     g_autofree char *uuid = defined_uuid(src);
     expect_cli(RUN("--state-dir", src, "migrate", "--offline", "--persistent", "--undefinesource",

@@ -26,85 +26,9 @@
 static char *state; /* the source's */
 static vmig_engine *eng;
 
-typedef struct agent {
-    char *dir, *key_dir, *key, *log, *dest, *netns;
-    int port;
-    pid_t pid;
-} agent;
+typedef t_agent agent;
 
 static agent ag;
-
-/* Runs `vmigrate agent` (in network namespace @netns when set) on @host, port 0. */
-static void agent_start(agent *a, const char *netns, const char *host)
-{
-    a->dir = t_state_dir_new();
-    a->key_dir = t_state_dir_new();
-    a->key = g_build_filename(a->key_dir, "key", NULL);
-    a->log = g_build_filename(a->key_dir, "agent.log", NULL);
-    a->netns = g_strdup(netns);
-    vmig_error *err = NULL;
-    cr_assert(vmig_key_create(a->key, &err), "%s", vmig_error_message(err));
-    const char *cli = getenv("VMIG_CLI"), *qemu = getenv("VMIG_QEMU");
-    if (!cli || !qemu) {
-        cr_fail("VMIG_CLI and VMIG_QEMU must be set");
-        return;
-    }
-    g_autofree char *listen = g_strdup_printf("%s:0", host);
-    const char *argv[24];
-    int n = 0;
-    if (netns) {
-        argv[n++] = "/usr/sbin/ip";
-        argv[n++] = "netns";
-        argv[n++] = "exec";
-        argv[n++] = netns;
-    }
-    argv[n++] = cli;
-    argv[n++] = "--state-dir";
-    argv[n++] = a->dir;
-    argv[n++] = "--qemu";
-    argv[n++] = qemu;
-    argv[n++] = "--debug";
-    argv[n++] = "agent";
-    argv[n++] = "--listen";
-    argv[n++] = listen;
-    argv[n++] = "--key";
-    argv[n++] = a->key;
-    argv[n++] = "--accel";
-    argv[n++] = t_accel() == VMIG_ACCEL_KVM ? "kvm" : "tcg";
-    argv[n] = NULL;
-    int out[2];
-    cr_assert(eq(int, pipe2(out, O_CLOEXEC), 0));
-    int log = open(a->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    cr_assert(ge(int, log, 0));
-    a->pid = fork();
-    cr_assert(ge(int, a->pid, 0));
-    if (a->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a test that dies takes its agent along */
-        dup2(out[1], STDOUT_FILENO);
-        dup2(log, STDERR_FILENO);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(out[1]);
-    close(log);
-    char line[128] = "";
-    size_t got = 0;
-    while (got + 1 < sizeof(line)) {
-        struct pollfd p = {.fd = out[0], .events = POLLIN};
-        cr_assert(gt(int, poll(&p, 1, 30000), 0), "the agent did not say where it listens");
-        ssize_t r = read(out[0], line + got, 1);
-        cr_assert(eq(long, (long)r, 1L), "the agent ended before it listened");
-        if (line[got++] == '\n') {
-            break;
-        }
-    }
-    close(out[0]);
-    line[strcspn(line, "\n")] = '\0';
-    const char *colon = strrchr(line, ':');
-    cr_assert(g_str_has_prefix(line, "listening on ") && colon, "agent said '%s'", line);
-    a->port = atoi(colon + 1);
-    a->dest = g_strdup_printf("vmig://%s", line + strlen("listening on "));
-}
 
 static char *agent_log_text(const agent *a)
 {
@@ -144,7 +68,7 @@ static void setup(void)
 {
     state = t_state_dir_new();
     eng = t_engine(state);
-    agent_start(&ag, NULL, "127.0.0.1");
+    t_agent_start(&ag, NULL, "127.0.0.1");
 }
 
 static void teardown(void)
@@ -538,7 +462,7 @@ Test(relay, between_network_namespaces)
     bool up = sh(cmd);
     agent far = {0};
     if (up) {
-        agent_start(&far, ns, "10.213.7.2");
+        t_agent_start(&far, ns, "10.213.7.2");
         start_guest("far", 128, 0);
         vmig_migrate_opts o;
         t_live_opts(&o);

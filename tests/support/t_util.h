@@ -5,6 +5,7 @@
 #include <glib.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "vmigrate.h"
 
@@ -63,6 +64,17 @@ typedef struct t_run_result {
 t_run_result t_run(const char *const *argv);
 /* Runs the vmigrate CLI ($VMIG_CLI) with @args (NULL-terminated). */
 t_run_result t_cli(const char *const *args);
+
+/* A `vmigrate agent` process ($VMIG_CLI, $VMIG_QEMU) with a new key, its own state directory
+ * and a log (stderr) beside the key. */
+typedef struct t_agent {
+    char *dir, *key_dir, *key, *log, *dest, *netns;
+    int port;
+    pid_t pid;
+} t_agent;
+/* Starts it (in network namespace @netns when set) on @host, port 0; dest is its vmig:// URL.
+ * It dies with the test process. */
+void t_agent_start(t_agent *a, const char *netns, const char *host);
 
 /* A progress callback (vmig_progress_fn) that cuts a migration once it runs in post-copy with
  * more than 4 MiB left: migrate-pause on the source's reader monitor @sock shuts its channel
