@@ -77,7 +77,8 @@ static const char vm_help[] =
 static const char migrate_help[] =
     "Usage: vmigrate migrate [OPTIONS] NAME DEST\n"
     "\n"
-    "Migrates the running VM NAME to DEST and waits until it is done.  DEST is 'local'\n"
+    "Migrates the running VM NAME (a shut-off, defined one with --offline --persistent) to\n"
+    "DEST and waits until it is done.  DEST is 'local'\n"
     "(a second QEMU on this host, same state directory), 'local:STATE_DIR' (a second QEMU\n"
     "on this host whose state lives in STATE_DIR, which must exist), or\n"
     "'vmig://HOST[:PORT]': the agent on HOST (port 4790 by default; see 'help agent')\n"
