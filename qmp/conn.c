@@ -296,10 +296,15 @@ static void timer_done(void *opaque, int res)
     }
     if (!c->freed && c->starting && c->start_deadline <= now) {
         g_autoptr(vmig_error) err = NULL;
-        vmig_set_error(&err, VMIG_E_TIMEOUT,
-                       "%s: no QMP greeting within %d ms: is this a "
-                       "QEMU monitor?",
-                       c->label, c->start_timeout_ms);
+        if (c->greeted) { /* two stalls that look alike from outside: say which */
+            vmig_set_error(&err, VMIG_E_TIMEOUT,
+                           "%s: QEMU greeted, then did not answer qmp_capabilities within %d ms",
+                           c->label, c->start_timeout_ms);
+        } else {
+            vmig_set_error(&err, VMIG_E_TIMEOUT,
+                           "%s: no QMP greeting within %d ms: is this a QEMU monitor?", c->label,
+                           c->start_timeout_ms);
+        }
         fail_start(c, err);
     }
     if (!leave(c)) {
@@ -478,6 +483,14 @@ static void caps_done(void *opaque, json_object *ret, const vmig_error *err)
 {
     qmp_conn *c = opaque;
     (void)ret;
+    if (err && vmig_error_code(err) == VMIG_E_TIMEOUT) { /* as the start deadline says it */
+        g_autoptr(vmig_error) terr = NULL;
+        vmig_set_error(&terr, VMIG_E_TIMEOUT,
+                       "%s: QEMU greeted, then did not answer qmp_capabilities within %d ms",
+                       c->label, c->start_timeout_ms);
+        fail_start(c, terr);
+        return;
+    }
     if (err) {
         fail_start(c, err);
         return;

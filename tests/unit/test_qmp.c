@@ -417,6 +417,26 @@ Test(qmp_conn, silent_peer_gives_no_greeting, .timeout = 10)
     finish(f);
 }
 
+Test(qmp_conn, greeting_without_a_capabilities_reply_says_so, .timeout = 10)
+{
+    static const t_step script[] = {
+        {T_SEND, T_GREETING},
+        {T_EXPECT, "qmp_capabilities"},
+        {T_SLEEP, .ms = 1000},
+        {T_END},
+    };
+    t_fake *f;
+    g_autoptr(qmp_conn) c = connect_fake(script, &f);
+    vmig_error *err = NULL;
+    cr_assert(not(qmp_conn_handshake(c, 300, &err)));
+    cr_assert(eq(int, vmig_error_code(err), VMIG_E_TIMEOUT));
+    cr_assert_not_null(strstr(vmig_error_message(err),
+                              "QEMU greeted, then did not answer qmp_capabilities within 300 ms"),
+                       "%s", vmig_error_message(err));
+    vmig_error_free(err);
+    finish(f);
+}
+
 Test(qmp_conn, connect_errors_name_the_path)
 {
     g_autoptr(qmp_conn) c = qmp_conn_new(t_ring(), "x");
