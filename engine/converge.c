@@ -258,6 +258,8 @@ json_object *mig_converge_caps(const mig *m, bool source)
     if (source) {
         set_cap(caps, have, "auto-converge", m->throttle_armed);
         set_cap(caps, have, "dirty-limit", m->o.dirty_limit_mib_s > 0);
+        /* storage copy: the mirrors finish while the vCPUs are stopped (storage.c) */
+        set_cap(caps, have, "pause-before-switchover", m->st.disks_copied > 0);
     }
     json_object *args = json_object_new_object();
     json_object_object_add(args, "capabilities", caps);

@@ -139,10 +139,13 @@ void eng_job_write_state(vmig_job *j, json_object *obj);
 
 /* ---- spec.c ------------------------------------------------------------------------------ */
 
+#define ENG_DISK_ID_FMT "disk%u" /* the -drive id of disk N: its name in block jobs */
+
 typedef struct eng_disk {
     char *path;
     char *format;
     char *interface;
+    char *cache; /* QEMU's cache mode; NULL: QEMU's default (writeback) */
     bool readonly;
 } eng_disk;
 
@@ -339,6 +342,37 @@ bool eng_guest_status_check(const struct vmig_guest_status *st, uint64_t ram_byt
 /* Reads the status block of the test guest from @vm's memory. */
 bool eng_guest_status(eng_vm *vm, struct vmig_guest_status *ret, vmig_error **errp);
 bool eng_guest_verify(eng_vm *vm, uint64_t *ret_pages, vmig_error **errp);
+
+/* ---- verify-disk.c: the test guest's disk, and QEMU's tools ------------------------------- */
+
+/* Checks @n sectors starting at @first against the disk fields of @st (pure: for tests). */
+void eng_verify_sectors(const struct vmig_guest_status *st, uint32_t first, const uint8_t *buf,
+                        uint32_t n, eng_verify_result *res);
+/* Pauses @vm if running, checks the image of the disk its test guest writes, resumes it. */
+bool eng_guest_verify_disk(eng_vm *vm, uint64_t *ret_sectors, vmig_error **errp);
+/* Path of QEMU's tool @tool (qemu-img, qemu-nbd): beside the engine's QEMU, else on PATH;
+ * NULL when there is none.  Owned. */
+char *eng_qemu_tool(const vmig_engine *e, const char *tool);
+/* Runs @argv (NULL-terminated) to its end, killed after @timeout_s; false with an error that
+ * quotes what it wrote on stderr. */
+bool eng_run_tool(const char *const *argv, int timeout_s, vmig_error **errp);
+/* The same, keeping what it wrote on stdout (owned). */
+bool eng_run_tool_out(const char *const *argv, int timeout_s, char **ret_out, vmig_error **errp);
+
+/* ---- storage.c: what the destination side does for a migration's disks ------------------- */
+
+#define ENG_IMAGE_DIR "images"  /* in the state directory: images a storage copy created */
+#define ENG_NBD_SOCK "nbd.sock" /* in a destination's directory: its NBD server */
+/* The shared-storage proof at the destination: @args {"disks":[{id, path, format, size,
+ * token_path, token}]}; false with an error naming the disk that fails. */
+bool eng_storage_check(vmig_engine *e, json_object *args, vmig_error **errp);
+/* Creates the images of a storage copy (@arr: [{disk, format, size, backing?,
+ * backing_format?}]) in @image_dir, points @spec's disks at them, and adds their paths to
+ * @created (also on failure, for eng_storage_remove()). */
+bool eng_storage_create(vmig_engine *e, const char *image_dir, const char *vm, json_object *arr,
+                        vmig_spec *spec, GPtrArray *created, vmig_error **errp);
+/* Removes the images in @created (may be NULL) and empties it. */
+void eng_storage_remove(GPtrArray *created);
 
 /* ---- define.c: VM definitions (persistent VMs) ------------------------------------------------
  *

@@ -121,7 +121,7 @@ static void decide(vmig_job *j)
         eng_job_fail(j, err);
         return;
     }
-    mig_launch_destination(j);
+    mig_storage_preflight(j, mig_launch_destination);
 }
 
 /* ---- prepare: what the source and the destination's QEMU are --------------------------------- */
@@ -396,6 +396,9 @@ void mig_ask_source(vmig_job *j)
     eng_job_call_opt(j, c, "query-machines", NULL, on_src_machines);
     eng_job_call(j, c, "query-cpus-fast", NULL, on_cpus);
     eng_job_call(j, c, "query-migrate-capabilities", NULL, on_src_caps);
+    if (m->src->spec->disks->len) {
+        eng_job_call(j, c, "query-block", NULL, mig_on_query_block);
+    }
     eng_job_hold(j);
     if (m->link) { /* the agent's QEMU, asked through it */
         eng_link_launch(m->link, "probe", NULL, "probe", NULL, m->src->accel, NULL, NULL,

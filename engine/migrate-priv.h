@@ -30,6 +30,9 @@ extern const char *const mig_status_names[MS_COUNT];
 mig_status mig_status_parse(const char *s);
 bool mig_status_active(mig_status s);
 
+typedef struct mig_disk mig_disk;
+void mig_disk_free(mig_disk *d);
+
 typedef struct mig {
     vmig_migrate_opts o; /* the caller's, at our size; o.dest points at dest */
     char *dest;
@@ -100,6 +103,18 @@ typedef struct mig {
     bool dirty_measured;
     void (*after_dirty)(vmig_job *j);
     vmig_spec *dest_spec; /* --dest-spec, checked against the VM's */
+    /* storage (storage.c) */
+    GPtrArray *disks;         /* mig_disk *: what the source's query-block says */
+    bool copy_storage;        /* --copy-storage-all or -inc */
+    GPtrArray *created;       /* char *: images made for the destination (local) */
+    char *nbd_dst_path;       /* the destination QEMU's NBD server socket */
+    char *nbd_src_path;       /* where the source's NBD clients connect (it, or the relay) */
+    bool mirroring;           /* mirrors started and not yet finished */
+    bool jobs_in_flight;      /* query-block-jobs sent */
+    bool pre_switchover_done; /* the mirrors finished at pre-switchover */
+    char *mirror_error;       /* the first mirror that failed, and why */
+    int64_t cleanup_deadline; /* rollback: waiting for cancelled mirrors */
+    eng_step_fn storage_next;
 } mig;
 
 /* converge.c: the options of convergence and modes, checked before anything runs. */
@@ -143,5 +158,25 @@ void mig_ask_source(vmig_job *j);
 void mig_launch_destination(vmig_job *j);
 /* migrate.c: lets go of the probe QEMU (the agent's is stopped there). */
 void mig_discard_probe(mig *m);
+
+/* storage.c: the migration's disks (see there). */
+bool mig_storage_opts(mig *m, vmig_error **errp);
+bool mig_on_query_block(vmig_job *j, json_object *ret, vmig_error **errp);
+/* Picks the disks to copy, checks the cache rule and proves the others shared; then @next. */
+void mig_storage_preflight(vmig_job *j, eng_step_fn next);
+/* The agent's launch argument "storage": what to create. */
+json_object *mig_storage_create_args(const mig *m);
+/* A local destination's images, made in its state directory; @dspec's disks point at them. */
+bool mig_storage_create_local(vmig_job *j, vmig_spec *dspec, vmig_error **errp);
+/* Exports the new images, starts the mirrors, waits until all are ready; then @next. */
+void mig_storage_start(vmig_job *j, eng_step_fn next);
+/* The source is at pre-switchover: the mirrors finish, migrate-continue; then @next. */
+void mig_storage_switchover(vmig_job *j, eng_step_fn next);
+void mig_storage_tick(vmig_job *j);
+void mig_storage_event(vmig_job *j, const char *ev, json_object *data);
+/* Stops the destination's NBD server once it has loaded. */
+void mig_storage_release_dst(vmig_job *j);
+/* Cancels the mirrors, drops their NBD clients, removes new local images; then @next. */
+void mig_storage_rollback(vmig_job *j, eng_step_fn next);
 
 #endif

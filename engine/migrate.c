@@ -228,6 +228,8 @@ static void src_event(void *opaque, const char *ev, json_object *data, int64_t t
         }
     } else if (strcmp(ev, "STOP") == 0) {
         m->src_stop_us = ts_us;
+    } else if (g_str_has_prefix(ev, "BLOCK_JOB_")) {
+        mig_storage_event(j, ev, data);
     }
     eng_job_kick(j);
 }
@@ -409,6 +411,7 @@ static void tick(vmig_job *j)
     if (j->state == VMIG_JOB_MIGRATING && !m->suspended && stalled(j)) {
         return;
     }
+    mig_storage_tick(j);
     bool poll = j->state == VMIG_JOB_MIGRATING || j->state == VMIG_JOB_SWITCHOVER ||
                 j->state == VMIG_JOB_ROLLING_BACK;
     if (poll && !m->poll_in_flight && m->src->qmp && qmp_conn_ready(m->src->qmp)) {
@@ -593,6 +596,7 @@ static void wait_resume(vmig_job *j)
 static void cont_released(vmig_job *j)
 {
     mig *m = M(j);
+    g_ptr_array_set_size(m->created, 0); /* the new images are the released VM's disks now */
     if (!m->was_running || m->o.suspend) {
         m->dest_took_over = true; /* stays paused, as the source was or as asked */
         running(j);
@@ -741,6 +745,7 @@ static void dst_loaded(vmig_job *j)
     /* Final figures.  QEMU 7.2 announces completed a moment before it computes downtime,
      * so they are read once the destination has loaded, not at the source's event. */
     eng_job_call_opt(j, m->src->qmp, "query-migrate", NULL, on_query_migrate_opt);
+    mig_storage_release_dst(j);
     eng_job_then(j, cont_destination);
 }
 
@@ -818,6 +823,8 @@ static void src_closed_final(vmig_job *j)
     }
 }
 
+static void wait_source(vmig_job *j);
+
 static void src_final(vmig_job *j)
 {
     mig *m = M(j);
@@ -843,6 +850,12 @@ static void src_final(vmig_job *j)
         postcopy_started(j);
         return;
     }
+    if (m->src_status == MS_PRE_SWITCHOVER && !m->pre_switchover_done) {
+        /* the vCPUs have stopped: the disks finish, then the device state goes */
+        m->pre_switchover_done = true;
+        mig_storage_switchover(j, wait_source);
+        return;
+    }
     if (m->src_status == MS_FAILED || m->src_status == MS_CANCELLED) {
         /* A destination that died makes the source fail with a broken pipe, and the source
          * may say so before the dying process has left: give it a moment to be the cause. */
@@ -861,7 +874,8 @@ static bool src_settled(vmig_job *j)
     mig *m = M(j);
     return m->src_status == MS_COMPLETED || m->src_status == MS_FAILED ||
            m->src_status == MS_POSTCOPY_ACTIVE || m->src_status == MS_POSTCOPY_PAUSED ||
-           m->src_status == MS_CANCELLED || m->dst_closed || m->src_closed;
+           m->src_status == MS_CANCELLED || m->dst_closed || m->src_closed ||
+           (m->src_status == MS_PRE_SWITCHOVER && !m->pre_switchover_done);
 }
 
 /* ---- perform --------------------------------------------------------------------------------- */
@@ -958,13 +972,19 @@ static void measure(vmig_job *j)
     mig_measure_dirty_rate(j, pause_source);
 }
 
+/* The disks to copy are mirrored and in step before memory moves. */
+static void copy_storage(vmig_job *j)
+{
+    mig_storage_start(j, measure);
+}
+
 static void incoming(vmig_job *j)
 {
     mig *m = M(j);
     json_object *args = json_object_new_object();
     json_object_object_add(args, "uri", json_object_new_string(m->uri));
     eng_job_call(j, m->dst->qmp, "migrate-incoming", args, NULL);
-    eng_job_then(j, measure);
+    eng_job_then(j, copy_storage);
 }
 
 static json_object *params_args(const mig *m, bool source)
@@ -1051,11 +1071,23 @@ void mig_launch_destination(vmig_job *j)
         json_object *args = json_object_new_object();
         json_object_object_add(args, "name", json_object_new_string(m->name));
         json_object_object_add(args, "spec", eng_spec_to_obj(dspec));
+        if (m->st.disks_copied) {
+            json_object_object_add(args, "storage", mig_storage_create_args(m));
+        }
         eng_job_hold(j);
         eng_link_launch(m->link, "launch", args, m->name, dspec, m->src->accel, dst_event, j,
                         dst_launched, j);
         eng_job_then(j, setup);
         return;
+    }
+    vmig_error *cerr = NULL;
+    if (!mig_storage_create_local(j, dspec, &cerr)) {
+        eng_job_fail(j, cerr);
+        return;
+    }
+    if (m->st.disks_copied) {
+        m->nbd_dst_path = g_build_filename(stage, ENG_NBD_SOCK, NULL);
+        m->nbd_src_path = g_strdup(m->nbd_dst_path);
     }
     eng_launch_req req = {.spec = dspec,
                           .dir = stage,
@@ -1389,6 +1421,8 @@ static void rb_source(vmig_job *j)
 
 /* Called once the cause is in j->err and nothing is in flight: put the source back and tear
  * the destination down.  After the destination took over, there is nothing to roll back. */
+static void rollback_source(vmig_job *j);
+
 static void rollback(vmig_job *j)
 {
     mig *m = M(j);
@@ -1402,6 +1436,13 @@ static void rollback(vmig_job *j)
     if (m->dst) {
         kill_destination(j);
     }
+    mig_storage_rollback(j, rollback_source);
+}
+
+/* The mirrors are cancelled and the new images gone: the source runs on as before. */
+static void rollback_source(vmig_job *j)
+{
+    mig *m = M(j);
     if (m->src && (!m->src->qmp || !qmp_conn_ready(m->src->qmp)) && eng_vm_alive(m->src)) {
         /* The source's monitor connection broke (garbage on it, say) but QEMU lives: a new
          * connection is what resumes a source left paused by a migration that completed. */
@@ -1458,6 +1499,12 @@ static void mig_free(vmig_job *j)
         g_array_free(m->actions, TRUE);
     }
     vmig_spec_free(m->dest_spec);
+    eng_storage_remove(m->created); /* none left unless the job failed before rollback */
+    g_ptr_array_free(m->created, TRUE);
+    g_ptr_array_free(m->disks, TRUE);
+    g_free(m->nbd_dst_path);
+    g_free(m->nbd_src_path);
+    g_free(m->mirror_error);
     g_free(m);
 }
 
@@ -1522,7 +1569,7 @@ static bool read_opts(mig *m, const vmig_migrate_opts *o, vmig_error **errp)
                        m->o.relay_bandwidth_mib_s);
         return false;
     }
-    if (!mig_converge_opts(m, errp)) {
+    if (!mig_converge_opts(m, errp) || !mig_storage_opts(m, errp)) {
         return false;
     }
     m->o.key_file = NULL; /* read in begin(); the caller's string is not kept */
@@ -1637,6 +1684,8 @@ vmig_job *vmig_migrate_start(vmig_engine *e, const char *name, const vmig_migrat
     }
     mig *m = g_new0(mig, 1);
     m->t0 = vmig_now_ms();
+    m->disks = g_ptr_array_new_with_free_func((GDestroyNotify)mig_disk_free);
+    m->created = g_ptr_array_new_with_free_func(g_free);
     m->name = g_strdup(name ? name : "");
     m->progress = progress;
     m->progress_opaque = progress_opaque;

@@ -19,6 +19,7 @@ static void disk_free(gpointer p)
     g_free(d->path);
     g_free(d->format);
     g_free(d->interface);
+    g_free(d->cache);
     g_free(d);
 }
 
@@ -160,6 +161,22 @@ static bool get_word(spec_ctx *x, json_object *v, const char *field, const char 
     return true;
 }
 
+/* QEMU's cache modes for -drive cache=. */
+static bool get_cache(spec_ctx *x, json_object *v, const char *field, char **ret)
+{
+    static const char *const modes[] = {"none", "writeback", "writethrough", "directsync",
+                                        "unsafe"};
+    if (!get_string(x, v, field, ret)) {
+        return false;
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(modes); i++) {
+        if (strcmp(*ret, modes[i]) == 0) {
+            return true;
+        }
+    }
+    return bad(x, field, "must be one of none, writeback, writethrough, directsync, unsafe");
+}
+
 /* -cpu MODEL[,+FEATURE|,-FEATURE...]: the CPU gate and enforce on the destination depend on
  * it saying nothing else ("qemu64,enforce=off" would switch the gate off). */
 static bool get_cpu(spec_ctx *x, json_object *v, char **ret)
@@ -232,11 +249,13 @@ static bool parse_disk(spec_ctx *x, json_object *d, size_t idx, vmig_spec *s)
             ok = get_word(x, val, f, "a disk format", &disk->format);
         } else if (strcmp(key, "interface") == 0) {
             ok = get_word(x, val, f, "a disk interface", &disk->interface);
+        } else if (strcmp(key, "cache") == 0) {
+            ok = get_cache(x, val, f, &disk->cache);
         } else if (strcmp(key, "readonly") == 0) {
             ok = json_object_is_type(val, json_type_boolean) || bad(x, f, "must be true or false");
             disk->readonly = ok && json_object_get_boolean(val);
         } else {
-            ok = bad(x, f, "unknown field (path, format, interface, readonly)");
+            ok = bad(x, f, "unknown field (path, format, interface, cache, readonly)");
         }
         if (!ok) {
             return false;
@@ -461,6 +480,9 @@ json_object *eng_spec_to_obj(const vmig_spec *s)
             if (d->format) {
                 json_object_object_add(dj, "format", json_object_new_string(d->format));
             }
+            if (d->cache) {
+                json_object_object_add(dj, "cache", json_object_new_string(d->cache));
+            }
             if (d->interface) {
                 json_object_object_add(dj, "interface", json_object_new_string(d->interface));
             }
@@ -582,9 +604,15 @@ GPtrArray *eng_spec_argv(const vmig_spec *s, const eng_launch *l)
     for (guint i = 0; i < s->disks->len; i++) {
         const eng_disk *d = g_ptr_array_index(s->disks, i);
         g_autofree char *path = opt_escape(d->path);
+        /* id=diskN names the drive for block jobs, node-name=vmig-diskN its image for NBD
+         * exports (storage.c) */
         add(a, "-drive");
-        addf(a, "file=%s,format=%s,if=%s%s", path, d->format ? d->format : "raw",
-             d->interface ? d->interface : "virtio", d->readonly ? ",readonly=on" : "");
+        addf(a,
+             "file=%s,format=%s,if=%s,id=" ENG_DISK_ID_FMT ",node-name=vmig-" ENG_DISK_ID_FMT
+             "%s%s%s",
+             path, d->format ? d->format : "raw", d->interface ? d->interface : "virtio", i, i,
+             d->cache ? ",cache=" : "", d->cache ? d->cache : "",
+             d->readonly ? ",readonly=on" : "");
     }
     for (guint i = 0; i < s->extra_args->len; i++) {
         add(a, g_ptr_array_index(s->extra_args, i));

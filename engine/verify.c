@@ -271,3 +271,10 @@ bool vmig_guest_verify(vmig_engine *e, const char *name, uint64_t *ret_pages, vm
     g_autoptr(eng_vm) vm = open_vm(e, name, errp);
     return vm && eng_guest_verify(vm, ret_pages, errp);
 }
+
+bool vmig_guest_verify_disk(vmig_engine *e, const char *name, uint64_t *ret_sectors,
+                            vmig_error **errp)
+{
+    g_autoptr(eng_vm) vm = open_vm(e, name, errp);
+    return vm && eng_guest_verify_disk(vm, ret_sectors, errp);
+}

@@ -333,6 +333,14 @@ typedef struct vmig_migrate_opts {
                                          * (finish non-live) or postcopy */
     int dirty_limit_mib_s; /* per-vCPU dirty-page limit (QEMU >= 8.1, KVM's dirty ring) */
     const char *compress;  /* multifd compression: NULL/"none", "zstd" or "zlib" */
+    /* storage: without these, every disk must be on storage both hosts share, which the
+     * pre-flight proves (a token written beside each image must be read at the destination) */
+    bool copy_storage_all;     /* copy the disks: whole images, mirrored over NBD while the
+                                * VM runs (with offline: copied with qemu-img) */
+    bool copy_storage_inc;     /* copy only each disk's top layer: the destination has its
+                                * backing file at the same path */
+    const char *migrate_disks; /* the disks to copy, "disk0,disk1" or their image paths; NULL:
+                                * every writable disk.  The others must be shared */
 } vmig_migrate_opts;
 
 /* Fills in the defaults for a struct of @size bytes (the caller's sizeof). */
@@ -348,21 +356,26 @@ typedef struct vmig_migration_stats {
     uint64_t qemu_total_ms;    /* QEMU's total-time */
     uint64_t transferred_bytes;
     uint64_t remaining_bytes;
-    uint64_t total_bytes;       /* guest RAM */
-    uint64_t dirty_pages_rate;  /* pages/s, as QEMU last reported */
-    uint64_t passes;            /* dirty-sync-count */
-    double mbps;                /* QEMU's last throughput figure, megabits/s */
-    double progress;            /* 0..1: 1 - remaining / total while running */
-    char cpu_check[16];         /* "passed", "forced" (--force over a mismatch), or "" */
-    char vm_holder[16];         /* which side holds the VM: "source" or "destination" */
-    char vm_state[16];          /* its run state there at the end: "running", "paused", ... */
-    char mode[12];              /* "precopy", "postcopy" (it switched), "offline" */
-    double dirty_rate_mib_s;    /* the guest's, measured before starting (policy auto) */
-    uint64_t downtime_limit_ms; /* the limit QEMU had last */
-    uint32_t throttle_pct;      /* the vCPU throttle QEMU applied last (auto-converge) */
-    uint64_t postcopy_at_ms;    /* when it switched to post-copy, from the start; 0: never */
-    uint64_t postcopy_requests; /* pages the destination faulted in during post-copy */
-    uint64_t setup_dirty_ms;    /* of setup_ms: measuring the dirty rate */
+    uint64_t total_bytes;            /* guest RAM */
+    uint64_t dirty_pages_rate;       /* pages/s, as QEMU last reported */
+    uint64_t passes;                 /* dirty-sync-count */
+    double mbps;                     /* QEMU's last throughput figure, megabits/s */
+    double progress;                 /* 0..1: 1 - remaining / total while running */
+    char cpu_check[16];              /* "passed", "forced" (--force over a mismatch), or "" */
+    char vm_holder[16];              /* which side holds the VM: "source" or "destination" */
+    char vm_state[16];               /* its run state there at the end: "running", "paused", ... */
+    char mode[12];                   /* "precopy", "postcopy" (it switched), "offline" */
+    double dirty_rate_mib_s;         /* the guest's, measured before starting (policy auto) */
+    uint64_t downtime_limit_ms;      /* the limit QEMU had last */
+    uint32_t throttle_pct;           /* the vCPU throttle QEMU applied last (auto-converge) */
+    uint64_t postcopy_at_ms;         /* when it switched to post-copy, from the start; 0: never */
+    uint64_t postcopy_requests;      /* pages the destination faulted in during post-copy */
+    uint64_t setup_dirty_ms;         /* of setup_ms: measuring the dirty rate */
+    uint64_t disk_total_bytes;       /* storage copy: bytes of the disks being copied */
+    uint64_t disk_transferred_bytes; /* copied so far (the mirrors' offsets) */
+    uint64_t disk_remaining_bytes;   /* left to copy */
+    uint64_t disk_ready_ms;          /* when every mirror was in step, from the start */
+    uint32_t disks_copied;           /* how many disks the migration copied */
 } vmig_migration_stats;
 
 /* What the convergence policy (or a timeout) did during a migration, in order. */
@@ -664,6 +677,13 @@ VMIG_EXPORT bool vmig_guest_wait_ready(vmig_engine *e, const char *name, int tim
  * was running.  @ret_pages receives the number of pages checked. */
 VMIG_EXPORT bool vmig_guest_verify(vmig_engine *e, const char *name, uint64_t *ret_pages,
                                    vmig_error **errp);
+
+/* The same for the disk the test guest writes (booted with vmig.disk_mib=N; its first IDE
+ * disk): pauses VM @name if running, reads the image (qemu-img converts one not raw) and
+ * checks every sector of the pattern; a lost or stale sector fails the check and is named.
+ * @ret_sectors receives the number of sectors checked. */
+VMIG_EXPORT bool vmig_guest_verify_disk(vmig_engine *e, const char *name, uint64_t *ret_sectors,
+                                        vmig_error **errp);
 
 /* ---- cleanup helper ------------------------------------------------------------------------ */
 

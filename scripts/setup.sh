@@ -13,11 +13,12 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PKGS=(gcc libc6-dev binutils cmake ninja-build pkg-config libjson-c-dev libglib2.0-dev
-      liburing-dev libcriterion-dev qemu-system-x86)
+      liburing-dev libcriterion-dev qemu-system-x86 qemu-utils)
 QEMU_OLD=/usr/bin/qemu-system-x86_64
 QEMU_DIR="$ROOT/build/qemu"
 QEMU_NEW="$QEMU_DIR/bin/qemu-system-x86_64"
-QEMU_NEW_PKGS=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
+QEMU_NEW_PKGS=(qemu-system-x86 qemu-system-common qemu-system-data seabios qemu-utils)
+QEMU_NEW_TOOLS=(qemu-img qemu-nbd) # storage copy; next to the QEMU binary, the engine's first pick
 QEMU_NEW_MIN=9.0 # the first QEMU whose TCG keeps guest writes during live migration
 
 SUDO=""
@@ -54,7 +55,7 @@ version_ge() { # $1 >= $2, dotted versions
 setup_qemu_new() {
     local have
     have=$(qemu_version "$QEMU_NEW" || true)
-    if [ -n "$have" ] && version_ge "$have" "$QEMU_NEW_MIN"; then
+    if [ -n "$have" ] && version_ge "$have" "$QEMU_NEW_MIN" && [ -x "$QEMU_DIR/bin/qemu-img" ]; then
         return 0
     fi
     echo "vmigrate setup: fetching QEMU from bookworm-backports into $QEMU_DIR" >&2
@@ -73,11 +74,14 @@ setup_qemu_new() {
         dpkg-deb -x "$deb" "$QEMU_DIR/root"
     done
     local real="$QEMU_DIR/root/usr/bin/qemu-system-x86_64"
-    if ldd "$real" | grep -q 'not found'; then
-        echo "vmigrate setup: $real lacks shared libraries:" >&2
-        ldd "$real" | grep 'not found' >&2
-        return 1
-    fi
+    local bin
+    for bin in "$real" "$QEMU_DIR/root/usr/bin/qemu-img" "$QEMU_DIR/root/usr/bin/qemu-nbd"; do
+        if ldd "$bin" | grep -q 'not found'; then
+            echo "vmigrate setup: $bin lacks shared libraries:" >&2
+            ldd "$bin" | grep 'not found' >&2
+            return 1
+        fi
+    done
     # QEMU looks for firmware in its build-time prefix; -L points it at the unpacked tree
     # (option ROMs come from the system's ipxe-qemu, which QEMU 7.2's package pulls in).
     mkdir -p "$QEMU_DIR/bin"
@@ -89,6 +93,10 @@ exec "$real" -L "$QEMU_DIR/root/usr/share/qemu" -L "$QEMU_DIR/root/usr/share/sea
 EOF
     chmod +x "$QEMU_NEW.tmp"
     mv "$QEMU_NEW.tmp" "$QEMU_NEW"
+    local tool
+    for tool in "${QEMU_NEW_TOOLS[@]}"; do
+        ln -sf "$QEMU_DIR/root/usr/bin/$tool" "$QEMU_DIR/bin/$tool"
+    done
     have=$(qemu_version "$QEMU_NEW")
     if [ -z "$have" ] || ! version_ge "$have" "$QEMU_NEW_MIN"; then
         echo "vmigrate setup: bookworm-backports gave QEMU '${have:-?}', need >= $QEMU_NEW_MIN" >&2

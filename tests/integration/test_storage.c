@@ -1,0 +1,253 @@
+/*
+ * Storage (issue 12) on real QEMU pairs: the test guest writes its disk while it runs, and
+ * every image a migration leaves is checked sector by sector, as memory is page by page.
+ */
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+#include <fcntl.h>
+#include <glib/gstdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "guest/guest-abi.h"
+#include "tests/support/t_util.h"
+
+#define READY_MS 120000
+#define MEM_MIB 64
+#define DISK_MIB 4
+
+static char *state;
+static vmig_engine *eng;
+static char *images; /* the test's own images, outside the state directory */
+
+static void setup(void);
+static void teardown(void);
+static void setup(void)
+{
+    state = t_state_dir_new();
+    eng = t_engine(state);
+    images = g_dir_make_tmp("vmig-img-XXXXXX", NULL);
+    cr_assert_not_null(images);
+}
+
+static void teardown2(void);
+
+static void teardown(void)
+{
+    teardown2();
+    t_engine_teardown(eng, state);
+    g_autoptr(GDir) d = g_dir_open(images, 0, NULL);
+    for (const char *n; d && (n = g_dir_read_name(d));) {
+        g_autofree char *p = g_build_filename(images, n, NULL);
+        unlink(p);
+    }
+    rmdir(images);
+    g_free(images);
+}
+
+TestSuite(storage, .init = setup, .fini = teardown, .timeout = 300);
+
+/* A new image @file of @mib MiB in @format in the test's directory; its path. */
+static char *make_image(const char *file, const char *format, int mib)
+{
+    char *path = g_build_filename(images, file, NULL);
+    g_autofree char *img = eng_qemu_tool(eng, "qemu-img");
+    cr_assert_not_null(img, "qemu-img not found");
+    g_autofree char *size = g_strdup_printf("%dM", mib);
+    const char *argv[] = {img, "create", "-q", "-f", format, path, size, NULL};
+    vmig_error *err = NULL;
+    cr_assert(eng_run_tool(argv, 30, &err), "%s", vmig_error_message(err));
+    return path;
+}
+
+/* The test guest with @disks (a JSON array) and the disk writer on its first IDE disk. */
+static void start_guest_disks(const char *name, int rate, const char *disks, int disk_kib_s)
+{
+    g_autofree char *extra = g_strdup_printf("vmig.disk_mib=%d vmig.disk_kib_s=%d", DISK_MIB,
+                                             disk_kib_s);
+    g_autoptr(vmig_spec) base = t_guest_spec_ex(name, MEM_MIB, rate, extra);
+    g_autofree char *json = vmig_spec_to_json(base);
+    g_autofree char *with = g_strdup_printf("%.*s, \"disks\": %s}", (int)(strlen(json) - 1), json,
+                                            disks);
+    vmig_error *err = NULL;
+    g_autoptr(vmig_spec) s = vmig_spec_parse(with, &err);
+    cr_assert_not_null(s, "%s", vmig_error_message(err));
+    cr_assert(vmig_vm_start(eng, s, t_accel(), &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_guest_wait_ready(eng, name, READY_MS, &err), "%s", vmig_error_message(err));
+}
+
+static void verify_all(const char *name)
+{
+    uint64_t pages = 0, sectors = 0;
+    vmig_error *err = NULL;
+    cr_assert(vmig_guest_verify(eng, name, &pages, &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_guest_verify_disk(eng, name, &sectors, &err), "%s", vmig_error_message(err));
+    cr_assert(ge(u64, sectors, (uint64_t)DISK_MIB * 2048 - VMIG_DISK_STEP), "checked %lu sectors",
+              (unsigned long)sectors);
+}
+
+/* Overwrites sector @s of raw image @path with a copy of sector @from. */
+static void stale_sector(const char *path, unsigned s, unsigned from)
+{
+    int fd = open(path, O_RDWR);
+    cr_assert(fd >= 0);
+    uint8_t buf[VMIG_SECTOR_SIZE];
+    cr_assert(
+        eq(sz, (size_t)pread(fd, buf, sizeof(buf), (off_t)from * VMIG_SECTOR_SIZE), sizeof(buf)));
+    cr_assert(
+        eq(sz, (size_t)pwrite(fd, buf, sizeof(buf), (off_t)s * VMIG_SECTOR_SIZE), sizeof(buf)));
+    close(fd);
+}
+
+Test(storage, the_disk_check_names_a_stale_sector)
+{
+    g_autofree char *raw = make_image("check.raw", "raw", 8);
+    g_autofree char *disks = g_strdup_printf("[{\"path\": \"%s\", \"interface\": \"ide\"}]", raw);
+    start_guest_disks("check", 0, disks, 512);
+    verify_all("check");
+    /* paused, the guest cannot mend it: sector 4000 now holds sector 100's record */
+    vmig_error *err = NULL;
+    char *out = vmig_qmp_call(g_build_filename(state, "check", ENG_READER_SOCK, NULL), "stop", NULL,
+                              10000, &err);
+    cr_assert_not_null(out, "%s", vmig_error_message(err));
+    free(out);
+    stale_sector(raw, 4000, 100);
+    uint64_t sectors = 0;
+    cr_assert(not(vmig_guest_verify_disk(eng, "check", &sectors, &err)));
+    const char *msg = vmig_error_message(err);
+    cr_assert(strstr(msg, "sector 4000 of disk0") && strstr(msg, "index 100"), "%s", msg);
+    vmig_error_free(err);
+}
+
+static bool job_done(void *opaque)
+{
+    return vmig_job_finished(opaque);
+}
+
+static vmig_job *run(const char *name, const vmig_migrate_opts *o, vmig_migration_stats *st)
+{
+    vmig_error *err = NULL;
+    vmig_job *j = vmig_migrate_start(eng, name, o, NULL, NULL, NULL, NULL, &err);
+    cr_assert(j != NULL, "%s", vmig_error_message(err));
+    cr_assert(eng_run_until(eng, job_done, j, &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_job_stats(j, st));
+    return j;
+}
+
+/* A second state directory on this host: the destination, with an engine of its own. */
+static char *state2;
+static vmig_engine *eng2;
+static const char *moved; /* the VM that went there */
+
+static const char *local_dest(void)
+{
+    static char dest[4200];
+    if (!state2) {
+        state2 = t_state_dir_new();
+        eng2 = t_engine(state2);
+    }
+    g_snprintf(dest, sizeof(dest), "local:%s", state2);
+    return dest;
+}
+
+/* Removes what a storage copy made in @st_dir's image directory: the VM's disks, which
+ * stopping it leaves, as stopping any VM does. */
+static void remove_images(const char *st_dir)
+{
+    g_autofree char *dir = g_build_filename(st_dir, "images", NULL);
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    for (const char *n; d && (n = g_dir_read_name(d));) {
+        g_autofree char *p = g_build_filename(dir, n, NULL);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+static void teardown2(void)
+{
+    if (state2) {
+        vmig_error *err = NULL;
+        if (moved) {
+            vmig_vm_stop(eng2, moved, 10000, &err); /* its images go once it has stopped */
+            vmig_error_free(err);
+            moved = NULL;
+        }
+        remove_images(state2);
+        t_engine_teardown(eng2, state2);
+        state2 = NULL;
+    }
+}
+
+/* qemu-img compare of two images (force-share: QEMUs hold them). */
+static bool same_image(const char *a, const char *b)
+{
+    g_autofree char *img = eng_qemu_tool(eng, "qemu-img");
+    const char *argv[] = {img, "compare", "-U", "-q", a, b, NULL};
+    return eng_run_tool(argv, 60, NULL);
+}
+
+/* The image a VM's disk @idx is on, from its spec at @st_dir. */
+static char *disk_path(vmig_engine *e, const char *st_dir, const char *name, unsigned idx)
+{
+    g_autofree char *dir = g_build_filename(st_dir, name, NULL);
+    g_autoptr(eng_vm) vm = eng_vm_find(e, dir, NULL);
+    cr_assert_not_null(vm, "no VM '%s' in %s", name, st_dir);
+    cr_assert(lt(u32, idx, vm->spec->disks->len));
+    const eng_disk *d = g_ptr_array_index(vm->spec->disks, idx);
+    return g_strdup(d->path);
+}
+
+/* Fills raw image @path with bytes that are not zero, so a copy that skipped them shows. */
+static void scribble(const char *path, int mib)
+{
+    FILE *f = fopen(path, "r+b");
+    cr_assert_not_null(f);
+    for (int i = 0; i < mib * 256; i++) {
+        uint32_t w[1024];
+        for (int k = 0; k < 1024; k++) {
+            w[k] = (uint32_t)(i * 2654435761u) ^ (uint32_t)k;
+        }
+        cr_assert(eq(sz, fwrite(w, 1, sizeof(w), f), sizeof(w)));
+    }
+    fclose(f);
+}
+
+Test(storage, copy_storage_all_moves_a_qcow2_and_a_raw_disk_live)
+{
+    g_autofree char *q = make_image("live.qcow2", "qcow2", 8);
+    g_autofree char *raw = make_image("data.raw", "raw", 4);
+    scribble(raw, 4);
+    g_autofree char *disks = g_strdup_printf(
+        "[{\"path\": \"%s\", \"format\": \"qcow2\", \"interface\": \"ide\"}, "
+        "{\"path\": \"%s\", \"format\": \"raw\"}]",
+        q, raw);
+    start_guest_disks("live", 8, disks, 256);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.live = true;
+    o.dest = local_dest();
+    o.copy_storage_all = true;
+    vmig_migration_stats st;
+    moved = "live";
+    vmig_job *j = run("live", &o, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    cr_assert(eq(u32, st.disks_copied, 2));
+    /* a mirror counts again what the guest rewrote while it ran */
+    cr_assert(ge(u64, st.disk_total_bytes, (uint64_t)12 << 20), "%lu",
+              (unsigned long)st.disk_total_bytes);
+    cr_assert(eq(u64, st.disk_remaining_bytes, 0));
+    vmig_job_free(j);
+    /* the destination runs on new images in its own directory, the guest's writes in them */
+    g_autofree char *d0 = disk_path(eng2, state2, "live", 0);
+    g_autofree char *d1 = disk_path(eng2, state2, "live", 1);
+    g_autofree char *imgdir = g_build_filename(state2, "images", NULL);
+    cr_assert(g_str_has_prefix(d0, imgdir) && g_str_has_prefix(d1, imgdir), "%s %s", d0, d1);
+    uint64_t pages = 0, sectors = 0;
+    vmig_error *err = NULL;
+    cr_assert(vmig_guest_verify(eng2, "live", &pages, &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_guest_verify_disk(eng2, "live", &sectors, &err), "%s", vmig_error_message(err));
+    cr_assert(ge(u64, sectors, (uint64_t)DISK_MIB * 2048 - VMIG_DISK_STEP));
+    cr_assert(same_image(raw, d1), "disk1's copy differs from its source");
+}
