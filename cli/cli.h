@@ -75,6 +75,9 @@ enum { /* migrate's long options without a letter (demo's start at 0x100) */
        CLI_OPT_PERSISTENT,
        CLI_OPT_UNDEFINE_SOURCE,
        CLI_OPT_DEST_SPEC,
+       CLI_OPT_COPY_ALL,
+       CLI_OPT_COPY_INC,
+       CLI_OPT_MIGRATE_DISKS,
 };
 
 typedef struct cli_migrate_args {

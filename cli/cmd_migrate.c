@@ -55,6 +55,9 @@ enum {
         {"persistent", no_argument, NULL, CLI_OPT_PERSISTENT},                                     \
         {"undefinesource", no_argument, NULL, CLI_OPT_UNDEFINE_SOURCE},                            \
         {"dest-spec", required_argument, NULL, CLI_OPT_DEST_SPEC},                                 \
+        {"copy-storage-all", no_argument, NULL, CLI_OPT_COPY_ALL},                                 \
+        {"copy-storage-inc", no_argument, NULL, CLI_OPT_COPY_INC},                                 \
+        {"migrate-disks", required_argument, NULL, CLI_OPT_MIGRATE_DISKS},                         \
     {                                                                                              \
         "stall-timeout", required_argument, NULL, 'S'                                              \
     }
@@ -70,6 +73,11 @@ static void print_summary(const char *name, const char *dest, const vmig_migrati
     printf("  transferred %8.1f MiB in %llu pass(es), %.0f Mbit/s\n",
            (double)st->transferred_bytes / (1024.0 * 1024.0), (unsigned long long)st->passes,
            st->mbps);
+    if (st->disks_copied) {
+        printf("  disks       %u copied, %.1f MiB mirrored, in step after %.1f s\n",
+               st->disks_copied, (double)st->disk_transferred_bytes / (1024.0 * 1024.0),
+               (double)st->disk_ready_ms / 1000.0);
+    }
     if (st->postcopy_at_ms) {
         printf("  post-copy   from %.1f s, %llu page(s) faulted in\n",
                (double)st->postcopy_at_ms / 1000.0, (unsigned long long)st->postcopy_requests);

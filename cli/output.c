@@ -151,6 +151,15 @@ json_object *cli_stats_json(const vmig_migration_stats *st)
     json_object_object_add(o, "postcopy_at_ms", json_object_new_int64((int64_t)st->postcopy_at_ms));
     json_object_object_add(o, "postcopy_requests",
                            json_object_new_int64((int64_t)st->postcopy_requests));
+    /* as domjobinfo's "File processed/remaining/total" */
+    json_object_object_add(o, "disks_copied", json_object_new_int64(st->disks_copied));
+    json_object_object_add(o, "disk_total_bytes",
+                           json_object_new_int64((int64_t)st->disk_total_bytes));
+    json_object_object_add(o, "disk_transferred_bytes",
+                           json_object_new_int64((int64_t)st->disk_transferred_bytes));
+    json_object_object_add(o, "disk_remaining_bytes",
+                           json_object_new_int64((int64_t)st->disk_remaining_bytes));
+    json_object_object_add(o, "disk_ready_ms", json_object_new_int64((int64_t)st->disk_ready_ms));
     return o;
 }
 
@@ -260,6 +269,17 @@ const char cli_migrate_opts_help[] =
     "  --postcopy-resume    finish a post-copy migration whose connection broke: both\n"
     "                       QEMUs are paused, each with part of the VM (give --live)\n"
     "\n"
+    "Storage (without these, every disk must be on storage both sides share, which the\n"
+    "pre-flight proves with a token file written beside each image):\n"
+    "  --copy-storage-all   copy the disks: the destination creates new images in its\n"
+    "                       state directory's images/ and the source mirrors each disk\n"
+    "                       to it over NBD while the VM runs; they finish in step with\n"
+    "                       the switchover\n"
+    "  --copy-storage-inc   copy only each disk's top layer (qcow2): the destination has\n"
+    "                       its backing file at the same path\n"
+    "  --migrate-disks LIST the disks to copy, disk0,disk1 (their order in the spec) or\n"
+    "                       image paths; the others must be shared\n"
+    "\n"
     "Convergence:\n"
     "  --policy auto|none   auto (the default, with --live): measure the guest's dirty\n"
     "                       rate first; when remaining memory stops shrinking, raise the\n"
@@ -310,6 +330,15 @@ static int migrate_mode_opt(cli_migrate_args *a, int opt, const char *val)
         return 1;
     case CLI_OPT_DEST_SPEC:
         a->opts.dest_spec = val;
+        return 1;
+    case CLI_OPT_COPY_ALL:
+        a->opts.copy_storage_all = true;
+        return 1;
+    case CLI_OPT_COPY_INC:
+        a->opts.copy_storage_inc = true;
+        return 1;
+    case CLI_OPT_MIGRATE_DISKS:
+        a->opts.migrate_disks = val;
         return 1;
     default:
         return 0;

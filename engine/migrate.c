@@ -110,6 +110,10 @@ static json_object *stats_json(const vmig_migration_stats *st)
     json_object_object_add(o, "throttle_pct", json_object_new_int64(st->throttle_pct));
     json_object_object_add(o, "postcopy_requests",
                            json_object_new_int64((int64_t)st->postcopy_requests));
+    json_object_object_add(o, "disk_total_bytes",
+                           json_object_new_int64((int64_t)st->disk_total_bytes));
+    json_object_object_add(o, "disk_transferred_bytes",
+                           json_object_new_int64((int64_t)st->disk_transferred_bytes));
     json_object_object_add(o, "dirty_rate_mib_s", json_object_new_double(st->dirty_rate_mib_s));
     return o;
 }

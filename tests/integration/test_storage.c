@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <glib/gstdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -250,4 +251,161 @@ Test(storage, copy_storage_all_moves_a_qcow2_and_a_raw_disk_live)
     cr_assert(vmig_guest_verify_disk(eng2, "live", &sectors, &err), "%s", vmig_error_message(err));
     cr_assert(ge(u64, sectors, (uint64_t)DISK_MIB * 2048 - VMIG_DISK_STEP));
     cr_assert(same_image(raw, d1), "disk1's copy differs from its source");
+}
+
+/* The proof file is gone from beside the images once the pre-flight has run. */
+static void no_token_left(const char *dir)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    for (const char *n; d && (n = g_dir_read_name(d));) {
+        cr_assert(not(g_str_has_prefix(n, ".vmig-shared-")), "left in %s: %s", dir, n);
+    }
+}
+
+Test(storage, the_preflight_passes_a_shared_disk_and_the_guest_goes_on_writing_it)
+{
+    g_autofree char *raw = make_image("shared.raw", "raw", 8);
+    g_autofree char *disks = g_strdup_printf(
+        "[{\"path\": \"%s\", \"interface\": \"ide\", \"cache\": \"none\"}]", raw);
+    start_guest_disks("shared", 8, disks, 256);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.live = true;
+    o.dest = local_dest();
+    vmig_migration_stats st;
+    moved = "shared";
+    vmig_job *j = run("shared", &o, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    cr_assert(eq(u32, st.disks_copied, 0));
+    vmig_job_free(j);
+    g_autofree char *d0 = disk_path(eng2, state2, "shared", 0);
+    cr_assert(eq(str, d0, raw), "a shared disk stays where it is");
+    no_token_left(images);
+    uint64_t pages = 0, sectors = 0;
+    vmig_error *err = NULL;
+    cr_assert(vmig_guest_verify(eng2, "shared", &pages, &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_guest_verify_disk(eng2, "shared", &sectors, &err), "%s",
+              vmig_error_message(err));
+}
+
+Test(storage, copy_storage_inc_copies_the_top_layer_over_a_shared_backing_file)
+{
+    g_autofree char *base = make_image("base.raw", "raw", 8);
+    scribble(base, 8);
+    g_autofree char *top = g_build_filename(images, "top.qcow2", NULL);
+    g_autofree char *img = eng_qemu_tool(eng, "qemu-img");
+    const char *argv[] = {img, "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", top, NULL};
+    vmig_error *err = NULL;
+    cr_assert(eng_run_tool(argv, 30, &err), "%s", vmig_error_message(err));
+    g_autofree char *disks = g_strdup_printf(
+        "[{\"path\": \"%s\", \"format\": \"qcow2\", \"interface\": \"ide\"}]", top);
+    start_guest_disks("inc", 8, disks, 256);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.live = true;
+    o.dest = local_dest();
+    o.copy_storage_inc = true;
+    vmig_migration_stats st;
+    moved = "inc";
+    vmig_job *j = run("inc", &o, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    cr_assert(eq(u32, st.disks_copied, 1));
+    vmig_job_free(j);
+    g_autofree char *d0 = disk_path(eng2, state2, "inc", 0);
+    cr_assert(not(eq(str, d0, top)));
+    uint64_t sectors = 0;
+    cr_assert(vmig_guest_verify_disk(eng2, "inc", &sectors, &err), "%s", vmig_error_message(err));
+    /* the upper half, which the guest never writes, reads from the shared base */
+    g_autofree char *raw_copy = g_build_filename(images, "copy-as.raw", NULL);
+    const char *conv[] = {img, "convert", "-U", "-O", "raw", d0, raw_copy, NULL};
+    cr_assert(eng_run_tool(conv, 60, &err), "%s", vmig_error_message(err));
+    g_autofree char *a = NULL, *b = NULL;
+    gsize alen = 0, blen = 0;
+    cr_assert(g_file_get_contents(raw_copy, &a, &alen, NULL));
+    cr_assert(g_file_get_contents(base, &b, &blen, NULL));
+    size_t from = (size_t)DISK_MIB << 20;
+    cr_assert(eq(sz, (size_t)alen, (size_t)blen));
+    cr_assert(memcmp(a + from, b + from, alen - from) == 0,
+              "the copy does not read the base where the guest never wrote");
+    const char *info[] = {img, "info", "-U", d0, NULL};
+    g_autofree char *out = NULL;
+    cr_assert(eng_run_tool_out(info, 30, &out, &err), "%s", vmig_error_message(err));
+    cr_assert(strstr(out, base) != NULL, "the copy is not backed by %s: %s", base, out);
+}
+
+Test(storage, migrate_disks_copies_one_disk_of_two_and_the_other_stays_shared)
+{
+    g_autofree char *q = make_image("sel.qcow2", "qcow2", 8);
+    g_autofree char *raw = make_image("kept.raw", "raw", 4);
+    g_autofree char *disks = g_strdup_printf(
+        "[{\"path\": \"%s\", \"format\": \"qcow2\", \"interface\": \"ide\"}, "
+        "{\"path\": \"%s\", \"cache\": \"none\"}]",
+        q, raw);
+    start_guest_disks("sel", 8, disks, 256);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.live = true;
+    o.dest = local_dest();
+    o.copy_storage_all = true;
+    o.migrate_disks = "disk0";
+    vmig_migration_stats st;
+    moved = "sel";
+    vmig_job *j = run("sel", &o, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    cr_assert(eq(u32, st.disks_copied, 1));
+    vmig_job_free(j);
+    g_autofree char *d0 = disk_path(eng2, state2, "sel", 0);
+    g_autofree char *d1 = disk_path(eng2, state2, "sel", 1);
+    cr_assert(not(eq(str, d0, q)), "disk0 is copied");
+    cr_assert(eq(str, d1, raw), "disk1 stays shared");
+    uint64_t sectors = 0;
+    vmig_error *err = NULL;
+    cr_assert(vmig_guest_verify_disk(eng2, "sel", &sectors, &err), "%s", vmig_error_message(err));
+}
+
+/* Kills the destination QEMU once its mirror has copied something, and not all. */
+static void kill_mid_mirror(void *opaque, const vmig_migration_stats *st)
+{
+    bool *killed = opaque;
+    if (*killed || st->disk_transferred_bytes == 0 ||
+        st->disk_transferred_bytes >= st->disk_total_bytes) {
+        return;
+    }
+    g_autofree char *dir = g_build_filename(state2, "doomed.incoming", NULL);
+    int pid = t_instance_pid(dir);
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        *killed = true;
+    }
+}
+
+Test(storage, the_destination_killed_during_the_mirror_leaves_the_source_and_no_image)
+{
+    g_autofree char *raw = make_image("doomed.raw", "raw", 64);
+    scribble(raw, 64);
+    g_autofree char *disks = g_strdup_printf("[{\"path\": \"%s\", \"interface\": \"ide\"}]", raw);
+    start_guest_disks("doomed", 8, disks, 256);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.live = true;
+    o.dest = local_dest();
+    o.copy_storage_all = true;
+    o.bandwidth_mib_s = 16; /* the mirror takes seconds */
+    bool killed = false;
+    vmig_error *err = NULL;
+    vmig_job *j = vmig_migrate_start(eng, "doomed", &o, kill_mid_mirror, &killed, NULL, NULL, &err);
+    cr_assert_not_null(j, "%s", vmig_error_message(err));
+    cr_assert(eng_run_until(eng, job_done, j, &err), "%s", vmig_error_message(err));
+    cr_assert(killed, "the mirror ended before the test could kill the destination");
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_FAILED));
+    const char *msg = vmig_error_message(vmig_job_error(j));
+    cr_assert(strstr(msg, "running on the source") != NULL, "%s", msg);
+    vmig_job_free(j);
+    g_autofree char *imgdir = g_build_filename(state2, "images", NULL);
+    cr_assert(not(g_file_test(imgdir, G_FILE_TEST_EXISTS)), "the partial image is left in %s",
+              imgdir);
+    verify_all("doomed");
 }
