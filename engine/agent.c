@@ -15,6 +15,9 @@
  *                                                            write VM V's definition here
  *                                                            (no spec: the running V's own)
  *               {"id":N,"op":"undefine","name":V}             remove it
+ *               {"id":N,"op":"storage-check","disks":[..]}    the shared-storage proof: each
+ *                                                            disk here, same format and size,
+ *                                                            the source's token beside it
  *               {"id":N,"op":"resume","name":V}               a released VM whose post-copy
  *                                                            broke: a new token, monitor and
  *                                                            channels, for migrate-recover
@@ -550,6 +553,21 @@ static void op_define(vmig_agent *a, session *s, int64_t id, const char *op, jso
     send_json(a, s->id, r);
 }
 
+/* The shared-storage proof (storage.c): each disk is here, the same image, with the token the
+ * source wrote beside it. */
+static void op_storage_check(vmig_agent *a, session *s, int64_t id, json_object *req)
+{
+    vmig_error *err = NULL;
+    if (!eng_storage_check(a->e, req, &err)) {
+        eng_log(a->e, VMIG_LOG_INFO, "agent: storage check for %s: %s", s->peer,
+                vmig_error_message(err));
+        reply_error(a, s->id, id, "%s", vmig_error_message(err));
+        vmig_error_free(err);
+        return;
+    }
+    send_json(a, s->id, ok_reply(id));
+}
+
 /* A VM released here whose post-copy migration broke (its engine went away, or the link did):
  * a new engine takes it over with a new token, a new monitor connection and a new relay for
  * the channels of the resumed migration, which QEMU takes at "uri" after migrate-recover. */
@@ -652,6 +670,8 @@ static void on_message(void *opaque, const char *text, size_t len)
         op_resume(a, s, q.id, req);
     } else if (strcmp(q.op, "define") == 0 || strcmp(q.op, "undefine") == 0) {
         op_define(a, s, q.id, q.op, req);
+    } else if (strcmp(q.op, "storage-check") == 0) {
+        op_storage_check(a, s, q.id, req);
     } else if (strcmp(q.op, "release") == 0 || strcmp(q.op, "finish") == 0 ||
                strcmp(q.op, "kill") == 0) {
         avm *v = find_owned(a, s, q.id, req);

@@ -462,6 +462,15 @@ void mig_storage_preflight(vmig_job *j, eng_step_fn next)
         eng_job_fail(j, err);
         return;
     }
+    if (m->link && m->st.disks_copied) {
+        vmig_set_error(&err, VMIG_E_INVAL,
+                       "--copy-storage-* to an agent (%s) is not built yet: the relay has no NBD "
+                       "channel.  Copy to a local destination, or put the disks on storage both "
+                       "hosts share",
+                       m->o.dest);
+        eng_job_fail(j, err);
+        return;
+    }
     bool any_shared = false;
     for (guint i = 0; i < m->disks->len; i++) {
         mig_disk *d = disk_at(m, i);

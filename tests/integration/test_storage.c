@@ -5,9 +5,10 @@
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <glib/gstdio.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "engine/engine.h"
@@ -408,4 +409,93 @@ Test(storage, the_destination_killed_during_the_mirror_leaves_the_source_and_no_
     cr_assert(not(g_file_test(imgdir, G_FILE_TEST_EXISTS)), "the partial image is left in %s",
               imgdir);
     verify_all("doomed");
+}
+
+/* ---- through an agent: the proof and the cache rule between hosts ------------------------ */
+
+static void agent_stop(t_agent *a)
+{
+    kill(a->pid, SIGTERM);
+    waitpid(a->pid, NULL, 0);
+    vmig_engine *ae = t_engine(a->dir);
+    t_engine_teardown(ae, a->dir); /* frees a->dir */
+    a->dir = NULL;
+    unlink(a->key);
+    unlink(a->log);
+    rmdir(a->key_dir);
+}
+
+static vmig_job *to_agent(const char *name, const t_agent *a, bool unsafe, vmig_migration_stats *st)
+{
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.live = true;
+    o.dest = a->dest;
+    o.key_file = a->key;
+    o.unsafe = unsafe;
+    return run(name, &o, st);
+}
+
+Test(storage, the_preflight_refuses_another_file_at_the_same_path)
+{
+    if (geteuid() != 0) {
+        cr_skip_test("needs root for a mount namespace");
+    }
+    g_autofree char *raw = make_image("twin.raw", "raw", 8);
+    /* the agent's view of the images directory: a copy of the image, same name, same size */
+    g_autofree char *other = g_dir_make_tmp("vmig-twin-XXXXXX", NULL);
+    g_autofree char *twin = g_build_filename(other, "twin.raw", NULL);
+    g_autofree char *bytes = NULL;
+    gsize len = 0;
+    cr_assert(g_file_get_contents(raw, &bytes, &len, NULL));
+    cr_assert(g_file_set_contents(twin, bytes, (gssize)len, NULL));
+    t_agent a = {0};
+    t_agent_start_ex(&a, NULL, "127.0.0.1", other, images);
+    g_autofree char *disks = g_strdup_printf(
+        "[{\"path\": \"%s\", \"interface\": \"ide\", \"cache\": \"none\"}]", raw);
+    start_guest_disks("twin", 8, disks, 256);
+    vmig_migration_stats st;
+    vmig_job *j = to_agent("twin", &a, false, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_FAILED));
+    const char *msg = vmig_error_message(vmig_job_error(j));
+    cr_assert(strstr(msg, "another file with the same name") && strstr(msg, "disk0") &&
+                  strstr(msg, "--copy-storage-all") && strstr(msg, "running on the source"),
+              "%s", msg);
+    vmig_job_free(j);
+    no_token_left(images);
+    verify_all("twin");
+    agent_stop(&a);
+    unlink(twin);
+    rmdir(other);
+}
+
+Test(storage, a_shared_disk_with_the_page_cache_is_refused_between_hosts_unless_unsafe)
+{
+    g_autofree char *raw = make_image("nfs.raw", "raw", 8);
+    t_agent a = {0};
+    t_agent_start(&a, NULL, "127.0.0.1");
+    g_autofree char *disks = g_strdup_printf(
+        "[{\"path\": \"%s\", \"interface\": \"ide\", \"cache\": \"writeback\"}]", raw);
+    start_guest_disks("nfs", 8, disks, 256);
+    vmig_migration_stats st;
+    vmig_job *j = to_agent("nfs", &a, false, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_FAILED));
+    const char *msg = vmig_error_message(vmig_job_error(j));
+    cr_assert(strstr(msg, "cache=writeback") && strstr(msg, "--unsafe") &&
+                  strstr(msg, "running on the source"),
+              "%s", msg);
+    vmig_job_free(j);
+    verify_all("nfs");
+    /* --unsafe: the proof passes (the agent reads the token), and the VM moves */
+    j = to_agent("nfs", &a, true, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    vmig_job_free(j);
+    no_token_left(images);
+    vmig_engine *ae = t_engine(a.dir);
+    uint64_t sectors = 0;
+    vmig_error *err = NULL;
+    cr_assert(vmig_guest_verify_disk(ae, "nfs", &sectors, &err), "%s", vmig_error_message(err));
+    vmig_engine_free(ae);
+    agent_stop(&a);
 }

@@ -277,6 +277,12 @@ void t_cut_in_postcopy(void *opaque, const vmig_migration_stats *st)
 /* Runs `vmigrate agent` (in network namespace @netns when set) on @host, port 0. */
 void t_agent_start(t_agent *a, const char *netns, const char *host)
 {
+    t_agent_start_ex(a, netns, host, NULL, NULL);
+}
+
+void t_agent_start_ex(t_agent *a, const char *netns, const char *host, const char *bind_from,
+                      const char *bind_at)
+{
     a->dir = t_state_dir_new();
     a->key_dir = t_state_dir_new();
     a->key = g_build_filename(a->key_dir, "key", NULL);
@@ -290,13 +296,25 @@ void t_agent_start(t_agent *a, const char *netns, const char *host)
         return;
     }
     g_autofree char *listen = g_strdup_printf("%s:0", host);
-    const char *argv[24];
+    const char *argv[40];
     int n = 0;
     if (netns) {
         argv[n++] = "/usr/sbin/ip";
         argv[n++] = "netns";
         argv[n++] = "exec";
         argv[n++] = netns;
+    }
+    if (bind_from) { /* a host of its own as far as files go: another file at the same path */
+        argv[n++] = "/usr/bin/unshare";
+        argv[n++] = "--mount";
+        argv[n++] = "--propagation";
+        argv[n++] = "private";
+        argv[n++] = "/bin/sh";
+        argv[n++] = "-c";
+        argv[n++] = "mount --bind \"$1\" \"$2\" && shift 2 && exec \"$@\"";
+        argv[n++] = "sh";
+        argv[n++] = bind_from;
+        argv[n++] = bind_at;
     }
     argv[n++] = cli;
     argv[n++] = "--state-dir";

@@ -75,6 +75,10 @@ typedef struct t_agent {
 /* Starts it (in network namespace @netns when set) on @host, port 0; dest is its vmig:// URL.
  * It dies with the test process. */
 void t_agent_start(t_agent *a, const char *netns, const char *host);
+/* The same, in a mount namespace of its own where directory @bind_from is mounted over
+ * @bind_at: what the agent sees at @bind_at is not what the test sees (two hosts' disks). */
+void t_agent_start_ex(t_agent *a, const char *netns, const char *host, const char *bind_from,
+                      const char *bind_at);
 
 /* A progress callback (vmig_progress_fn) that cuts a migration once it runs in post-copy with
  * more than 4 MiB left: migrate-pause on the source's reader monitor @sock shuts its channel
