@@ -6,8 +6,12 @@
  *   control   the engine's requests, JSON in CONTROL frames, answered in order:
  *               {"id":N,"op":"info"}
  *               {"id":N,"op":"probe","accel":A}                a QEMU to ask (-machine none)
- *               {"id":N,"op":"launch","name":V,"spec":{..},"cpu":C,"accel":A}
- *                                                            the destination, -incoming defer -S
+ *               {"id":N,"op":"launch","name":V,"spec":{..},"cpu":C,"accel":A,
+ *                "storage":[{disk,format,size,backing?,..}]} the destination, -incoming defer -S;
+ *                                                            with storage, new images for those
+ *                                                            disks (removed unless released)
+ *                                                            and "nbd": where its NBD server
+ *                                                            is to listen
  *               {"id":N,"op":"release","token":T}             the switchover: it outlives us
  *               {"id":N,"op":"finish","token":T}              give it the VM's name
  *               {"id":N,"op":"kill","token":T}                stop it and remove its directory
@@ -23,8 +27,9 @@
  *                                                            channels, for migrate-recover
  *             Replies: {"id":N,"ok":true,...} or {"id":N,"error":"..."}.
  *   qmp       the engine's monitor connection to a QEMU this agent started (token)
- *   main, multifd, preempt
- *             QEMU's migration channels, into that migration's tp_dest_relay (token)
+ *   main, multifd, preempt, nbd
+ *             QEMU's migration channels and a storage copy's NBD connections, into that
+ *             migration's tp_dest_relay (token)
  * A QEMU belongs to the control connection that asked for it: when that connection ends,
  * every QEMU of it not yet released is stopped and its directory removed.  While the agent
  * lives its guard process holds each QEMU, so an agent that dies takes its unreleased QEMUs
@@ -77,6 +82,7 @@ typedef struct avm {
     int qmp_fd[2];
     int64_t reply_id; /* the launch's request, answered when QEMU is up */
     int64_t t0_us;
+    GPtrArray *created; /* images made for a storage copy: removed unless it was released */
 } avm;
 
 typedef struct pending {
@@ -176,6 +182,10 @@ static void log_channels(avm *v, const char *how)
 
 static void avm_free(avm *v)
 {
+    if (!v->released) {
+        eng_storage_remove(v->created);
+    }
+    g_ptr_array_free(v->created, TRUE);
     tp_dest_relay_free(v->relay);
     tp_pump_free(v->qmp_pump);
     for (int i = 0; i < 2; i++) {
@@ -295,6 +305,11 @@ static void launched(void *opaque, eng_vm *vm, const vmig_error *err)
         g_autofree char *uri = g_strconcat("unix:", sock, NULL);
         json_object_object_add(r, "uri", json_object_new_string(uri));
         v->relay = tp_dest_relay_new(a->e->ring, sock, NULL, RELAY_TIMEOUT_MS, relay_failed, v);
+        if (v->created->len) { /* a storage copy: the engine starts QEMU's NBD server there */
+            g_autofree char *nbd = g_build_filename(vm->dir, ENG_NBD_SOCK, NULL);
+            tp_dest_relay_set_nbd(v->relay, nbd);
+            json_object_object_add(r, "nbd", json_object_new_string(nbd));
+        }
     }
     eng_log(a->e, VMIG_LOG_INFO, "agent: %s '%s' started (pid %d) for %s",
             v->probe ? "probe" : "VM", v->name, vm->pid,
@@ -314,6 +329,7 @@ static avm *avm_new(vmig_agent *a, unsigned sid, int64_t id, const char *name, v
     v->reply_id = id;
     v->lock_fd = -1;
     v->qmp_fd[0] = v->qmp_fd[1] = -1;
+    v->created = g_ptr_array_new_with_free_func(g_free);
     v->name = g_strdup(name);
     v->t0_us = g_get_monotonic_time();
     if (!tp_random(v->token, sizeof(v->token), errp)) {
@@ -377,12 +393,13 @@ static void op_launch(vmig_agent *a, session *s, int64_t id, json_object *req)
 {
     struct {
         const char *name, *cpu;
-        json_object *spec;
+        json_object *spec, *storage;
     } q = {0};
     static const vmig_jfield fields[] = {
         {"name", VJ_STRING, offsetof(typeof(q), name), VJ_MANDATORY},
         {"cpu", VJ_STRING, offsetof(typeof(q), cpu), 0},
         {"spec", VJ_OBJECT, offsetof(typeof(q), spec), VJ_MANDATORY},
+        {"storage", VJ_ARRAY, offsetof(typeof(q), storage), 0},
         {NULL},
     };
     vmig_error *err = NULL;
@@ -432,6 +449,13 @@ static void op_launch(vmig_agent *a, session *s, int64_t id, json_object *req)
                        g_file_test(v->final_dir, G_FILE_TEST_EXISTS) ? v->final_dir : v->stage);
         avm_remove(v);
         goto fail;
+    }
+    if (q.storage) { /* a storage copy: new images here, the spec's disks on them */
+        g_autofree char *images = g_build_filename(a->e->state_dir, ENG_IMAGE_DIR, NULL);
+        if (!eng_storage_create(a->e, images, q.name, q.storage, spec, v->created, &err)) {
+            avm_remove(v); /* removes what it made */
+            goto fail;
+        }
     }
     eng_launch_req lr = {
         .spec = spec, .dir = v->stage, .accel = a->accel, .incoming = true, .guard = true};

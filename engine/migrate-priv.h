@@ -104,11 +104,14 @@ typedef struct mig {
     void (*after_dirty)(vmig_job *j);
     vmig_spec *dest_spec; /* --dest-spec, checked against the VM's */
     /* storage (storage.c) */
-    GPtrArray *disks;         /* mig_disk *: what the source's query-block says */
-    bool copy_storage;        /* --copy-storage-all or -inc */
-    GPtrArray *created;       /* char *: images made for the destination (local) */
-    char *nbd_dst_path;       /* the destination QEMU's NBD server socket */
-    char *nbd_src_path;       /* where the source's NBD clients connect (it, or the relay) */
+    GPtrArray *disks;             /* mig_disk *: what the source's query-block says */
+    bool copy_storage;            /* --copy-storage-all or -inc */
+    GPtrArray *created;           /* char *: images made for the destination (local) */
+    char *nbd_dst_path;           /* the destination QEMU's NBD server socket */
+    char *nbd_src_path;           /* where the source's NBD clients connect (it, or the relay) */
+    tp_source_relay *nbd_relay;   /* vmig://: the NBD clients' relay to the agent */
+    tp_channel_stats nbd_chan[8]; /* its channels, kept at its end */
+    size_t n_nbd_chan;
     bool mirroring;           /* mirrors started and not yet finished */
     bool jobs_in_flight;      /* query-block-jobs sent */
     bool pre_switchover_done; /* the mirrors finished at pre-switchover */
@@ -158,6 +161,11 @@ void mig_ask_source(vmig_job *j);
 void mig_launch_destination(vmig_job *j);
 /* migrate.c: lets go of the probe QEMU (the agent's is stopped there). */
 void mig_discard_probe(mig *m);
+
+/* migrate.c: a relay to the agent from socket @file in the source's directory (its path in
+ * @ret_path): QEMU's migration channels (@fixed 0) or its NBD clients (TP_KIND_NBD). */
+tp_source_relay *mig_relay_new(vmig_job *j, const char *file, tp_kind fixed, char **ret_path,
+                               vmig_error **errp);
 
 /* storage.c: the migration's disks (see there). */
 bool mig_storage_opts(mig *m, vmig_error **errp);

@@ -169,6 +169,10 @@ static void keep_channels(mig *m)
         m->n_chan = tp_source_relay_stats(m->relay, m->chan, G_N_ELEMENTS(m->chan));
         g_clear_pointer(&m->relay, tp_source_relay_free);
     }
+    if (m->nbd_relay) {
+        m->n_nbd_chan = tp_source_relay_stats(m->nbd_relay, m->nbd_chan, G_N_ELEMENTS(m->nbd_chan));
+        g_clear_pointer(&m->nbd_relay, tp_source_relay_free);
+    }
 }
 
 static void end(vmig_job *j, vmig_job_state final)
@@ -899,16 +903,18 @@ static void relay_failed(void *opaque, const vmig_error *err)
     }
 }
 
-/* The source migrates to a socket of ours; each of its channels goes on to the agent. */
-static bool start_relay(vmig_job *j, vmig_error **errp)
+/* A relay from a socket of ours (@file in the source's directory) to the agent: the source
+ * QEMU's migration channels (@fixed 0), or its NBD clients (TP_KIND_NBD). */
+tp_source_relay *mig_relay_new(vmig_job *j, const char *file, tp_kind fixed, char **ret_path,
+                               vmig_error **errp)
 {
     mig *m = M(j);
     uint8_t token[TP_TOKEN_LEN];
     if (!eng_link_token(m->dst->remote_token, token)) {
         vmig_set_error(errp, VMIG_E_PROTO, "the agent gave a bad token");
-        return false;
+        return NULL;
     }
-    g_autofree char *path = g_build_filename(m->src->dir, "relay.sock", NULL);
+    g_autofree char *path = g_build_filename(m->src->dir, file, NULL);
     unlink(path); /* a dead engine's: the VM's lock says none other runs */
     const char *delay = g_getenv("VMIG_TEST_DELAY_MAIN_MS"); /* tests: main arrives last */
     tp_source_cfg cfg = {
@@ -918,13 +924,26 @@ static bool start_relay(vmig_job *j, vmig_error **errp)
         .timeout_ms = RELAY_TIMEOUT_MS,
         .delay_main_ms = delay ? (int)CLAMP(g_ascii_strtoll(delay, NULL, 10), 0, 60000) : 0,
         .first_is_main = m->o.postcopy_resume,
+        .fixed_kind = fixed,
     };
     cfg.agent = eng_link_addr(m->link, &cfg.agent_len);
-    if (m->o.relay_bandwidth_mib_s) {
+    if (m->o.relay_bandwidth_mib_s && !m->limiter) {
         m->limiter = tp_limiter_new((uint64_t)m->o.relay_bandwidth_mib_s << 20);
-        cfg.limiter = m->limiter;
     }
-    m->relay = tp_source_relay_new(j->e->ring, &cfg, relay_failed, j, errp);
+    cfg.limiter = m->limiter;
+    tp_source_relay *r = tp_source_relay_new(j->e->ring, &cfg, relay_failed, j, errp);
+    if (r) {
+        *ret_path = g_steal_pointer(&path);
+    }
+    return r;
+}
+
+/* The source migrates to a socket of ours; each of its channels goes on to the agent. */
+static bool start_relay(vmig_job *j, vmig_error **errp)
+{
+    mig *m = M(j);
+    g_autofree char *path = NULL;
+    m->relay = mig_relay_new(j, "relay.sock", 0, &path, errp);
     if (!m->relay) {
         return false;
     }
@@ -1469,6 +1488,7 @@ static void mig_free(vmig_job *j)
 {
     mig *m = j->data;
     tp_source_relay_free(m->relay);
+    tp_source_relay_free(m->nbd_relay);
     tp_limiter_free(m->limiter);
     eng_vm_free(m->src);
     eng_vm_free(m->dst);
@@ -1762,13 +1782,19 @@ size_t vmig_job_channels_sized(const vmig_job *job, vmig_channel_stats *ret, siz
         return 0;
     }
     const mig *m = job->data;
-    tp_channel_stats live[G_N_ELEMENTS(m->chan)];
-    const tp_channel_stats *cs = m->chan;
-    size_t n = m->n_chan;
-    if (m->relay) {
-        n = tp_source_relay_stats(m->relay, live, G_N_ELEMENTS(live));
-        cs = live;
+    tp_channel_stats cs[G_N_ELEMENTS(m->chan) + G_N_ELEMENTS(m->nbd_chan)];
+    size_t n = m->relay ? tp_source_relay_stats(m->relay, cs, G_N_ELEMENTS(m->chan)) : m->n_chan;
+    if (!m->relay) {
+        memcpy(cs, m->chan, n * sizeof(cs[0]));
     }
+    /* a storage copy's NBD channels after the migration's own */
+    size_t nn = m->nbd_relay
+                    ? tp_source_relay_stats(m->nbd_relay, cs + n, G_N_ELEMENTS(m->nbd_chan))
+                    : m->n_nbd_chan;
+    if (!m->nbd_relay) {
+        memcpy(cs + n, m->nbd_chan, nn * sizeof(cs[0]));
+    }
+    n += nn;
     int64_t now = g_get_monotonic_time();
     for (size_t i = 0; i < n && i < max && ret; i++) {
         vmig_channel_stats c = {0};

@@ -462,15 +462,6 @@ void mig_storage_preflight(vmig_job *j, eng_step_fn next)
         eng_job_fail(j, err);
         return;
     }
-    if (m->link && m->st.disks_copied) {
-        vmig_set_error(&err, VMIG_E_INVAL,
-                       "--copy-storage-* to an agent (%s) is not built yet: the relay has no NBD "
-                       "channel.  Copy to a local destination, or put the disks on storage both "
-                       "hosts share",
-                       m->o.dest);
-        eng_job_fail(j, err);
-        return;
-    }
     bool any_shared = false;
     for (guint i = 0; i < m->disks->len; i++) {
         mig_disk *d = disk_at(m, i);
@@ -851,6 +842,18 @@ void mig_storage_start(vmig_job *j, eng_step_fn next)
         return;
     }
     m->storage_next = next;
+    if (m->link) { /* the NBD clients go through the relay, to the agent's one port */
+        vmig_error *err = NULL;
+        g_free(m->nbd_dst_path);
+        m->nbd_dst_path = g_build_filename(m->dst->dir, ENG_NBD_SOCK, NULL);
+        g_free(m->nbd_src_path);
+        m->nbd_relay = mig_relay_new(j, "nbd-relay.sock", TP_KIND_NBD, &m->nbd_src_path, &err);
+        if (!m->nbd_relay) {
+            vmig_prefix_error(&err, "starting the relay for the disks: ");
+            eng_job_fail(j, err);
+            return;
+        }
+    }
     json_object *srv = json_object_new_object();
     json_object_object_add(srv, "addr", unix_addr_legacy(m->nbd_dst_path));
     eng_job_call_opt(j, m->dst->qmp, "nbd-server-start", srv, on_dst_storage);

@@ -89,6 +89,8 @@ struct tp_source_relay {
     uint8_t token[TP_TOKEN_LEN];
     int delay_main_ms;
     bool first_is_main, first_seen;
+    tp_kind fixed_kind;
+    unsigned next_index;
 };
 
 struct tp_dest_relay {
@@ -96,6 +98,9 @@ struct tp_dest_relay {
     char *qemu_path;
     struct sockaddr_un qemu;
     bool path_fits;
+    char *nbd_path; /* NULL: NBD channels are refused */
+    struct sockaddr_un nbd;
+    bool nbd_fits;
     main_state main;
     unsigned next_order;
 };
@@ -548,6 +553,10 @@ static void source_accepted(tp_source_relay *s, int fd)
         return;
     }
     relay_chan *ch = chan_new(&s->c, fd);
+    if (s->fixed_kind) {
+        source_identified(ch, s->fixed_kind, s->next_index++);
+        return;
+    }
     ch->step = CH_CLASSIFY;
     deadline_set(ch, true);
     classify_wait(ch);
@@ -642,6 +651,7 @@ tp_source_relay *tp_source_relay_new(ring *r, const tp_source_cfg *cfg, tp_relay
     memcpy(s->token, cfg->token, TP_TOKEN_LEN);
     s->delay_main_ms = cfg->delay_main_ms;
     s->first_is_main = cfg->first_is_main;
+    s->fixed_kind = cfg->fixed_kind;
     if (!source_listen(s, errp)) {
         tp_source_relay_free(s);
         return NULL;
@@ -659,7 +669,7 @@ tp_source_relay *tp_source_relay_new(ring *r, const tp_source_cfg *cfg, tp_relay
 /* Channels main first, then multifd by index, then preempt; arrival breaks ties. */
 static int kind_rank(tp_kind k)
 {
-    return k == TP_KIND_MAIN ? 0 : k == TP_KIND_MULTIFD ? 1 : 2;
+    return k == TP_KIND_MAIN ? 0 : k == TP_KIND_MULTIFD ? 1 : k == TP_KIND_NBD ? 3 : 2;
 }
 
 static gint by_channel(gconstpointer pa, gconstpointer pb)
@@ -740,12 +750,25 @@ static tp_dest_relay *dest_of(const relay_chan *ch)
     return (tp_dest_relay *)ch->core;
 }
 
+/* Where @ch goes in QEMU: its NBD server for an NBD channel, else its migration socket. */
+static const char *dest_target(relay_chan *ch, const struct sockaddr_un **ret_addr, bool *ret_fits)
+{
+    tp_dest_relay *d = dest_of(ch);
+    bool nbd = ch->st.kind == TP_KIND_NBD;
+    *ret_addr = nbd ? &d->nbd : &d->qemu;
+    *ret_fits = nbd ? d->nbd_fits : d->path_fits;
+    return nbd ? d->nbd_path : d->qemu_path;
+}
+
 static void dest_connect_try(relay_chan *ch)
 {
     tp_dest_relay *d = dest_of(ch);
-    if (!d->path_fits) {
-        chan_fail(ch, VMIG_E_INVAL, "connecting to QEMU at %s: the path is over %zu bytes",
-                  d->qemu_path, sizeof(d->qemu.sun_path) - 1);
+    const struct sockaddr_un *addr = NULL;
+    bool fits = false;
+    const char *path = dest_target(ch, &addr, &fits);
+    if (!fits) {
+        chan_fail(ch, VMIG_E_INVAL, "connecting to QEMU at %s: the path is over %zu bytes", path,
+                  sizeof(addr->sun_path) - 1);
         return;
     }
     ch->b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -753,10 +776,10 @@ static void dest_connect_try(relay_chan *ch)
         chan_fail_errno(ch, errno, "connecting to QEMU: socket");
         return;
     }
-    int64_t id = ring_connect(d->c.r, ch->b, (const struct sockaddr *)&d->qemu, sizeof(d->qemu),
+    int64_t id = ring_connect(d->c.r, ch->b, (const struct sockaddr *)addr, sizeof(*addr),
                               on_connected, ch);
     if (id < 0) {
-        g_autofree char *what = g_strdup_printf("connecting to QEMU at %s", d->qemu_path);
+        g_autofree char *what = g_strdup_printf("connecting to QEMU at %s", path);
         chan_fail_errno(ch, (int)-id, what);
         return;
     }
@@ -768,7 +791,9 @@ static void dest_connect(relay_chan *ch)
 {
     tp_dest_relay *d = dest_of(ch);
     ch->step = CH_CONNECT;
-    ch->st.order = d->next_order++;
+    if (ch->st.kind != TP_KIND_NBD) { /* NBD goes to another socket: no place in that line */
+        ch->st.order = d->next_order++;
+    }
     deadline_set(ch, true);
     dest_connect_try(ch);
 }
@@ -815,7 +840,10 @@ static void dest_connected(relay_chan *ch, int res)
         }
     }
     if (res < 0) {
-        g_autofree char *what = g_strdup_printf("connecting to QEMU at %s", d->qemu_path);
+        const struct sockaddr_un *addr = NULL;
+        bool fits = false;
+        g_autofree char *what = g_strdup_printf("connecting to QEMU at %s",
+                                                dest_target(ch, &addr, &fits));
         chan_fail_errno(ch, -res, what);
         return;
     }
@@ -853,9 +881,45 @@ tp_dest_relay *tp_dest_relay_new(ring *r, const char *qemu_path, tp_limiter *lim
     return d;
 }
 
+/* Sets @a to unix socket @path; whether the path fits. */
+static bool unix_addr_set(struct sockaddr_un *a, const char *path)
+{
+    memset(a, 0, sizeof(*a));
+    a->sun_family = AF_UNIX;
+    size_t len = strlen(path);
+    if (len >= sizeof(a->sun_path)) {
+        return false;
+    }
+    memcpy(a->sun_path, path, len + 1);
+    return true;
+}
+
+void tp_dest_relay_set_nbd(tp_dest_relay *d, const char *nbd_path)
+{
+    g_free(d->nbd_path);
+    d->nbd_path = g_strdup(nbd_path);
+    d->nbd_fits = unix_addr_set(&d->nbd, nbd_path);
+}
+
 /* Whether a channel of @kind and @index may join @d. */
 static bool dest_admissible(const tp_dest_relay *d, tp_kind kind, unsigned index, vmig_error **errp)
 {
+    if (kind == TP_KIND_NBD) {
+        unsigned n = 0;
+        for (guint i = 0; i < d->c.chans->len; i++) {
+            n += ((const relay_chan *)g_ptr_array_index(d->c.chans, i))->st.kind == TP_KIND_NBD;
+        }
+        if (!d->nbd_path) {
+            vmig_set_error(errp, VMIG_E_INVAL,
+                           "an nbd channel for a migration that copies no disk");
+            return false;
+        }
+        if (n >= TP_CHANNELS_MAX) {
+            vmig_set_error(errp, VMIG_E_PROTO, "nbd channel %u: %u of them already", index, n);
+            return false;
+        }
+        return true;
+    }
     if (kind != TP_KIND_MAIN && kind != TP_KIND_MULTIFD && kind != TP_KIND_PREEMPT) {
         vmig_set_error(errp, VMIG_E_INVAL, "a %s connection is no migration channel",
                        tp_kind_name(kind));
@@ -891,8 +955,10 @@ bool tp_dest_relay_add(tp_dest_relay *d, int fd, tp_kind kind, unsigned index, v
     relay_chan *ch = chan_new(&d->c, fd);
     ch->known = true;
     ch->st.kind = kind;
-    ch->st.index = kind == TP_KIND_MULTIFD ? index : 0;
-    if (kind == TP_KIND_MAIN) {
+    ch->st.index = kind == TP_KIND_MULTIFD || kind == TP_KIND_NBD ? index : 0;
+    if (kind == TP_KIND_NBD) { /* QEMU's NBD server takes them in any order */
+        dest_connect(ch);
+    } else if (kind == TP_KIND_MAIN) {
         d->main = MAIN_CONNECTING;
         dest_connect(ch);
     } else if (d->main == MAIN_READY) {
@@ -918,5 +984,7 @@ void tp_dest_relay_free(tp_dest_relay *d)
     }
     g_free(d->qemu_path);
     d->qemu_path = NULL;
+    g_free(d->nbd_path);
+    d->nbd_path = NULL;
     core_free(&d->c);
 }

@@ -8,6 +8,10 @@
  * the handshake (tp_handshake_source: kind, index, the migration's token) and then pumps both
  * ways (tp_pump).
  *
+ * A relay made with fixed_kind TP_KIND_NBD carries a storage copy instead: the source QEMU's
+ * NBD clients connect to it, each becomes an "nbd" channel, and the agent connects it to the
+ * destination QEMU's NBD server (tp_dest_relay_set_nbd), with no order to keep.
+ *
  * Destination side: the agent hands every admitted data connection to the migration's
  * tp_dest_relay.  It connects the main channel to QEMU's incoming unix socket first, and opens
  * no other connection to QEMU until that connect has completed, whatever order the channels
@@ -64,6 +68,8 @@ typedef struct tp_source_cfg {
     int delay_main_ms;    /* tests: hold the main channel back this long */
     bool first_is_main;   /* a resumed post-copy: QEMU's first connection is main, though its
                            * stream goes on where it broke, with no QEVM header */
+    tp_kind fixed_kind;   /* 0: tell each connection by its first bytes.  TP_KIND_NBD: every
+                           * connection is one (an NBD client speaks second), index = arrival */
 } tp_source_cfg;
 
 /* Listens on cfg->listen_path at once (copied config); NULL with an error. */
@@ -85,6 +91,9 @@ tp_dest_relay *tp_dest_relay_new(ring *r, const char *qemu_path, tp_limiter *lim
  * with an error, @fd closed, for a second main channel, a multifd id seen before, an index
  * over TP_CHANNELS_MAX, or a control kind. */
 bool tp_dest_relay_add(tp_dest_relay *d, int fd, tp_kind kind, unsigned index, vmig_error **errp);
+/* Where NBD channels go (QEMU's NBD server, a unix socket); without it they are refused.
+ * They connect at once, whatever the main channel does. */
+void tp_dest_relay_set_nbd(tp_dest_relay *d, const char *nbd_path);
 size_t tp_dest_relay_stats(const tp_dest_relay *d, tp_channel_stats *ret, size_t max);
 void tp_dest_relay_free(tp_dest_relay *d);
 

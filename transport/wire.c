@@ -9,7 +9,7 @@
 
 static const char *const kind_names[TP_KIND_COUNT] = {
     [TP_KIND_CONTROL] = "control", [TP_KIND_MAIN] = "main", [TP_KIND_MULTIFD] = "multifd",
-    [TP_KIND_PREEMPT] = "preempt", [TP_KIND_QMP] = "qmp",
+    [TP_KIND_PREEMPT] = "preempt", [TP_KIND_QMP] = "qmp",   [TP_KIND_NBD] = "nbd",
 };
 
 const char *tp_kind_name(tp_kind k)

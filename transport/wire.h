@@ -56,6 +56,8 @@ typedef enum tp_kind {
     TP_KIND_MULTIFD = 2, /* a multifd channel; index = QEMU's channel id */
     TP_KIND_PREEMPT = 3, /* the post-copy preempt channel (no magic of its own) */
     TP_KIND_QMP = 4,     /* the engine's monitor connection to a QEMU the agent started */
+    TP_KIND_NBD = 5,     /* a storage copy: the source QEMU's NBD client to the destination's
+                          * NBD server; index = arrival */
     TP_KIND_COUNT
 } tp_kind;
 

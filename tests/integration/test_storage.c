@@ -34,6 +34,7 @@ static void setup(void)
 }
 
 static void teardown2(void);
+static void remove_images(const char *st_dir);
 
 static void teardown(void)
 {
@@ -497,5 +498,58 @@ Test(storage, a_shared_disk_with_the_page_cache_is_refused_between_hosts_unless_
     vmig_error *err = NULL;
     cr_assert(vmig_guest_verify_disk(ae, "nfs", &sectors, &err), "%s", vmig_error_message(err));
     vmig_engine_free(ae);
+    agent_stop(&a);
+}
+
+Test(storage, copy_storage_all_through_the_agent_carries_nbd_on_its_one_port)
+{
+    g_autofree char *q = make_image("far.qcow2", "qcow2", 8);
+    g_autofree char *raw = make_image("far.raw", "raw", 4);
+    scribble(raw, 4);
+    t_agent a = {0};
+    t_agent_start(&a, NULL, "127.0.0.1");
+    g_autofree char *disks = g_strdup_printf(
+        "[{\"path\": \"%s\", \"format\": \"qcow2\", \"interface\": \"ide\"}, "
+        "{\"path\": \"%s\", \"format\": \"raw\"}]",
+        q, raw);
+    start_guest_disks("far", 8, disks, 256);
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.live = true;
+    o.dest = a.dest;
+    o.key_file = a.key;
+    o.copy_storage_all = true;
+    vmig_migration_stats st;
+    vmig_job *j = run("far", &o, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    cr_assert(eq(u32, st.disks_copied, 2));
+    /* the relay's channels: main, then one nbd channel a disk, which carried the images */
+    vmig_channel_stats ch[8];
+    size_t n = vmig_job_channels(j, ch, 8);
+    uint64_t nbd_bytes = 0;
+    unsigned nbd = 0;
+    for (size_t i = 0; i < n && i < 8; i++) {
+        if (strcmp(ch[i].kind, "nbd") == 0) {
+            nbd++;
+            nbd_bytes += ch[i].bytes_out;
+        }
+    }
+    cr_assert(eq(u32, nbd, 2), "%zu channels, %u nbd", n, nbd);
+    cr_assert(ge(u64, nbd_bytes, (uint64_t)4 << 20), "nbd channels carried %lu bytes",
+              (unsigned long)nbd_bytes);
+    vmig_job_free(j);
+    vmig_engine *ae = t_engine(a.dir);
+    g_autofree char *d1 = disk_path(ae, a.dir, "far", 1);
+    g_autofree char *imgdir = g_build_filename(a.dir, "images", NULL);
+    cr_assert(g_str_has_prefix(d1, imgdir), "%s", d1);
+    cr_assert(same_image(raw, d1), "disk1's copy differs from its source");
+    uint64_t pages = 0, sectors = 0;
+    vmig_error *err = NULL;
+    cr_assert(vmig_guest_verify(ae, "far", &pages, &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_guest_verify_disk(ae, "far", &sectors, &err), "%s", vmig_error_message(err));
+    cr_assert(vmig_vm_stop(ae, "far", 10000, &err), "%s", vmig_error_message(err));
+    vmig_engine_free(ae);
+    remove_images(a.dir);
     agent_stop(&a);
 }
