@@ -830,6 +830,8 @@ static void start_mirrors(vmig_job *j)
         }
     }
     m->mirroring = true;
+    mig_act(j, "disks: %u mirror(s) started%s", m->st.disks_copied,
+            m->link ? ", through the relay" : "");
     eng_job_wait(j, mirrors_ready, MIRROR_READY_TIMEOUT_MS, "the disks' mirrors were not ready",
                  mirrors_settled);
 }
