@@ -19,6 +19,8 @@
  *                                                            write VM V's definition here
  *                                                            (no spec: the running V's own)
  *               {"id":N,"op":"undefine","name":V}             remove it
+ *               {"id":N,"op":"receive-image","name":V,"disk":N,"format":F,"size":S}
+ *               {"id":N,"op":"image-done","token":T,"ok":B}   an offline storage copy (below)
  *               {"id":N,"op":"storage-check","disks":[..]}    the shared-storage proof: each
  *                                                            disk here, same format and size,
  *                                                            the source's token beside it
@@ -39,6 +41,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -83,6 +86,11 @@ typedef struct avm {
     int64_t reply_id; /* the launch's request, answered when QEMU is up */
     int64_t t0_us;
     GPtrArray *created; /* images made for a storage copy: removed unless it was released */
+    /* an image received for an offline migration (receive-image): no QEMU, a qemu-nbd */
+    bool image, image_done;
+    int nbd_pid;
+    char *nbd_dir; /* its socket and pid file */
+    char *image_path;
 } avm;
 
 typedef struct pending {
@@ -180,8 +188,28 @@ static void log_channels(avm *v, const char *how)
     }
 }
 
+/* An image's qemu-nbd: gone once its one client has gone, else stopped here. */
+static void stop_nbd(avm *v)
+{
+    g_autofree char *cmd_path = g_strdup_printf("/proc/%d/cmdline", v->nbd_pid);
+    g_autofree char *cmd = NULL;
+    gsize len = 0;
+    /* still ours (a pid may be reused): its command line names our directory */
+    if (v->nbd_pid > 0 && v->nbd_dir && g_file_get_contents(cmd_path, &cmd, &len, NULL) &&
+        memmem(cmd, len, v->nbd_dir, strlen(v->nbd_dir))) {
+        kill(v->nbd_pid, SIGTERM);
+    }
+    v->nbd_pid = 0;
+    if (v->nbd_dir) {
+        eng_vm_remove_dir(v->nbd_dir);
+        g_clear_pointer(&v->nbd_dir, g_free);
+    }
+}
+
 static void avm_free(avm *v)
 {
+    stop_nbd(v);
+    g_free(v->image_path);
     if (!v->released) {
         eng_storage_remove(v->created);
     }
@@ -247,6 +275,15 @@ static void avm_kill(avm *v, unsigned sid, int64_t id, const char *why)
         return;
     }
     v->dying = true;
+    if (v->image) {
+        eng_log(v->a->e, VMIG_LOG_INFO, "agent: dropping the image of VM '%s' received: %s",
+                v->name, why);
+        avm_remove(v); /* stops its qemu-nbd, removes the image */
+        if (id >= 0) {
+            send_json(v->a, sid, ok_reply(id));
+        }
+        return;
+    }
     eng_log(v->a->e, VMIG_LOG_INFO, "agent: stopping %s '%s': %s", v->probe ? "probe" : "VM",
             v->name, why);
     log_channels(v, "stopped");
@@ -553,6 +590,8 @@ static bool def_apply(vmig_agent *a, const char *op, const eng_def_req *q, vmig_
     return ok;
 }
 
+static void keep_images(vmig_agent *a, session *s, const char *name);
+
 static void op_define(vmig_agent *a, session *s, int64_t id, const char *op, json_object *req)
 {
     eng_def_req q = {0};
@@ -571,10 +610,152 @@ static void op_define(vmig_agent *a, session *s, int64_t id, const char *op, jso
     }
     eng_log(a->e, VMIG_LOG_INFO, "agent: VM '%s' %s by %s", q.name,
             op[0] == 'u' ? "undefined" : "defined", s->peer);
+    if (op[0] == 'd') {
+        keep_images(a, s, q.name);
+    }
     json_object *r = ok_reply(id);
     g_autofree char *path = eng_def_path(a->e->state_dir, q.name);
     json_object_object_add(r, "path", json_object_new_string(path));
     send_json(a, s->id, r);
+}
+
+/* ---- offline storage copy: images received over NBD ------------------------------------------
+ *
+ * {"op":"receive-image","name":V,"disk":N,"format":F,"size":S}: a new image here, served by a
+ * qemu-nbd that takes one client (then exits), reached through the relay as nbd channels of
+ * the reply's token.  {"op":"image-done","token":T,"ok":B}: the copy ended; ok keeps the image
+ * until the session defines V (then it is V's disk), else it goes.  An image the session never
+ * defined goes when the session ends. */
+
+static bool serve_image(vmig_agent *a, avm *v, const char *format, vmig_error **errp)
+{
+    g_autofree char *tmpl = g_build_filename(a->e->state_dir, ".receive-XXXXXX", NULL);
+    if (!g_mkdtemp_full(tmpl, 0700)) {
+        vmig_set_error_errno(errp, errno, "creating a directory in %s", a->e->state_dir);
+        return false;
+    }
+    v->nbd_dir = g_strdup(tmpl);
+    g_autofree char *sock = g_build_filename(tmpl, "nbd.sock", NULL);
+    g_autofree char *pidf = g_build_filename(tmpl, "nbd.pid", NULL);
+    g_autofree char *nbd = eng_qemu_tool(a->e, "qemu-nbd");
+    g_autofree char *sock_opt = g_strconcat("--socket=", sock, NULL);
+    g_autofree char *pid_opt = g_strconcat("--pid-file=", pidf, NULL);
+    g_autofree char *fmt_opt = g_strconcat("--format=", format, NULL);
+    /* --fork returns once it listens; without --persistent it exits after its client */
+    const char *argv[] = {nbd ? nbd : "qemu-nbd", "--fork", sock_opt, pid_opt, fmt_opt,
+                          v->image_path,          NULL};
+    if (!eng_run_tool(argv, 30, errp)) {
+        return false;
+    }
+    g_autofree char *pid = NULL;
+    if (g_file_get_contents(pidf, &pid, NULL, NULL)) {
+        v->nbd_pid = (int)g_ascii_strtoll(pid, NULL, 10);
+    }
+    v->relay = tp_dest_relay_new(a->e->ring, sock, NULL, RELAY_TIMEOUT_MS, relay_failed, v);
+    tp_dest_relay_set_nbd(v->relay, sock);
+    return true;
+}
+
+static void op_receive_image(vmig_agent *a, session *s, int64_t id, json_object *req)
+{
+    struct {
+        const char *name, *format;
+        int64_t disk;
+        uint64_t size;
+    } q = {0};
+    static const vmig_jfield fields[] = {
+        {"name", VJ_STRING, offsetof(typeof(q), name), VJ_MANDATORY},
+        {"format", VJ_STRING, offsetof(typeof(q), format), VJ_MANDATORY},
+        {"disk", VJ_INT64, offsetof(typeof(q), disk), VJ_MANDATORY},
+        {"size", VJ_UINT64, offsetof(typeof(q), size), VJ_MANDATORY},
+        {NULL},
+    };
+    vmig_error *err = NULL;
+    avm *v = NULL;
+    g_autofree char *vm_dir = NULL, *images = NULL;
+    if (!vmig_json_read(req, fields, &q, "receive-image", &err)) {
+        goto fail;
+    }
+    vm_dir = eng_spec_name_valid(q.name) ? eng_vm_dir(a->e->state_dir, q.name) : NULL;
+    if (!vm_dir || q.disk < 0 || q.disk > 255) {
+        vmig_set_error(&err, VMIG_E_INVAL, "receive-image: a valid VM name and disk 0-255");
+        goto fail;
+    }
+    if (g_file_test(vm_dir, G_FILE_TEST_EXISTS) ||
+        !eng_def_check_free(a->e->state_dir, q.name, &err)) {
+        if (!err) {
+            vmig_set_error(&err, VMIG_E_STATE, "VM '%s' runs on the agent's host", q.name);
+        }
+        goto fail;
+    }
+    v = avm_new(a, s->id, id, q.name, &err);
+    if (!v) {
+        goto fail;
+    }
+    v->image = true;
+    images = g_build_filename(a->e->state_dir, ENG_IMAGE_DIR, NULL);
+    if (!eng_storage_new_image(a->e, images, q.name, (unsigned)q.disk, q.format, q.size, NULL, NULL,
+                               v->created, &v->image_path, &err) ||
+        !serve_image(a, v, q.format, &err)) {
+        avm_remove(v);
+        goto fail;
+    }
+    eng_log(a->e, VMIG_LOG_INFO, "agent: receiving disk%" G_GINT64_FORMAT " of VM '%s' into %s",
+            q.disk, q.name, v->image_path);
+    json_object *r = ok_reply(id);
+    json_object_object_add(r, "token", json_object_new_string(v->hex));
+    json_object_object_add(r, "path", json_object_new_string(v->image_path));
+    send_json(a, s->id, r);
+    return;
+fail:
+    reply_error(a, s->id, id, "%s", vmig_error_message(err));
+    vmig_error_free(err);
+}
+
+static void op_image_done(vmig_agent *a, session *s, int64_t id, avm *v, json_object *req)
+{
+    bool ok = false;
+    static const vmig_jfield fields[] = {{"ok", VJ_BOOL, 0, VJ_MANDATORY}, {NULL}};
+    vmig_error *err = NULL;
+    if (!v->image || v->image_done || !vmig_json_read(req, fields, &ok, "image-done", &err)) {
+        reply_error(a, s->id, id, "%s",
+                    err ? vmig_error_message(err)
+                        : "no image is received "
+                          "with this token");
+        vmig_error_free(err);
+        return;
+    }
+    if (!ok) {
+        avm_kill(v, s->id, id, "its engine says the copy failed");
+        return;
+    }
+    v->image_done = true;
+    stop_nbd(v);
+    tp_dest_relay_free(v->relay);
+    v->relay = NULL;
+    json_object *r = ok_reply(id);
+    json_object_object_add(r, "path", json_object_new_string(v->image_path));
+    send_json(a, s->id, r);
+}
+
+/* VM @name is defined here now: the images this session received for it are its disks. */
+static void keep_images(vmig_agent *a, session *s, const char *name)
+{
+    GHashTableIter it;
+    gpointer value;
+    g_autoptr(GPtrArray) kept = g_ptr_array_new();
+    g_hash_table_iter_init(&it, a->vms);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        avm *v = value;
+        if (v->image && v->image_done && v->owner == s->id && strcmp(v->name, name) == 0) {
+            g_ptr_array_add(kept, v);
+        }
+    }
+    for (guint i = 0; i < kept->len; i++) {
+        avm *v = kept->pdata[i];
+        v->released = true; /* freeing it keeps the image */
+        avm_remove(v);
+    }
 }
 
 /* The shared-storage proof (storage.c): each disk is here, the same image, with the token the
@@ -696,6 +877,13 @@ static void on_message(void *opaque, const char *text, size_t len)
         op_define(a, s, q.id, q.op, req);
     } else if (strcmp(q.op, "storage-check") == 0) {
         op_storage_check(a, s, q.id, req);
+    } else if (strcmp(q.op, "receive-image") == 0) {
+        op_receive_image(a, s, q.id, req);
+    } else if (strcmp(q.op, "image-done") == 0) {
+        avm *v = find_owned(a, s, q.id, req);
+        if (v) {
+            op_image_done(a, s, q.id, v, req);
+        }
     } else if (strcmp(q.op, "release") == 0 || strcmp(q.op, "finish") == 0 ||
                strcmp(q.op, "kill") == 0) {
         avm *v = find_owned(a, s, q.id, req);

@@ -350,6 +350,7 @@ void eng_verify_sectors(const struct vmig_guest_status *st, uint32_t first, cons
                         uint32_t n, eng_verify_result *res);
 /* Pauses @vm if running, checks the image of the disk its test guest writes, resumes it. */
 bool eng_guest_verify_disk(eng_vm *vm, uint64_t *ret_sectors, vmig_error **errp);
+/* ---- tool.c ---- */
 /* Path of QEMU's tool @tool (qemu-img, qemu-nbd): beside the engine's QEMU, else on PATH;
  * NULL when there is none.  Owned. */
 char *eng_qemu_tool(const vmig_engine *e, const char *tool);
@@ -358,6 +359,16 @@ char *eng_qemu_tool(const vmig_engine *e, const char *tool);
 bool eng_run_tool(const char *const *argv, int timeout_s, vmig_error **errp);
 /* The same, keeping what it wrote on stdout (owned). */
 bool eng_run_tool_out(const char *const *argv, int timeout_s, char **ret_out, vmig_error **errp);
+/* A tool running on the ring (qemu-img convert -p): @progress (may be NULL) with 0..1 as it
+ * prints "(N/100%)", then @done once with NULL or an error that quotes its output.  Freeing
+ * it before then kills it, and @done does not run. */
+typedef struct eng_tool eng_tool;
+typedef void (*eng_tool_progress_fn)(void *opaque, double done);
+typedef void (*eng_tool_done_fn)(void *opaque, const vmig_error *err);
+eng_tool *eng_tool_start(vmig_engine *e, const char *const *argv, eng_tool_progress_fn progress,
+                         eng_tool_done_fn done, void *opaque, vmig_error **errp);
+bool eng_tool_running(const eng_tool *t);
+void eng_tool_free(eng_tool *t);
 
 /* ---- storage.c: what the destination side does for a migration's disks ------------------- */
 
@@ -371,6 +382,15 @@ bool eng_storage_check(vmig_engine *e, json_object *args, vmig_error **errp);
  * @created (also on failure, for eng_storage_remove()). */
 bool eng_storage_create(vmig_engine *e, const char *image_dir, const char *vm, json_object *arr,
                         vmig_spec *spec, GPtrArray *created, vmig_error **errp);
+/* One new image for disk @idx of VM @vm in @dir (qemu-img create; a qcow2 over @backing if
+ * given), added to @created; its path. */
+bool eng_storage_new_image(vmig_engine *e, const char *dir, const char *vm, unsigned idx,
+                           const char *format, uint64_t size, const char *backing,
+                           const char *backing_fmt, GPtrArray *created, char **ret_path,
+                           vmig_error **errp);
+/* qemu-img info -U of @path: its format and virtual size. */
+bool eng_image_info(vmig_engine *e, const char *path, char **ret_format, uint64_t *ret_size,
+                    vmig_error **errp);
 /* Removes the images in @created (may be NULL) and empties it. */
 void eng_storage_remove(GPtrArray *created);
 
@@ -412,7 +432,8 @@ GPtrArray *eng_def_names(const char *state_dir);
  * eng_job_is_offline() before reading j->data as a live migration's.
  */
 vmig_job *eng_offline_start(vmig_engine *e, const char *name, const vmig_migrate_opts *o,
-                            vmig_job_done_fn done, void *opaque, vmig_error **errp);
+                            vmig_progress_fn progress, void *progress_opaque, vmig_job_done_fn done,
+                            void *opaque, vmig_error **errp);
 bool eng_job_is_offline(const vmig_job *j);
 /* The job's figures (mode "offline"); false when @j is not an offline migration. */
 bool eng_offline_stats(const vmig_job *j, vmig_migration_stats *st);

@@ -200,7 +200,9 @@ static void fail_calls(eng_link *l, const vmig_error *err)
     g_hash_table_iter_init(&it, calls);
     while (g_hash_table_iter_next(&it, NULL, &value)) {
         call *c = value;
-        c->fn(c->opaque, NULL, err);
+        if (c->fn) {
+            c->fn(c->opaque, NULL, err);
+        }
     }
     g_hash_table_destroy(calls);
 }
@@ -330,6 +332,9 @@ static void on_message(void *opaque, const char *text, size_t len)
     }
     call done = *c;
     g_hash_table_remove(l->calls, &id);
+    if (!done.fn) { /* nobody waits for this one */
+        return;
+    }
     if (error) {
         vmig_set_error(&err, VMIG_E_STATE, "the agent at %s: %s", l->name, error);
         done.fn(done.opaque, NULL, err);
@@ -387,10 +392,10 @@ void eng_link_call(eng_link *l, const char *op, json_object *args, eng_link_repl
         vmig_prefix_error(&err, "the agent at %s: ", l->name);
     }
     json_object_put(req);
-    if (err) {
+    if (err && fn) {
         fn(opaque, NULL, err);
-        vmig_error_free(err);
     }
+    vmig_error_free(err);
 }
 
 /* ---- QEMUs the agent starts -------------------------------------------------------------------

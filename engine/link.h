@@ -28,7 +28,8 @@ bool eng_link_alive(const eng_link *l);
 const char *eng_link_name(const eng_link *l);
 const struct sockaddr *eng_link_addr(const eng_link *l, socklen_t *ret_len);
 const tp_key *eng_link_key(const eng_link *l);
-/* Sends request @op with @args' members (stolen, may be NULL). */
+/* Sends request @op with @args' members (stolen, may be NULL); @fn (NULL: none waits for the
+ * reply) gets the reply or an error. */
 void eng_link_call(eng_link *l, const char *op, json_object *args, eng_link_reply_fn fn,
                    void *opaque);
 /* Asks the agent to start a QEMU (@op "probe" or "launch", @args stolen), then connects its

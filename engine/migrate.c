@@ -1704,7 +1704,7 @@ vmig_job *vmig_migrate_start(vmig_engine *e, const char *name, const vmig_migrat
                              vmig_job_done_fn done, void *opaque, vmig_error **errp)
 {
     if (o && o->size > offsetof(vmig_migrate_opts, offline) && o->offline) {
-        return eng_offline_start(e, name, o, done, opaque, errp);
+        return eng_offline_start(e, name, o, progress, progress_opaque, done, opaque, errp);
     }
     mig *m = g_new0(mig, 1);
     m->t0 = vmig_now_ms();

@@ -319,8 +319,8 @@ static json_object *check_args(const mig *m)
 }
 
 /* qemu-img info of @path (force-share: a running QEMU holds it): format and virtual size. */
-static bool image_info(vmig_engine *e, const char *path, char **ret_format, uint64_t *ret_size,
-                       vmig_error **errp)
+bool eng_image_info(vmig_engine *e, const char *path, char **ret_format, uint64_t *ret_size,
+                    vmig_error **errp)
 {
     g_autofree char *img = eng_qemu_tool(e, "qemu-img");
     if (!img) {
@@ -385,7 +385,7 @@ static bool check_one(vmig_engine *e, json_object *d, vmig_error **errp)
     }
     g_autofree char *format = NULL;
     uint64_t size = 0;
-    if (!image_info(e, q.path, &format, &size, errp)) {
+    if (!eng_image_info(e, q.path, &format, &size, errp)) {
         vmig_prefix_error(errp, "%s (%s) at the destination: ", q.id, q.path);
         return false;
     }
@@ -517,6 +517,59 @@ json_object *mig_storage_create_args(const mig *m)
     return arr;
 }
 
+bool eng_storage_new_image(vmig_engine *e, const char *dir, const char *vm, unsigned idx,
+                           const char *format, uint64_t size, const char *backing,
+                           const char *backing_fmt, GPtrArray *created, char **ret_path,
+                           vmig_error **errp)
+{
+    if ((strcmp(format, "raw") != 0 && strcmp(format, "qcow2") != 0) ||
+        (backing && (!g_path_is_absolute(backing) || strcmp(format, "qcow2") != 0))) {
+        vmig_set_error(errp, VMIG_E_INVAL,
+                       "disk%u (%s): only raw and qcow2 images are created, a backing file only "
+                       "under qcow2 by an absolute path",
+                       idx, format);
+        return false;
+    }
+    if (g_mkdir_with_parents(dir, 0700) < 0) {
+        vmig_set_error_errno(errp, errno, "%s", dir);
+        return false;
+    }
+    g_autofree char *tmpl = g_strdup_printf("%s/%s-disk%u-XXXXXX.%s", dir, vm, idx, format);
+    int fd = g_mkstemp_full(tmpl, O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        vmig_set_error_errno(errp, errno, "creating an image in %s", dir);
+        return false;
+    }
+    close(fd);
+    g_ptr_array_add(created, g_strdup(tmpl));
+    g_autofree char *img = eng_qemu_tool(e, "qemu-img");
+    g_autofree char *sz = g_strdup_printf("%" G_GUINT64_FORMAT, size);
+    const char *argv[] = {img ? img : "qemu-img",
+                          "create",
+                          "-q",
+                          "-f",
+                          format,
+                          tmpl,
+                          sz,
+                          NULL,
+                          NULL,
+                          NULL,
+                          NULL,
+                          NULL};
+    if (backing) {
+        argv[6] = "-b";
+        argv[7] = backing;
+        argv[8] = "-F";
+        argv[9] = backing_fmt ? backing_fmt : "raw";
+        argv[10] = sz;
+    }
+    if (!eng_run_tool(argv, QEMU_IMG_TIMEOUT_S, errp)) {
+        return false;
+    }
+    *ret_path = g_steal_pointer(&tmpl);
+    return true;
+}
+
 static bool create_one(vmig_engine *e, const char *dir, const char *vm, json_object *c,
                        vmig_spec *spec, GPtrArray *created, vmig_error **errp)
 {
@@ -536,52 +589,19 @@ static bool create_one(vmig_engine *e, const char *dir, const char *vm, json_obj
     if (!vmig_json_read(c, fields, &q, "storage", errp)) {
         return false;
     }
-    if (q.disk < 0 || q.disk >= (int64_t)spec->disks->len ||
-        (strcmp(q.format, "raw") != 0 && strcmp(q.format, "qcow2") != 0) ||
-        (q.backing && (!g_path_is_absolute(q.backing) || strcmp(q.format, "qcow2") != 0))) {
-        vmig_set_error(errp, VMIG_E_INVAL,
-                       "storage: disk %" G_GINT64_FORMAT " (%s): only raw and qcow2 images of "
-                       "the VM's disks are created, a backing file only under qcow2 by an "
-                       "absolute path",
-                       q.disk, q.format);
+    if (q.disk < 0 || q.disk >= (int64_t)spec->disks->len) {
+        vmig_set_error(errp, VMIG_E_INVAL, "storage: VM '%s' has no disk %" G_GINT64_FORMAT, vm,
+                       q.disk);
         return false;
     }
-    g_autofree char *tmpl = g_strdup_printf("%s/%s-disk%" G_GINT64_FORMAT "-XXXXXX.%s", dir, vm,
-                                            q.disk, q.format);
-    int fd = g_mkstemp_full(tmpl, O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        vmig_set_error_errno(errp, errno, "creating an image in %s", dir);
-        return false;
-    }
-    close(fd);
-    g_ptr_array_add(created, g_strdup(tmpl));
-    g_autofree char *img = eng_qemu_tool(e, "qemu-img");
-    g_autofree char *size = g_strdup_printf("%" G_GUINT64_FORMAT, q.size);
-    const char *argv[] = {img ? img : "qemu-img",
-                          "create",
-                          "-q",
-                          "-f",
-                          q.format,
-                          tmpl,
-                          size,
-                          NULL,
-                          NULL,
-                          NULL,
-                          NULL,
-                          NULL};
-    if (q.backing) {
-        argv[6] = "-b";
-        argv[7] = q.backing;
-        argv[8] = "-F";
-        argv[9] = q.backing_format ? q.backing_format : "raw";
-        argv[10] = size;
-    }
-    if (!eng_run_tool(argv, QEMU_IMG_TIMEOUT_S, errp)) {
+    g_autofree char *path = NULL;
+    if (!eng_storage_new_image(e, dir, vm, (unsigned)q.disk, q.format, q.size, q.backing,
+                               q.backing_format, created, &path, errp)) {
         return false;
     }
     eng_disk *d = g_ptr_array_index(spec->disks, (guint)q.disk);
     g_free(d->path);
-    d->path = g_strdup(tmpl);
+    d->path = g_steal_pointer(&path);
     g_free(d->format);
     d->format = g_strdup(q.format);
     return true;
@@ -592,10 +612,6 @@ bool eng_storage_create(vmig_engine *e, const char *image_dir, const char *vm, j
 {
     if (!json_object_is_type(arr, json_type_array) || json_object_array_length(arr) > 64) {
         vmig_set_error(errp, VMIG_E_INVAL, "storage: must be an array (up to 64)");
-        return false;
-    }
-    if (g_mkdir_with_parents(image_dir, 0700) < 0) {
-        vmig_set_error_errno(errp, errno, "%s", image_dir);
         return false;
     }
     for (size_t i = 0; i < json_object_array_length(arr); i++) {

@@ -67,52 +67,6 @@ static const eng_disk *guest_disk(const eng_vm *vm, unsigned *ret_index)
     return NULL;
 }
 
-char *eng_qemu_tool(const vmig_engine *e, const char *tool)
-{
-    if (e->qemu) {
-        g_autofree char *dir = g_path_get_dirname(e->qemu);
-        g_autofree char *path = g_build_filename(dir, tool, NULL);
-        if (access(path, X_OK) == 0) {
-            return g_steal_pointer(&path);
-        }
-    }
-    return g_find_program_in_path(tool);
-}
-
-bool eng_run_tool(const char *const *argv, int timeout_s, vmig_error **errp)
-{
-    g_autofree char *out = NULL;
-    return eng_run_tool_out(argv, timeout_s, &out, errp);
-}
-
-bool eng_run_tool_out(const char *const *argv, int timeout_s, char **ret_out, vmig_error **errp)
-{
-    g_autofree char *out = NULL, *err_text = NULL;
-    g_autoptr(GError) gerr = NULL;
-    int status = 0;
-    /* under timeout(1), so a tool that hangs cannot hang the caller */
-    g_autoptr(GPtrArray) a = g_ptr_array_new_with_free_func(g_free);
-    g_ptr_array_add(a, g_strdup("timeout"));
-    g_ptr_array_add(a, g_strdup_printf("%d", timeout_s));
-    for (const char *const *p = argv; *p; p++) {
-        g_ptr_array_add(a, g_strdup(*p));
-    }
-    g_ptr_array_add(a, NULL);
-    if (!g_spawn_sync(NULL, (char **)a->pdata, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out,
-                      &err_text, &status, &gerr)) {
-        vmig_set_error(errp, VMIG_E_IO, "running %s: %s", argv[0], gerr->message);
-        return false;
-    }
-    if (!g_spawn_check_wait_status(status, NULL)) {
-        g_strstrip(err_text);
-        vmig_set_error(errp, VMIG_E_IO, "%s %s failed%s%s", argv[0], argv[1] ? argv[1] : "",
-                       *err_text ? ": " : "", err_text);
-        return false;
-    }
-    *ret_out = g_steal_pointer(&out);
-    return true;
-}
-
 /* The image's first @len bytes in raw form, into @buf. */
 static bool read_image(const vmig_engine *e, const eng_disk *d, uint8_t *buf, size_t len,
                        vmig_error **errp)

@@ -174,7 +174,7 @@ static bool offline(const char *dest, const char *key, bool undefine_source, vmi
     o.undefine_source = undefine_source;
     o.dest = dest;
     o.key_file = key;
-    vmig_job *j = eng_offline_start(eng, VM, &o, NULL, NULL, errp);
+    vmig_job *j = eng_offline_start(eng, VM, &o, NULL, NULL, NULL, NULL, errp);
     if (!j) {
         return false;
     }

@@ -553,3 +553,104 @@ Test(storage, copy_storage_all_through_the_agent_carries_nbd_on_its_one_port)
     remove_images(a.dir);
     agent_stop(&a);
 }
+
+/* ---- offline: a shut-off VM's images copied with QEMU's tools ---------------------------- */
+
+/* A defined, shut-off VM with a raw and a qcow2 disk holding data; their paths. */
+static void define_cold(const char *name, char **ret_raw, char **ret_q)
+{
+    g_autofree char *rawname = g_strdup_printf("%s.raw", name);
+    g_autofree char *qname = g_strdup_printf("%s.qcow2", name);
+    *ret_raw = make_image(rawname, "raw", 8);
+    scribble(*ret_raw, 8);
+    *ret_q = g_build_filename(images, qname, NULL);
+    g_autofree char *img = eng_qemu_tool(eng, "qemu-img");
+    const char *argv[] = {img, "convert", "-f", "raw", "-O", "qcow2", *ret_raw, *ret_q, NULL};
+    vmig_error *err = NULL;
+    cr_assert(eng_run_tool(argv, 60, &err), "%s", vmig_error_message(err));
+    g_autofree char *json = g_strdup_printf(
+        "{\"name\": \"%s\", \"memory_mib\": 32, \"kernel\": \"%s\", \"disks\": "
+        "[{\"path\": \"%s\", \"interface\": \"ide\"}, {\"path\": \"%s\", \"format\": \"qcow2\"}]}",
+        name, vmig_guest_kernel(), *ret_raw, *ret_q);
+    g_autoptr(vmig_spec) s = vmig_spec_parse(json, &err);
+    cr_assert_not_null(s, "%s", vmig_error_message(err));
+    cr_assert(vmig_vm_define(eng, s, &err), "%s", vmig_error_message(err));
+}
+
+/* The definition of @name in @e names new images under @st_dir/images, equal to the source's. */
+static void check_copies(vmig_engine *e, const char *st_dir, const char *name, const char *raw,
+                         const char *q)
+{
+    vmig_error *err = NULL;
+    g_autoptr(vmig_spec) def = vmig_vm_definition(e, name, &err);
+    cr_assert_not_null(def, "%s", vmig_error_message(err));
+    g_autofree char *imgdir = g_build_filename(st_dir, "images", NULL);
+    const eng_disk *d0 = g_ptr_array_index(def->disks, 0), *d1 = g_ptr_array_index(def->disks, 1);
+    cr_assert(g_str_has_prefix(d0->path, imgdir) && g_str_has_prefix(d1->path, imgdir), "%s %s",
+              d0->path, d1->path);
+    cr_assert(eq(str, d1->format, "qcow2"));
+    cr_assert(same_image(raw, d0->path), "disk0's copy differs");
+    cr_assert(same_image(q, d1->path), "disk1's copy differs");
+    g_autofree char *img = eng_qemu_tool(eng, "qemu-img");
+    const char *info[] = {img, "info", "-U", d1->path, NULL};
+    g_autofree char *out = NULL;
+    cr_assert(eng_run_tool_out(info, 30, &out, &err), "%s", vmig_error_message(err));
+    cr_assert(strstr(out, "file format: qcow2") != NULL, "%s", out);
+}
+
+static vmig_job *offline_copy(const char *name, const char *dest, const char *key,
+                              vmig_migration_stats *st)
+{
+    vmig_migrate_opts o;
+    vmig_migrate_opts_init(&o);
+    o.live = false;
+    o.offline = o.persistent = o.undefine_source = true;
+    o.copy_storage_all = true;
+    o.dest = dest;
+    o.key_file = key;
+    vmig_job *j = run(name, &o, st);
+    g_autofree char *defdir = g_build_filename(state, ENG_DEF_DIR, NULL);
+    rmdir(defdir); /* --undefinesource emptied it */
+    return j;
+}
+
+Test(storage, offline_copy_storage_all_to_another_state_directory)
+{
+    g_autofree char *raw = NULL, *q = NULL;
+    define_cold("cold", &raw, &q);
+    vmig_migration_stats st;
+    vmig_job *j = offline_copy("cold", local_dest(), NULL, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    cr_assert(eq(u32, st.disks_copied, 2));
+    cr_assert(eq(u64, st.disk_transferred_bytes, (uint64_t)16 << 20));
+    vmig_job_free(j);
+    check_copies(eng2, state2, "cold", raw, q);
+    vmig_error *err = NULL;
+    cr_assert(vmig_vm_undefine(eng2, "cold", &err), "%s", vmig_error_message(err));
+    g_autofree char *defdir = g_build_filename(state2, ENG_DEF_DIR, NULL);
+    rmdir(defdir);
+}
+
+Test(storage, offline_copy_storage_all_to_an_agent_through_qemu_nbd)
+{
+    g_autofree char *raw = NULL, *q = NULL;
+    define_cold("far", &raw, &q);
+    t_agent a = {0};
+    t_agent_start(&a, NULL, "127.0.0.1");
+    vmig_migration_stats st;
+    vmig_job *j = offline_copy("far", a.dest, a.key, &st);
+    cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_COMPLETED), "%s",
+              vmig_error_message(vmig_job_error(j)));
+    cr_assert(eq(u64, st.disk_transferred_bytes, (uint64_t)16 << 20));
+    vmig_job_free(j);
+    vmig_engine *ae = t_engine(a.dir);
+    check_copies(ae, a.dir, "far", raw, q);
+    vmig_error *err = NULL;
+    cr_assert(vmig_vm_undefine(ae, "far", &err), "%s", vmig_error_message(err));
+    vmig_engine_free(ae);
+    g_autofree char *defdir = g_build_filename(a.dir, ENG_DEF_DIR, NULL);
+    rmdir(defdir);
+    remove_images(a.dir);
+    agent_stop(&a);
+}

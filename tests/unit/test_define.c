@@ -261,7 +261,7 @@ static bool job_done(void *opaque)
 
 static vmig_job *offline_run(const char *name, vmig_migrate_opts *o, vmig_error **errp)
 {
-    vmig_job *j = eng_offline_start(eng, name, o, NULL, NULL, errp);
+    vmig_job *j = eng_offline_start(eng, name, o, NULL, NULL, NULL, NULL, errp);
     if (j) {
         cr_assert(eng_run_until(eng, job_done, j, NULL));
     }
@@ -285,7 +285,7 @@ Test(define, offline_moves_the_definition)
     vmig_migrate_opts o;
     offline_opts(&o, dest);
     o.undefine_source = true;
-    vmig_job *j = eng_offline_start(eng, "cold", &o, NULL, NULL, &err);
+    vmig_job *j = eng_offline_start(eng, "cold", &o, NULL, NULL, NULL, NULL, &err);
     cr_assert_not_null(j, "%s", vmig_error_message(err));
     cr_assert(eng_job_is_offline(j));
     cr_assert_not(vmig_job_finished(j), "it ends from dispatch, not inside the call");
@@ -409,7 +409,7 @@ Test(define, offline_cancelled_before_it_moves)
     vmig_migrate_opts o;
     offline_opts(&o, dest);
     o.undefine_source = true;
-    vmig_job *j = eng_offline_start(eng, "cold", &o, NULL, NULL, &err);
+    vmig_job *j = eng_offline_start(eng, "cold", &o, NULL, NULL, NULL, NULL, &err);
     cr_assert_not_null(j, "%s", vmig_error_message(err));
     vmig_job_cancel(j);
     cr_assert(eng_run_until(eng, job_done, j, NULL));
