@@ -4,29 +4,35 @@ and the total migration time with and without storage.
 
 Every configuration moves the same VM, the built-in test guest (--mem-mib 128, idle unless
 --dirty) with one raw disk of --disk-mib (512) filled with random data, so the mirror must move
-every byte (QEMU may skip zero blocks).  The disk is opened with "cache": "none", on both sides.
+every byte (QEMU may skip zero blocks).  The disk is opened with "cache": "none" (O_DIRECT) on
+both sides, so the mirror reads and writes the host's disk; --cache writeback takes the disk out
+of the figures (the page cache holds the images; the shared_agent run then needs --unsafe, which
+the bench adds, as vmigrate refuses a shared disk between hosts with a cache other than none).
   copy_agent    migrate --live --copy-storage-all to an agent on 127.0.0.1 (vmig://): the
                 mirror's NBD connection goes through the relay (source relay, TCP, agent)
   copy_local    the same to local:DIR: QEMU's NBD client on the destination's unix socket
   nbd_tcp       no vmigrate: this script starts two QEMUs (-machine none) with the same images
                 and drives the same blockdev-mirror over QMP to an NBD export on a plain
-                loopback TCP connection ("QEMU's own TCP connection")
+                loopback TCP connection ("QEMU's own TCP connection"): the baseline
+  nbd_unix      the same on a unix socket, as copy_local connects: what the socket costs,
+                apart from vmigrate
   shared_local  migrate --live to local:DIR with the disk left in place (shared storage)
   shared_agent  the same to the agent
 A mirror's throughput is its length over the time it took to be in step, measured two ways:
   events   QEMU's own timestamps: the mirror's JOB_STATUS_CHANGE "created" to BLOCK_JOB_READY,
-           read on the source's reader monitor (vmigrate) or its only monitor (nbd_tcp); the
+           read on the source's reader monitor (vmigrate) or its only monitor (nbd_*); the
            same measure for all three
   actions  vmigrate's figure: disk_total_bytes over the "disks: N mirror(s) started" action to
            the "disks in step" action (the engine polls every 250 ms, so up to 250 ms late);
-           for nbd_tcp, blockdev-add of the NBD client to query-block-jobs saying ready (polled
+           for nbd_*, blockdev-add of the NBD client to query-block-jobs saying ready (polled
            every 50 ms)
 Total time and downtime are vmigrate's (--json total_ms, downtime_ms).
 
 Each run does every configuration once, one migration at a time; run i starts with
 configuration i, so none always runs first.  After each migration the destination's `vm list
---json` must show the VM running, and each copy of the disk (nbd_tcp's too) must be identical to
-the source's image (`qemu-img compare -U`).  One agent serves the whole bench.  Images, state
+--json` must show the VM running, and each copy of the disk (nbd_*'s too) must be identical to
+the source's image (`qemu-img compare -U`).  Ratios are taken within a run (relay/baseline:
+copy_agent/nbd_tcp in the same run), then min/median/max over the runs.  One agent serves the whole bench.  Images, state
 directories, the key and the agent live in a private directory under /tmp (its filesystem must
 support O_DIRECT; --dir picks another parent), removed at the end; every VM and QEMU started is
 stopped.  The vmigrate binary is copied there first, so a rebuild during the run does not change
@@ -51,11 +57,12 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["copy_agent", "copy_local", "nbd_tcp", "shared_local", "shared_agent"]
+CONFIGS = ["copy_agent", "copy_local", "nbd_tcp", "nbd_unix", "shared_local", "shared_agent"]
 LABELS = {"copy_agent": "copy, agent (relay)", "copy_local": "copy, local (unix)",
-          "nbd_tcp": "QEMU NBD over TCP", "shared_local": "shared, local",
+          "nbd_tcp": "QEMU NBD over TCP", "nbd_unix": "QEMU NBD over unix",
+          "shared_local": "shared, local",
           "shared_agent": "shared, agent (relay)"}
-MIRRORS = ["copy_agent", "copy_local", "nbd_tcp"]
+MIRRORS = ["copy_agent", "copy_local", "nbd_tcp", "nbd_unix"]
 TOTALS = ["shared_local", "copy_local", "shared_agent", "copy_agent"]
 SHARED_OF = {"copy_local": "shared_local", "copy_agent": "shared_agent"}
 VMIG_JOB = "vmig-mirror-disk0"  # engine/storage.c MIRROR_JOB_FMT for the VM's first disk
@@ -176,7 +183,7 @@ class Bench:
         self.agent_port = None
         self.agent_log = os.path.join(self.dir, "agent.log")
         self.running = None  # the migrate Popen, for cleanup
-        self.qemus = []  # nbd_tcp's Popens
+        self.qemus = []  # nbd_*'s Popens
         self.dests = []  # local:DIR state directories still to clean
         self.disk = os.path.join(self.images, "disk.raw")
 
@@ -253,7 +260,7 @@ class Bench:
             json.dump({"name": name, "memory_mib": a.mem_mib, "kernel": self.guest,
                        "append": f"vmig.dirty_mib_s={a.dirty}",
                        "disks": [{"path": self.disk, "format": "raw", "interface": "ide",
-                                  "cache": "none"}]}, f)
+                                  "cache": a.cache}]}, f)
         p = self.cli("vm", "start", spec)
         if p.returncode != 0:
             raise RuntimeError(f"vm start: {p.stderr.strip()}")
@@ -346,6 +353,7 @@ def run_migration(bench, a, run, config):
            "--timeout", str(a.timeout)]
     cmd += ["--copy-storage-all"] if copy else []
     cmd += ["--key", bench.key] if agent else []
+    cmd += ["--unsafe"] if agent and not copy and a.cache != "none" else []
     cmd += [name, dest]
     cell["args"] = cmd[3:]
     try:
@@ -443,18 +451,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def blockdev(node, path):
-    """-drive file=PATH,format=raw,cache=none as vmigrate starts the VM: O_DIRECT, threads."""
-    return json.dumps({"driver": "raw", "node-name": node, "cache": {"direct": True},
-                       "file": {"driver": "file", "filename": path, "cache": {"direct": True}}})
+def blockdev(node, path, cache):
+    """-drive file=PATH,format=raw,cache=C as vmigrate starts the VM (aio threads)."""
+    c = {"direct": cache == "none"}
+    return json.dumps({"driver": "raw", "node-name": node, "cache": c,
+                       "file": {"driver": "file", "filename": path, "cache": c}})
 
 
-def run_nbd_tcp(bench, a, run):
-    """The same NBD mirror, driven by hand over QMP, on a loopback TCP connection."""
-    cell = {"run": run, "config": "nbd_tcp",
+def run_nbd(bench, a, run, config):
+    """The same NBD mirror, driven by hand over QMP, on a loopback TCP connection or a unix
+    socket."""
+    cell = {"run": run, "config": config,
             "load_at_start": [round(x, 2) for x in os.getloadavg()],
             "other_qemus": other_qemus(bench.dir)}
-    d = bench.mkdir(f"nbd-{run}")
+    d = bench.mkdir(f"{config}-{run}")
     tgt = os.path.join(bench.images, f"tgt-{run}.raw")
     qmps = []
     try:
@@ -468,20 +478,24 @@ def run_nbd_tcp(bench, a, run):
             procs[side] = subprocess.Popen(
                 [bench.qemu, "-machine", "none", "-nodefaults", "-display", "none",
                  "-qmp", f"unix:{d}/{side}.sock,server=on,wait=off",
-                 "-blockdev", blockdev(node, img)], stdout=log, stderr=log)
+                 "-blockdev", blockdev(node, img, a.cache)], stdout=log, stderr=log)
             log.close()
             bench.qemus.append(procs[side])
         dst, src = QMP(os.path.join(d, "dst.sock")), QMP(os.path.join(d, "src.sock"))
         qmps = [dst, src]
-        port = str(free_port())
-        cell["port"] = port
-        dst.cmd("nbd-server-start",
-                addr={"type": "inet", "data": {"host": "127.0.0.1", "port": port}})
+        if config == "nbd_tcp":
+            port = str(free_port())
+            cell["port"] = port
+            addr = {"type": "inet", "host": "127.0.0.1", "port": port}
+        else:
+            addr = {"type": "unix", "path": os.path.join(d, "nbd.sock")}
+        legacy = {"type": addr["type"], "data": {k: v for k, v in addr.items() if k != "type"}}
+        dst.cmd("nbd-server-start", addr=legacy)
         dst.cmd("block-export-add", type="nbd", id="e", **{"node-name": "tgt"}, name="tgt",
                 writable=True)
         t0 = time.monotonic()
         src.cmd("blockdev-add", driver="nbd", **{"node-name": "nbdt"},
-                server={"type": "inet", "host": "127.0.0.1", "port": port}, export="tgt")
+                server=addr, export="tgt")
         t1 = time.monotonic()
         src.cmd("blockdev-mirror", **{"job-id": "m"}, device="src", target="nbdt", sync="full")
         length = None
@@ -592,9 +606,10 @@ def summarise(cells, configs):
             if v:
                 s[cfg][k] = v
     ratios = {}
-    pairs = [(m, "nbd_tcp", k) for m in ("copy_agent", "copy_local")
+    pairs = [(m, "nbd_tcp", k) for m in ("copy_agent", "copy_local", "nbd_unix")
              for k in ("mirror_events_mib_s", "mirror_actions_mib_s")]
-    pairs += [("copy_agent", "copy_local", "mirror_events_mib_s")]
+    pairs += [("copy_agent", "copy_local", "mirror_events_mib_s"),
+              ("copy_local", "nbd_unix", "mirror_events_mib_s")]
     pairs += [(c, sh, "total_ms") for c, sh in SHARED_OF.items()]
     pairs += [("copy_agent", "copy_local", "total_ms"), ("shared_agent", "shared_local",
                                                           "total_ms")]
@@ -721,17 +736,20 @@ def parse_args():
     ap.add_argument("--guest", default=os.environ.get(
         "VMIG_GUEST", os.path.join(ROOT, "build/guest/vmig-guest.elf")))
     ap.add_argument("--qemu", default=os.environ.get("VMIG_QEMU"),
-                    help="QEMU for the VMs and nbd_tcp (default: $VMIG_QEMU, else vmigrate's)")
+                    help="QEMU for the VMs and nbd_* (default: $VMIG_QEMU, else vmigrate's)")
     ap.add_argument("--qemu-img", help="default: the one beside the QEMU, else $PATH's")
     ap.add_argument("--disk-mib", type=int, default=512)
     ap.add_argument("--mem-mib", type=int, default=128)
     ap.add_argument("--dirty", type=int, default=0, help="the guest's vmig.dirty_mib_s")
+    ap.add_argument("--cache", choices=("none", "writeback"), default="none",
+                    help="the disk's cache mode, on both sides")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--timeout", type=int, default=300, help="s, each migration or mirror")
     ap.add_argument("--pause", type=float, default=2, help="s between cells")
     ap.add_argument("--dir", default="/tmp",
-                    help="parent of the private directory (images too: needs O_DIRECT)")
+                    help="parent of the private directory (the images too: cache none "
+                    "needs O_DIRECT, which tmpfs lacks)")
     ap.add_argument("--out", help="directory for storage.json and storage.png")
     ap.add_argument("--plot", help="PNG path (default with --out: DIR/storage.png)")
     ap.add_argument("--no-plot", action="store_true")
@@ -785,7 +803,8 @@ def main():
     bench = Bench(a)
     cells = []
     try:
-        bench.check_direct()
+        if a.cache == "none":
+            bench.check_direct()
         info = machine(bench.vmigrate)
         info["qemu_img"] = bench.qemu_img
         info["dir_fs"] = subprocess.run(["df", "-T", bench.dir], capture_output=True,
@@ -798,7 +817,7 @@ def main():
         for run in range(a.runs):
             k = run % len(a.configs_l)
             for cfg in a.configs_l[k:] + a.configs_l[:k]:
-                c = (run_nbd_tcp(bench, a, run) if cfg == "nbd_tcp"
+                c = (run_nbd(bench, a, run, cfg) if cfg.startswith("nbd_")
                      else run_migration(bench, a, run, cfg))
                 cells.append(c)
                 print(f"run {run} {cfg:13} {cell_line(c)}", file=sys.stderr)
@@ -810,7 +829,7 @@ def main():
     doc = {"bench": "storage", "started": started, "machine": info,
            "params": {"disk_mib": a.disk_mib, "mem_mib": a.mem_mib, "dirty_mib_s": a.dirty,
                       "runs": a.runs, "configs": a.configs_l, "timeout_s": a.timeout,
-                      "cache": "none", "disk_format": "raw", "guest": a.guest,
+                      "cache": a.cache, "disk_format": "raw", "guest": a.guest,
                       "note": a.note},
            "summary": summary, "ratios": ratios, "cells": cells}
     text = json.dumps(doc, indent=1) + "\n"

@@ -391,6 +391,32 @@ bool eng_storage_new_image(vmig_engine *e, const char *dir, const char *vm, unsi
 /* qemu-img info -U of @path: its format and virtual size. */
 bool eng_image_info(vmig_engine *e, const char *path, char **ret_format, uint64_t *ret_size,
                     vmig_error **errp);
+/* The readers of what peers send, checked (pure: fuzzed) ------------------------------------ */
+/* query-block's entry of drive @device: format, virtual size, backing file, read-only. */
+typedef struct eng_block_info {
+    char *format, *backing, *backing_fmt;
+    uint64_t size;
+    bool ro;
+} eng_block_info;
+bool eng_block_info_read(json_object *ret, const char *device, eng_block_info *out,
+                         vmig_error **errp);
+void eng_block_info_clear(eng_block_info *b);
+/* query-block-jobs' entry of job @job: false when it is not listed (or malformed). */
+bool eng_block_job_read(json_object *ret, const char *job, uint64_t *len, uint64_t *offset,
+                        bool *ready);
+/* One disk of a storage-check request (strings borrowed from @d). */
+typedef struct eng_share_check {
+    const char *id, *path, *format, *token_path, *token;
+    uint64_t size;
+} eng_share_check;
+bool eng_share_check_read(json_object *d, eng_share_check *out, vmig_error **errp);
+/* One image to create for a storage copy (the launch's "storage" entries). */
+typedef struct eng_image_req {
+    int64_t disk;
+    const char *format, *backing, *backing_format;
+    uint64_t size;
+} eng_image_req;
+bool eng_image_req_read(json_object *c, eng_image_req *out, vmig_error **errp);
 /* Removes the images in @created (may be NULL) and empties it. */
 void eng_storage_remove(GPtrArray *created);
 

@@ -126,7 +126,14 @@ bool mig_storage_opts(mig *m, vmig_error **errp)
 
 /* ---- what the source has: query-block ---------------------------------------------------- */
 
-static bool read_inserted(mig_disk *d, json_object *ins, vmig_error **errp)
+void eng_block_info_clear(eng_block_info *b)
+{
+    g_clear_pointer(&b->format, g_free);
+    g_clear_pointer(&b->backing, g_free);
+    g_clear_pointer(&b->backing_fmt, g_free);
+}
+
+static bool read_inserted(json_object *ins, eng_block_info *b, vmig_error **errp)
 {
     struct {
         const char *file, *drv;
@@ -154,39 +161,48 @@ static bool read_inserted(mig_disk *d, json_object *ins, vmig_error **errp)
         !vmig_json_read(q.image, image_fields, &im, "query-block: image", errp)) {
         return false;
     }
-    d->format = g_strdup(q.drv);
-    d->size = im.size;
-    d->ro = q.ro;
-    d->backing = g_strdup(im.backing);
-    d->backing_fmt = g_strdup(im.backing_fmt);
+    b->format = g_strdup(q.drv);
+    b->size = im.size;
+    b->ro = q.ro;
+    b->backing = g_strdup(im.backing);
+    b->backing_fmt = g_strdup(im.backing_fmt);
     return true;
+}
+
+bool eng_block_info_read(json_object *ret, const char *device, eng_block_info *out,
+                         vmig_error **errp)
+{
+    memset(out, 0, sizeof(*out));
+    if (!json_object_is_type(ret, json_type_array)) {
+        vmig_set_error(errp, VMIG_E_PROTO, "query-block: the reply is not an array");
+        return false;
+    }
+    json_object *ins = NULL;
+    for (size_t k = 0; k < json_object_array_length(ret); k++) {
+        json_object *b = json_object_array_get_idx(ret, k), *dev = NULL;
+        if (json_object_object_get_ex(b, "device", &dev) &&
+            json_object_is_type(dev, json_type_string) &&
+            strcmp(json_object_get_string(dev), device) == 0) {
+            json_object_object_get_ex(b, "inserted", &ins);
+        }
+    }
+    if (!ins || !json_object_is_type(ins, json_type_object)) {
+        vmig_set_error(errp, VMIG_E_STATE, "query-block: drive %s has no image open", device);
+        return false;
+    }
+    return read_inserted(ins, out, errp);
 }
 
 bool mig_on_query_block(vmig_job *j, json_object *ret, vmig_error **errp)
 {
     mig *m = M(j);
     const vmig_spec *s = m->src->spec;
-    if (!json_object_is_type(ret, json_type_array)) {
-        vmig_set_error(errp, VMIG_E_PROTO, "query-block: the reply is not an array");
-        return false;
-    }
     for (guint i = 0; i < s->disks->len; i++) {
         const eng_disk *sd = g_ptr_array_index(s->disks, i);
         g_autofree char *id = g_strdup_printf(ENG_DISK_ID_FMT, i);
-        json_object *ins = NULL;
-        for (size_t k = 0; k < json_object_array_length(ret); k++) {
-            json_object *b = json_object_array_get_idx(ret, k), *dev = NULL;
-            if (json_object_object_get_ex(b, "device", &dev) &&
-                json_object_is_type(dev, json_type_string) &&
-                strcmp(json_object_get_string(dev), id) == 0) {
-                json_object_object_get_ex(b, "inserted", &ins);
-            }
-        }
-        if (!ins || !json_object_is_type(ins, json_type_object)) {
-            vmig_set_error(errp, VMIG_E_STATE,
-                           "the source QEMU has no drive %s (%s) open: was VM '%s' started by an "
-                           "older vmigrate?",
-                           id, sd->path, m->name);
+        eng_block_info b;
+        if (!eng_block_info_read(ret, id, &b, errp)) {
+            vmig_prefix_error(errp, "VM '%s', %s (%s): ", m->name, id, sd->path);
             return false;
         }
         mig_disk *d = g_new0(mig_disk, 1);
@@ -195,9 +211,11 @@ bool mig_on_query_block(vmig_job *j, json_object *ret, vmig_error **errp)
         d->id = g_steal_pointer(&id);
         d->path = g_strdup(sd->path);
         d->cache = g_strdup(sd->cache);
-        if (!read_inserted(d, ins, errp)) {
-            return false;
-        }
+        d->format = g_steal_pointer(&b.format);
+        d->backing = g_steal_pointer(&b.backing);
+        d->backing_fmt = g_steal_pointer(&b.backing_fmt);
+        d->size = b.size;
+        d->ro = b.ro;
     }
     return true;
 }
@@ -353,27 +371,37 @@ bool eng_image_info(vmig_engine *e, const char *path, char **ret_format, uint64_
     return true;
 }
 
+bool eng_share_check_read(json_object *d, eng_share_check *q, vmig_error **errp)
+{
+    static const vmig_jfield fields[] = {
+        {"id", VJ_STRING, offsetof(eng_share_check, id), VJ_MANDATORY},
+        {"path", VJ_STRING, offsetof(eng_share_check, path), VJ_MANDATORY},
+        {"format", VJ_STRING, offsetof(eng_share_check, format), VJ_MANDATORY},
+        {"token_path", VJ_STRING, offsetof(eng_share_check, token_path), VJ_MANDATORY},
+        {"token", VJ_STRING, offsetof(eng_share_check, token), VJ_MANDATORY},
+        {"size", VJ_UINT64, offsetof(eng_share_check, size), VJ_MANDATORY},
+        {NULL},
+    };
+    memset(q, 0, sizeof(*q));
+    if (!json_object_is_type(d, json_type_object) ||
+        !vmig_json_read(d, fields, q, "storage check", errp)) {
+        if (errp && !*errp) {
+            vmig_set_error(errp, VMIG_E_INVAL, "storage check: a disk is not an object");
+        }
+        return false;
+    }
+    if (!g_path_is_absolute(q->path) || !g_path_is_absolute(q->token_path)) {
+        vmig_set_error(errp, VMIG_E_INVAL, "storage check: %s: paths must be absolute", q->id);
+        return false;
+    }
+    return true;
+}
+
 /* One shared disk, at the destination: there, the same format and size, and the token. */
 static bool check_one(vmig_engine *e, json_object *d, vmig_error **errp)
 {
-    struct {
-        const char *id, *path, *format, *token_path, *token;
-        uint64_t size;
-    } q = {0};
-    static const vmig_jfield fields[] = {
-        {"id", VJ_STRING, offsetof(typeof(q), id), VJ_MANDATORY},
-        {"path", VJ_STRING, offsetof(typeof(q), path), VJ_MANDATORY},
-        {"format", VJ_STRING, offsetof(typeof(q), format), VJ_MANDATORY},
-        {"token_path", VJ_STRING, offsetof(typeof(q), token_path), VJ_MANDATORY},
-        {"token", VJ_STRING, offsetof(typeof(q), token), VJ_MANDATORY},
-        {"size", VJ_UINT64, offsetof(typeof(q), size), VJ_MANDATORY},
-        {NULL},
-    };
-    if (!vmig_json_read(d, fields, &q, "storage check", errp)) {
-        return false;
-    }
-    if (!g_path_is_absolute(q.path) || !g_path_is_absolute(q.token_path)) {
-        vmig_set_error(errp, VMIG_E_INVAL, "storage check: %s: paths must be absolute", q.id);
+    eng_share_check q;
+    if (!eng_share_check_read(d, &q, errp)) {
         return false;
     }
     if (access(q.path, R_OK) < 0) {
@@ -418,12 +446,7 @@ bool eng_storage_check(vmig_engine *e, json_object *args, vmig_error **errp)
         return false;
     }
     for (size_t i = 0; i < json_object_array_length(disks); i++) {
-        json_object *d = json_object_array_get_idx(disks, i);
-        if (!json_object_is_type(d, json_type_object)) {
-            vmig_set_error(errp, VMIG_E_INVAL, "storage check: disks[%zu] is not an object", i);
-            return false;
-        }
-        if (!check_one(e, d, errp)) {
+        if (!check_one(e, json_object_array_get_idx(disks, i), errp)) {
             return false;
         }
     }
@@ -570,23 +593,42 @@ bool eng_storage_new_image(vmig_engine *e, const char *dir, const char *vm, unsi
     return true;
 }
 
+bool eng_image_req_read(json_object *c, eng_image_req *q, vmig_error **errp)
+{
+    static const vmig_jfield fields[] = {
+        {"disk", VJ_INT64, offsetof(eng_image_req, disk), VJ_MANDATORY},
+        {"format", VJ_STRING, offsetof(eng_image_req, format), VJ_MANDATORY},
+        {"size", VJ_UINT64, offsetof(eng_image_req, size), VJ_MANDATORY},
+        {"backing", VJ_STRING, offsetof(eng_image_req, backing), 0},
+        {"backing_format", VJ_STRING, offsetof(eng_image_req, backing_format), 0},
+        {NULL},
+    };
+    memset(q, 0, sizeof(*q));
+    if (!json_object_is_type(c, json_type_object) ||
+        !vmig_json_read(c, fields, q, "storage", errp)) {
+        if (errp && !*errp) {
+            vmig_set_error(errp, VMIG_E_INVAL, "storage: an entry is not an object");
+        }
+        return false;
+    }
+    if ((strcmp(q->format, "raw") != 0 && strcmp(q->format, "qcow2") != 0) ||
+        (q->backing && (!g_path_is_absolute(q->backing) || strcmp(q->format, "qcow2") != 0)) ||
+        (q->backing_format && strcmp(q->backing_format, "raw") != 0 &&
+         strcmp(q->backing_format, "qcow2") != 0)) {
+        vmig_set_error(errp, VMIG_E_INVAL,
+                       "storage: disk %" G_GINT64_FORMAT " (%s): only raw and qcow2 images, a "
+                       "backing file (raw or qcow2) only under qcow2 by an absolute path",
+                       q->disk, q->format);
+        return false;
+    }
+    return true;
+}
+
 static bool create_one(vmig_engine *e, const char *dir, const char *vm, json_object *c,
                        vmig_spec *spec, GPtrArray *created, vmig_error **errp)
 {
-    struct {
-        int64_t disk;
-        const char *format, *backing, *backing_format;
-        uint64_t size;
-    } q = {0};
-    static const vmig_jfield fields[] = {
-        {"disk", VJ_INT64, offsetof(typeof(q), disk), VJ_MANDATORY},
-        {"format", VJ_STRING, offsetof(typeof(q), format), VJ_MANDATORY},
-        {"size", VJ_UINT64, offsetof(typeof(q), size), VJ_MANDATORY},
-        {"backing", VJ_STRING, offsetof(typeof(q), backing), 0},
-        {"backing_format", VJ_STRING, offsetof(typeof(q), backing_format), 0},
-        {NULL},
-    };
-    if (!vmig_json_read(c, fields, &q, "storage", errp)) {
+    eng_image_req q;
+    if (!eng_image_req_read(c, &q, errp)) {
         return false;
     }
     if (q.disk < 0 || q.disk >= (int64_t)spec->disks->len) {
@@ -720,6 +762,35 @@ static void on_src_storage(vmig_job *j, json_object *ret, const vmig_error *err)
     }
 }
 
+bool eng_block_job_read(json_object *ret, const char *job, uint64_t *len, uint64_t *offset,
+                        bool *ready)
+{
+    for (size_t k = 0;
+         json_object_is_type(ret, json_type_array) && k < json_object_array_length(ret); k++) {
+        struct {
+            const char *device;
+            uint64_t len, offset;
+            bool ready;
+        } q = {0};
+        static const vmig_jfield fields[] = {
+            {"device", VJ_STRING, offsetof(typeof(q), device), VJ_MANDATORY},
+            {"len", VJ_UINT64, offsetof(typeof(q), len), 0},
+            {"offset", VJ_UINT64, offsetof(typeof(q), offset), 0},
+            {"ready", VJ_BOOL, offsetof(typeof(q), ready), 0},
+            {NULL},
+        };
+        if (vmig_json_read(json_object_array_get_idx(ret, k), fields, &q, "query-block-jobs",
+                           NULL) &&
+            strcmp(q.device, job) == 0) {
+            *len = q.len;
+            *offset = MIN(q.offset, q.len);
+            *ready = q.ready;
+            return true;
+        }
+    }
+    return false;
+}
+
 /* query-block-jobs: each mirror's progress, and whether it is in step. */
 static void on_jobs(vmig_job *j, json_object *ret, const vmig_error *err)
 {
@@ -735,30 +806,7 @@ static void on_jobs(vmig_job *j, json_object *ret, const vmig_error *err)
             continue;
         }
         g_autofree char *job = g_strdup_printf(MIRROR_JOB_FMT, d->id);
-        bool seen = false;
-        for (size_t k = 0; k < json_object_array_length(ret); k++) {
-            struct {
-                const char *device;
-                uint64_t len, offset;
-                bool ready;
-            } q = {0};
-            static const vmig_jfield fields[] = {
-                {"device", VJ_STRING, offsetof(typeof(q), device), VJ_MANDATORY},
-                {"len", VJ_UINT64, offsetof(typeof(q), len), 0},
-                {"offset", VJ_UINT64, offsetof(typeof(q), offset), 0},
-                {"ready", VJ_BOOL, offsetof(typeof(q), ready), 0},
-                {NULL},
-            };
-            if (!vmig_json_read(json_object_array_get_idx(ret, k), fields, &q, "query-block-jobs",
-                                NULL) ||
-                strcmp(q.device, job) != 0) {
-                continue;
-            }
-            seen = true;
-            d->len = q.len;
-            d->offset = MIN(q.offset, q.len);
-            d->ready = q.ready;
-        }
+        bool seen = eng_block_job_read(ret, job, &d->len, &d->offset, &d->ready);
         d->gone = !seen;
         total += d->len;
         done += d->offset;

@@ -97,17 +97,16 @@ static bool read_image(const vmig_engine *e, const eng_disk *d, uint8_t *buf, si
         path = raw;
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    bool ok = fd >= 0;
-    if (!ok) {
+    bool ok = false;
+    if (fd < 0) {
         vmig_set_error_errno(errp, errno, "%s", path);
-    }
-    ssize_t got = ok ? pread(fd, buf, len, 0) : -1;
-    if (ok && got != (ssize_t)len) {
-        vmig_set_error(errp, VMIG_E_VERIFY, "disk %s holds %zd bytes, the guest wrote %zu", d->path,
-                       got, len);
-        ok = false;
-    }
-    if (fd >= 0) {
+    } else {
+        ssize_t got = pread(fd, buf, len, 0);
+        ok = got == (ssize_t)len;
+        if (!ok) {
+            vmig_set_error(errp, VMIG_E_VERIFY, "disk %s holds %zd bytes, the guest wrote %zu",
+                           d->path, got, len);
+        }
         close(fd);
     }
     if (raw) {

@@ -11,7 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECONDS_EACH="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(qmp_parser qmp_conn spec cpuid replies wire handshake control jobfile)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(qmp_parser qmp_conn spec cpuid replies wire handshake control jobfile storage)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -42,6 +42,7 @@ seeds_for() {
     wire | handshake) echo "$s/wire" ;;
     control) echo "$s/control" ;;
     jobfile) echo "$s/jobfile $ROOT/tests/fuzz/regressions/jobfile" ;;
+    storage) echo "$s/storage" ;;
     esac
 }
 

@@ -184,12 +184,13 @@ static void stale_40(uint8_t *disk)
 
 static void moved_10(uint8_t *disk)
 {
-    memcpy(disk + 10 * VMIG_SECTOR_SIZE, disk + 11 * VMIG_SECTOR_SIZE, VMIG_SECTOR_SIZE);
+    memcpy(disk + (size_t)10 * VMIG_SECTOR_SIZE, disk + (size_t)11 * VMIG_SECTOR_SIZE,
+           VMIG_SECTOR_SIZE);
 }
 
 static void zero_50(uint8_t *disk)
 {
-    memset(disk + 50 * VMIG_SECTOR_SIZE, 0, VMIG_SECTOR_SIZE); /* never copied */
+    memset(disk + (size_t)50 * VMIG_SECTOR_SIZE, 0, VMIG_SECTOR_SIZE); /* never copied */
 }
 
 Test(verify, disk_consistent_image_passes)
