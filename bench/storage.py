@@ -46,6 +46,7 @@ import glob
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -240,6 +241,15 @@ class Bench:
             raise RuntimeError(f"agent: {line!r}, log: {self.agent_log_text()[-600:]}")
         self.agent_port = int(line.rsplit(":", 1)[1])
 
+    def agent_cpu(self):
+        """The agent's own CPU seconds (its QEMUs are not in them)."""
+        try:
+            with open(f"/proc/{self.agent.pid}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+            return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, AttributeError, IndexError, ValueError):
+            return 0.0
+
     def agent_log_text(self):
         try:
             with open(self.agent_log, errors="replace") as f:
@@ -365,6 +375,7 @@ def run_migration(bench, a, run, config):
         return cell
     log_at = len(bench.agent_log_text())
     watcher.start()
+    cpu0, agent0 = children_cpu(), bench.agent_cpu()
     t0 = time.monotonic()
     bench.running = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=bench.env)
@@ -377,6 +388,10 @@ def run_migration(bench, a, run, config):
     cell["rc"] = bench.running.returncode
     bench.running = None
     cell["wall_s"] = round(time.monotonic() - t0, 2)
+    # the migrate process: the engine and, to an agent, the source relay (a thread of it)
+    cell["migrate_cpu_s"] = round(children_cpu() - cpu0, 2)
+    if agent:
+        cell["agent_cpu_s"] = round(bench.agent_cpu() - agent0, 2)
     events = watcher.stop()
     try:
         r = json.loads(out)
@@ -443,6 +458,11 @@ def verify(bench, cell, name, dstate, copy):
             cell["image_check"] = text
             ok = ok and same
     cell["verified"] = ok
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def free_port():
@@ -667,10 +687,14 @@ def relay_waits(doc):
     for c in doc["cells"]:
         for ch in c.get("channels", []):
             if c["config"] == "copy_agent" and ch.get("kind") == "nbd":
-                out.append(f"  run {c['run']}: nbd channel {ch['bytes_out'] / MIB:.0f} MiB in "
-                           f"{ch['seconds']:.2f} s, waited {ch['wait_source_ms']} ms for QEMU "
-                           f"(source), {ch['wait_network_ms']} ms for the network; mirror "
-                           f"{c.get('mirror_events_s')} s (events)")
+                out.append(f"  run {c['run']}: mirror {c.get('mirror_events_s')} s; source relay: "
+                           f"nbd channel {ch['bytes_out'] / MIB:.0f} MiB over {ch['seconds']:.2f}"
+                           f" s, waited {ch['wait_source_ms']} ms for QEMU, "
+                           f"{ch['wait_network_ms']} ms for the network; CPU s: migrate process "
+                           f"{c.get('migrate_cpu_s')}, agent {c.get('agent_cpu_s')}")
+        for ln in c.get("agent_log", []) if c["config"] == "copy_agent" else []:
+            if "channel nbd" in ln:
+                out.append("    agent: " + ln.split("channel ", 1)[1])
     return out
 
 

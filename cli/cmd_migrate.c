@@ -73,10 +73,13 @@ static void print_summary(const char *name, const char *dest, const vmig_migrati
     printf("  transferred %8.1f MiB in %llu pass(es), %.0f Mbit/s\n",
            (double)st->transferred_bytes / (1024.0 * 1024.0), (unsigned long long)st->passes,
            st->mbps);
-    if (st->disks_copied) {
+    if (st->disks_copied && st->disk_ready_ms) {
         printf("  disks       %u copied, %.1f MiB mirrored, in step after %.1f s\n",
                st->disks_copied, (double)st->disk_transferred_bytes / (1024.0 * 1024.0),
                (double)st->disk_ready_ms / 1000.0);
+    } else if (st->disks_copied) {
+        printf("  disks       %u copied, %.1f MiB\n", st->disks_copied,
+               (double)st->disk_transferred_bytes / (1024.0 * 1024.0));
     }
     if (st->postcopy_at_ms) {
         printf("  post-copy   from %.1f s, %llu page(s) faulted in\n",
