@@ -22,22 +22,24 @@ A mirror's throughput is its length over the time it took to be in step, measure
   events   QEMU's own timestamps: the mirror's JOB_STATUS_CHANGE "created" to BLOCK_JOB_READY,
            read on the source's reader monitor (vmigrate) or its only monitor (nbd_*); the
            same measure for all three
-  actions  vmigrate's figure: disk_total_bytes over the "disks: N mirror(s) started" action to
-           the "disks in step" action (the engine polls every 250 ms, so up to 250 ms late);
-           for nbd_*, blockdev-add of the NBD client to query-block-jobs saying ready (polled
-           every 50 ms)
+  actions  vmigrate's figure: disk_total_bytes over the "disks: N mirror(s) started" action
+           (sent blockdev-add and blockdev-mirror) to the "disks in step" action (the engine's
+           query-block-jobs said ready); for nbd_*, blockdev-add of the NBD client to
+           query-block-jobs saying ready (polled every --poll-ms, 50)
 Total time and downtime are vmigrate's (--json total_ms, downtime_ms).
 
-Each run does every configuration once, one migration at a time; run i starts with
-configuration i, so none always runs first.  After each migration the destination's `vm list
---json` must show the VM running, and each copy of the disk (nbd_*'s too) must be identical to
-the source's image (`qemu-img compare -U`).  Ratios are taken within a run (relay/baseline:
-copy_agent/nbd_tcp in the same run), then min/median/max over the runs.  One agent serves the whole bench.  Images, state
-directories, the key and the agent live in a private directory under /tmp (its filesystem must
-support O_DIRECT; --dir picks another parent), removed at the end; every VM and QEMU started is
-stopped.  The vmigrate binary is copied there first, so a rebuild during the run does not change
-it.  JSON (machine, parameters, every cell, summaries) on stdout or --out DIR/storage.json; the
-tables on stderr; a PNG (--plot FILE, or DIR/storage.png with --out).
+After the fill, --warmup (1) unmeasured nbd_tcp mirrors: the first mirror after the fill ran
+slower in every configuration.  Each run then does every configuration once, one migration at a
+time; run i starts with configuration i, so none always runs first.  After each migration the
+destination's `vm list --json` must show the VM running, and each copy of the disk (nbd_*'s
+too) must be identical to the source's image (`qemu-img compare -U`).  Ratios are taken within
+a run (relay/baseline: copy_agent/nbd_tcp of the same run), then min/median/max over the runs.
+One agent serves the whole bench.  Images, state directories, the key and the agent live in a
+private directory under /tmp (--dir: another parent; cache none needs O_DIRECT, which tmpfs
+lacks), removed at the end; every VM and QEMU started is stopped.  The vmigrate binary is copied
+there first, so a rebuild during the run does not change it.  JSON (machine, parameters, every
+cell, summaries) on stdout or --out DIR/storage.json; the tables on stderr; a PNG (--plot FILE,
+or DIR/storage.png with --out).
 
   /usr/bin/python3 bench/storage.py [--disk-mib 512] [--mem-mib 128] [--runs 3] [--out DIR]
 """
@@ -63,6 +65,8 @@ LABELS = {"copy_agent": "copy, agent (relay)", "copy_local": "copy, local (unix)
           "nbd_tcp": "QEMU NBD over TCP", "nbd_unix": "QEMU NBD over unix",
           "shared_local": "shared, local",
           "shared_agent": "shared, agent (relay)"}
+COLOR = {"copy_agent": "C0", "copy_local": "C1", "nbd_tcp": "C2", "nbd_unix": "C4",
+         "shared_local": "C7", "shared_agent": "C9"}
 MIRRORS = ["copy_agent", "copy_local", "nbd_tcp", "nbd_unix"]
 TOTALS = ["shared_local", "copy_local", "shared_agent", "copy_agent"]
 SHARED_OF = {"copy_local": "shared_local", "copy_agent": "shared_agent"}
@@ -375,7 +379,7 @@ def run_migration(bench, a, run, config):
         return cell
     log_at = len(bench.agent_log_text())
     watcher.start()
-    cpu0, agent0 = children_cpu(), bench.agent_cpu()
+    cpu0, agent0, host0 = children_cpu(), bench.agent_cpu(), host_cpu()
     t0 = time.monotonic()
     bench.running = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=bench.env)
@@ -388,6 +392,7 @@ def run_migration(bench, a, run, config):
     cell["rc"] = bench.running.returncode
     bench.running = None
     cell["wall_s"] = round(time.monotonic() - t0, 2)
+    cell["host_cpu"] = host_share(host0)
     # the migrate process: the engine and, to an agent, the source relay (a thread of it)
     cell["migrate_cpu_s"] = round(children_cpu() - cpu0, 2)
     if agent:
@@ -460,6 +465,21 @@ def verify(bench, cell, name, dstate, copy):
     cell["verified"] = ok
 
 
+def host_cpu():
+    """/proc/stat's cpu line: user nice system idle iowait irq softirq steal, in ticks."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def host_share(t0):
+    """Of the host's CPU time since t0 (host_cpu()): busy %, and the niced processes' %
+    (another session's busy loops ran at nice 5 here)."""
+    d = [b - a for a, b in zip(t0, host_cpu())]
+    total = sum(d) or 1
+    return {"busy_pct": round(100 * (total - d[3] - d[4]) / total, 1),
+            "nice_pct": round(100 * d[1] / total, 1)}
+
+
 def children_cpu():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -513,6 +533,7 @@ def run_nbd(bench, a, run, config):
         dst.cmd("nbd-server-start", addr=legacy)
         dst.cmd("block-export-add", type="nbd", id="e", **{"node-name": "tgt"}, name="tgt",
                 writable=True)
+        host0 = host_cpu()
         t0 = time.monotonic()
         src.cmd("blockdev-add", driver="nbd", **{"node-name": "nbdt"},
                 server=addr, export="tgt")
@@ -528,8 +549,9 @@ def run_nbd(bench, a, run, config):
                 break
             if time.monotonic() - t0 > a.timeout:
                 raise RuntimeError(f"the mirror was not ready within {a.timeout} s")
-            time.sleep(0.05)
+            time.sleep(a.poll_ms / 1000)
         t2 = time.monotonic()
+        cell["host_cpu"] = host_share(host0)
         cell["nbd_connect_s"] = round(t1 - t0, 3)
         cell["mirror_actions_s"] = round(t2 - t0, 3)
         cell["mirror_actions_mib_s"] = round(length / MIB / (t2 - t0), 1)
@@ -677,7 +699,8 @@ def tables(doc):
     failed = [c for c in doc["cells"] if not (c.get("completed") and c.get("verified"))]
     lines += ["", f"runs that failed or did not verify: {len(failed)}"]
     for c in failed:
-        lines.append(f"  run {c['run']} {c['config']}: {c.get('error') or c.get('image_check') or c.get('dest_state')}")
+        why = c.get("error") or c.get("image_check") or f"destination: {c.get('dest_state')}"
+        lines.append(f"  run {c['run']} {c['config']}: {why}")
     return "\n".join(lines)
 
 
@@ -712,14 +735,15 @@ def plot(doc, path):
             ys = [c[k] for c in ok if c["config"] == cfg and c.get(k)]
             if ys:
                 x = i + (j - 0.5) * 0.35
-                ax[0].bar(x, statistics.median(ys), 0.33, color=f"C{i}", alpha=1 - 0.5 * j,
+                ax[0].bar(x, statistics.median(ys), 0.33, color=COLOR[cfg], alpha=1 - 0.5 * j,
                           label=("QEMU events" if j == 0 else "actions / 50-ms poll")
                           if i == 0 else None)
                 ax[0].plot([x] * len(ys), ys, mark, color="black", ms=4)
     ax[0].set_xticks(range(len(mir)))
     ax[0].set_xticklabels([LABELS[c] for c in mir], fontsize=8)
     ax[0].set_ylabel("MiB/s")
-    ax[0].set_title(f"mirror of a {doc['params']['disk_mib']} MiB disk to in step")
+    ax[0].set_title(f"mirror of a {doc['params']['disk_mib']} MiB raw disk until in step, "
+                    f"cache {doc['params']['cache']}", fontsize=10)
     ax[0].legend(fontsize=8)
     tot = [c for c in TOTALS if c in cfgs]
     for i, cfg in enumerate(tot):
@@ -727,7 +751,7 @@ def plot(doc, path):
         if not cs:
             continue
         t = statistics.median(c["total_ms"] / 1000 for c in cs)
-        ax[1].bar(i, t, 0.6, color=f"C{i + 3}")
+        ax[1].bar(i, t, 0.6, color=COLOR[cfg])
         dr = [c["disk_ready_ms"] / 1000 for c in cs if c.get("disk_ready_ms")]
         if dr:
             ax[1].bar(i, statistics.median(dr), 0.6, fill=False, hatch="//",
@@ -736,9 +760,10 @@ def plot(doc, path):
     ax[1].set_xticks(range(len(tot)))
     ax[1].set_xticklabels([LABELS[c] for c in tot], fontsize=8)
     ax[1].set_ylabel("s")
-    ax[1].set_title(f"total migration time, {doc['params']['mem_mib']} MiB VM")
+    ax[1].set_title(f"total migration time, {doc['params']['mem_mib']} MiB VM with that disk",
+                    fontsize=10)
     ax[1].legend(fontsize=8)
-    fig.suptitle(f"bars: median of {doc['params']['runs']} runs; dots: each run "
+    fig.suptitle(f"bars: median of {doc['params']['runs']} runs; marks: each run "
                  f"({doc['started'][:10]}, {doc['machine'].get('git_head')})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -770,6 +795,10 @@ def parse_args():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--timeout", type=int, default=300, help="s, each migration or mirror")
+    ap.add_argument("--poll-ms", type=float, default=50,
+                    help="nbd_*: query-block-jobs every MS until ready (0: back to back)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="unmeasured nbd_tcp mirrors after the fill, before the runs")
     ap.add_argument("--pause", type=float, default=2, help="s between cells")
     ap.add_argument("--dir", default="/tmp",
                     help="parent of the private directory (the images too: cache none "
@@ -801,6 +830,9 @@ def cell_line(c):
                      f"{c.get('mirror_actions_mib_s')} (actions)")
     if c.get("total_ms"):
         parts.append(f"total {c['total_ms']} ms, downtime {c.get('downtime_ms')} ms")
+    if c.get("host_cpu"):
+        h = c["host_cpu"]
+        parts.append(f"host CPU busy {h['busy_pct']}% (nice {h['nice_pct']}%)")
     parts.append("verified" if c.get("verified") else
                  f"NOT VERIFIED: {c.get('dest_state')} {c.get('image_check')}")
     return "; ".join(parts)
@@ -837,6 +869,10 @@ def main():
         info["fill_s"] = bench.fill(a.disk_mib)
         if any(c.endswith("_agent") for c in a.configs_l):
             bench.start_agent()
+        # the first mirror after the fill ran slower in every configuration (the host still
+        # writing the fill back?): unmeasured warm-up mirrors, kept in the JSON apart
+        for w in range(a.warmup):
+            info.setdefault("warmup", []).append(run_nbd(bench, a, f"w{w}", "nbd_tcp"))
         info["load_before"] = [round(x, 2) for x in os.getloadavg()]
         for run in range(a.runs):
             k = run % len(a.configs_l)
@@ -853,6 +889,7 @@ def main():
     doc = {"bench": "storage", "started": started, "machine": info,
            "params": {"disk_mib": a.disk_mib, "mem_mib": a.mem_mib, "dirty_mib_s": a.dirty,
                       "runs": a.runs, "configs": a.configs_l, "timeout_s": a.timeout,
+                      "poll_ms": a.poll_ms, "warmup": a.warmup,
                       "cache": a.cache, "disk_format": "raw", "guest": a.guest,
                       "note": a.note},
            "summary": summary, "ratios": ratios, "cells": cells}

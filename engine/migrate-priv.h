@@ -117,6 +117,8 @@ typedef struct mig {
     bool pre_switchover_done; /* the mirrors finished at pre-switchover */
     char *mirror_error;       /* the first mirror that failed, and why */
     int64_t cleanup_deadline; /* rollback: waiting for cancelled mirrors */
+    uint64_t mirror_bytes;    /* copied at the mirrors' last sign of progress */
+    int64_t mirror_progress_ms;
     eng_step_fn storage_next;
 } mig;
 

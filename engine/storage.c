@@ -327,8 +327,10 @@ static json_object *check_args(const mig *m)
         json_object_object_add(o, "path", json_object_new_string(d->path));
         json_object_object_add(o, "format", json_object_new_string(d->format));
         json_object_object_add(o, "size", json_object_new_int64((int64_t)d->size));
-        json_object_object_add(o, "token_path", json_object_new_string(d->token_path));
-        json_object_object_add(o, "token", json_object_new_string(d->token));
+        if (d->token_path) { /* a read-only disk needs only the same image there */
+            json_object_object_add(o, "token_path", json_object_new_string(d->token_path));
+            json_object_object_add(o, "token", json_object_new_string(d->token));
+        }
         json_object_array_add(arr, o);
     }
     json_object *args = json_object_new_object();
@@ -377,8 +379,8 @@ bool eng_share_check_read(json_object *d, eng_share_check *q, vmig_error **errp)
         {"id", VJ_STRING, offsetof(eng_share_check, id), VJ_MANDATORY},
         {"path", VJ_STRING, offsetof(eng_share_check, path), VJ_MANDATORY},
         {"format", VJ_STRING, offsetof(eng_share_check, format), VJ_MANDATORY},
-        {"token_path", VJ_STRING, offsetof(eng_share_check, token_path), VJ_MANDATORY},
-        {"token", VJ_STRING, offsetof(eng_share_check, token), VJ_MANDATORY},
+        {"token_path", VJ_STRING, offsetof(eng_share_check, token_path), 0},
+        {"token", VJ_STRING, offsetof(eng_share_check, token), 0},
         {"size", VJ_UINT64, offsetof(eng_share_check, size), VJ_MANDATORY},
         {NULL},
     };
@@ -390,8 +392,11 @@ bool eng_share_check_read(json_object *d, eng_share_check *q, vmig_error **errp)
         }
         return false;
     }
-    if (!g_path_is_absolute(q->path) || !g_path_is_absolute(q->token_path)) {
-        vmig_set_error(errp, VMIG_E_INVAL, "storage check: %s: paths must be absolute", q->id);
+    if (!g_path_is_absolute(q->path) || !q->token_path != !q->token ||
+        (q->token_path && !g_path_is_absolute(q->token_path))) {
+        vmig_set_error(errp, VMIG_E_INVAL,
+                       "storage check: %s: paths must be absolute, a token comes with its path",
+                       q->id);
         return false;
     }
     return true;
@@ -426,7 +431,8 @@ static bool check_one(vmig_engine *e, json_object *d, vmig_error **errp)
         return false;
     }
     g_autofree char *seen = NULL;
-    if (!g_file_get_contents(q.token_path, &seen, NULL, NULL) || strcmp(seen, q.token) != 0) {
+    if (q.token_path &&
+        (!g_file_get_contents(q.token_path, &seen, NULL, NULL) || strcmp(seen, q.token) != 0)) {
         vmig_set_error(errp, VMIG_E_STATE,
                        "%s (%s) at the destination is another file with the same name: the token "
                        "the source wrote beside it (%s) %s there.  The storage is not shared; "
@@ -492,7 +498,8 @@ void mig_storage_preflight(vmig_job *j, eng_step_fn next)
             continue;
         }
         any_shared = true;
-        if (!check_cache(m, d, &err) || !write_token(d, &err)) {
+        /* a read-only image may sit where we cannot write: it needs only to be the same */
+        if (!check_cache(m, d, &err) || (!d->ro && !write_token(d, &err))) {
             eng_job_fail(j, err);
             proof_done(j);
             return;
@@ -843,6 +850,24 @@ void mig_storage_tick(vmig_job *j)
     poll_jobs(j);
 }
 
+/* No mirror moved a byte for the stall timeout (60 s by default): the copy is stuck. */
+static void mirror_stalled(vmig_job *j)
+{
+    mig *m = M(j);
+    int64_t now = vmig_now_ms();
+    if (m->st.disk_transferred_bytes > m->mirror_bytes || !m->mirror_progress_ms) {
+        m->mirror_bytes = m->st.disk_transferred_bytes;
+        m->mirror_progress_ms = now;
+        return;
+    }
+    int stall_s = m->o.stall_timeout_s ? m->o.stall_timeout_s : 60;
+    if (stall_s > 0 && now - m->mirror_progress_ms >= (int64_t)stall_s * 1000 && !m->mirror_error) {
+        m->mirror_error = g_strdup_printf(
+            "no byte copied for %d s (%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " bytes)",
+            stall_s, m->st.disk_transferred_bytes, m->st.disk_total_bytes);
+    }
+}
+
 /* Every mirror in step, or one gone (failed: its BLOCK_JOB_COMPLETED said why). */
 static bool mirrors_ready(vmig_job *j)
 {
@@ -857,24 +882,31 @@ static bool mirrors_ready(vmig_job *j)
     }
     if (!all) {
         poll_jobs(j);
+        mirror_stalled(j);
     }
-    return all || m->dst_closed || !eng_vm_alive(m->dst);
+    return all || m->mirror_error || m->dst_closed || !eng_vm_alive(m->dst);
 }
 
 static void mirrors_settled(vmig_job *j)
 {
     mig *m = M(j);
+    if (m->dst_closed || !eng_vm_alive(m->dst)) { /* first: its mirrors fail with it */
+        mig_fail_new(j, VMIG_E_QEMU, "the destination QEMU exited while the disks were copied%s%s",
+                     m->mirror_error ? ": " : "", m->mirror_error ? m->mirror_error : "");
+        return;
+    }
+    if (m->mirror_error) {
+        mig_fail_new(j, VMIG_E_IO, "copying the disks to the destination failed: %s",
+                     m->mirror_error);
+        return;
+    }
     for (guint i = 0; i < m->disks->len; i++) {
         mig_disk *d = disk_at(m, i);
-        if (d->copy && (d->gone || m->mirror_error)) {
-            mig_fail_new(j, VMIG_E_IO, "the mirror of %s (%s) to the destination failed: %s", d->id,
-                         d->path, m->mirror_error ? m->mirror_error : "it ended early");
+        if (d->copy && d->gone) {
+            mig_fail_new(j, VMIG_E_IO, "the mirror of %s (%s) to the destination ended early",
+                         d->id, d->path);
             return;
         }
-    }
-    if (m->dst_closed || !eng_vm_alive(m->dst)) {
-        mig_fail_new(j, VMIG_E_QEMU, "the destination QEMU exited while the disks were copied");
-        return;
     }
     m->st.disk_ready_ms = (uint64_t)(vmig_now_ms() - m->t0);
     mig_act(j, "disks in step: %u mirror(s) ready after %.0f MiB", m->st.disks_copied,
@@ -896,8 +928,13 @@ static void start_mirrors(vmig_job *j)
     m->mirroring = true;
     mig_act(j, "disks: %u mirror(s) started%s", m->st.disks_copied,
             m->link ? ", through the relay" : "");
-    eng_job_wait(j, mirrors_ready, MIRROR_READY_TIMEOUT_MS, "the disks' mirrors were not ready",
-                 mirrors_settled);
+    /* --timeout covers the copy too: its clock starts with the job */
+    int64_t left = MIRROR_READY_TIMEOUT_MS;
+    if (m->o.timeout_s > 0) {
+        left = MAX(1, (int64_t)m->o.timeout_s * 1000 - (vmig_now_ms() - m->t0));
+    }
+    eng_job_wait(j, mirrors_ready, (int)MIN(left, MIRROR_READY_TIMEOUT_MS),
+                 "the disks' mirrors were not in step within the time given", mirrors_settled);
 }
 
 void mig_storage_start(vmig_job *j, eng_step_fn next)

@@ -404,7 +404,9 @@ Test(storage, the_destination_killed_during_the_mirror_leaves_the_source_and_no_
     cr_assert(killed, "the mirror ended before the test could kill the destination");
     cr_assert(eq(int, vmig_job_get_state(j), VMIG_JOB_FAILED));
     const char *msg = vmig_error_message(vmig_job_error(j));
-    cr_assert(strstr(msg, "running on the source") != NULL, "%s", msg);
+    cr_assert(strstr(msg, "destination QEMU exited while the disks were copied") &&
+                  strstr(msg, "running on the source"),
+              "%s", msg);
     vmig_job_free(j);
     g_autofree char *imgdir = g_build_filename(state2, "images", NULL);
     cr_assert(not(g_file_test(imgdir, G_FILE_TEST_EXISTS)), "the partial image is left in %s",

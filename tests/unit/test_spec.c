@@ -71,8 +71,11 @@ Test(spec, errors_name_the_field)
     expect_error("{\"name\": \"a\", \"memory_mib\": 64, \"disks\": [{\"format\": \"raw\"}]}",
                  "'disks[0]': has no 'path'");
     expect_error("{\"name\": \"a\", \"memory_mib\": 64, \"disks\": [{\"path\": \"/d\", "
-                 "\"cache\": \"none\"}]}",
-                 "'disks[0].cache': unknown field");
+                 "\"bus\": \"none\"}]}",
+                 "'disks[0].bus': unknown field");
+    expect_error("{\"name\": \"a\", \"memory_mib\": 64, \"disks\": [{\"path\": \"/d\", "
+                 "\"cache\": \"none,aio=native\"}]}",
+                 "'disks[0].cache': must be one of none, writeback");
     expect_error("{\"name\": \"a\", \"memory_mib\": 64, \"kernel\": \"/k\", \"extra_args\": "
                  "[\"-a\", 3]}",
                  "'extra_args[1]': must be a string");
@@ -143,8 +146,9 @@ Test(spec, argv_for_source_and_destination)
     cr_assert(argv_has(src, "-uuid", "9a1c2b3d-0000-4000-8000-000000000001"));
     cr_assert(
         argv_has(src, "-chardev", "socket,id=vmig-qmp,path=/run/v/db/qmp.sock,server=on,wait=off"));
-    cr_assert(argv_has(src, "-drive", "file=/d/a,,b.img,format=raw,if=ide"),
-              "commas in paths are doubled for QEMU's option parser");
+    cr_assert(
+        argv_has(src, "-drive", "file=/d/a,,b.img,format=raw,if=ide,id=disk0,node-name=vmig-disk0"),
+        "commas in paths are doubled for QEMU's option parser; diskN names it");
     cr_assert(argv_has(src, "-rtc", "base=utc"));
     cr_assert(not(argv_has(src, "-incoming", NULL)));
     cr_assert(not(argv_has(src, "-S", NULL)));
