@@ -191,10 +191,39 @@ void cli_progress_init(cli_progress *p, bool verbose)
     p->tty = isatty(STDERR_FILENO);
 }
 
+/* The disks' copy, before memory moves (or an offline copy). */
+static void disk_progress(cli_progress *p, const vmig_migration_stats *st)
+{
+    double total = (double)st->disk_total_bytes / (1024.0 * 1024.0);
+    double done = (double)st->disk_transferred_bytes / (1024.0 * 1024.0);
+    double frac = total > 0 ? done / total : 0;
+    if (p->tty) {
+        char bar[31];
+        for (int i = 0; i < 30; i++) {
+            bar[i] = i < (int)(frac * 30.0) ? '#' : '.';
+        }
+        bar[30] = '\0';
+        fprintf(stderr, "\r[%s] %5.1f%%  disks: %u, %8.1f of %8.1f MiB copied ", bar, frac * 100.0,
+                st->disks_copied, done, total);
+    } else {
+        long long t = now_ms();
+        if (t - p->last_line_ms < 1000) {
+            return;
+        }
+        p->last_line_ms = t;
+        fprintf(stderr, "disks %5.1f%% %.1f of %.1f MiB copied\n", frac * 100.0, done, total);
+    }
+    fflush(stderr);
+}
+
 void cli_progress_cb(void *opaque, const vmig_migration_stats *st)
 {
     cli_progress *p = opaque;
     if (!p->enabled) {
+        return;
+    }
+    if (st->disks_copied && st->transferred_bytes == 0) {
+        disk_progress(p, st);
         return;
     }
     double pct = st->progress * 100.0;
@@ -244,7 +273,8 @@ const char cli_migrate_opts_help[] =
     "  --timeout S          at S seconds do --timeout-action: by default give up and roll\n"
     "                       back, the source keeps running\n"
     "  --stall-timeout S    give up when no byte moved for S seconds (default 60; none: never)\n"
-    "  --verbose            progress: percent, MiB/s, remaining, dirty rate, pass\n"
+    "  --verbose            progress: percent, MiB/s, remaining, dirty rate, pass (and\n"
+    "                       the disks' copy first, when one is asked)\n"
     "  --json               print one JSON object with the result on stdout\n"
     "  --force              migrate even if the destination's CPU cannot run the VM's\n"
     "                       (the check names the missing features; this overrides it)\n"
