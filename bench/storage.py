@@ -539,8 +539,9 @@ def run_nbd(bench, a, run, config):
                 server=addr, export="tgt")
         t1 = time.monotonic()
         src.cmd("blockdev-mirror", **{"job-id": "m"}, device="src", target="nbdt", sync="full")
-        length = None
+        length, polls = None, 0
         while True:
+            polls += 1
             jobs = [j for j in src.cmd("query-block-jobs") if j.get("device") == "m"]
             if not jobs:
                 raise RuntimeError(f"the mirror ended early: {src.events[-3:]}")
@@ -553,6 +554,7 @@ def run_nbd(bench, a, run, config):
         t2 = time.monotonic()
         cell["host_cpu"] = host_share(host0)
         cell["nbd_connect_s"] = round(t1 - t0, 3)
+        cell["polls"] = polls
         cell["mirror_actions_s"] = round(t2 - t0, 3)
         cell["mirror_actions_mib_s"] = round(length / MIB / (t2 - t0), 1)
         src.cmd("block-job-cancel", device="m")  # a ready mirror: finish in step

@@ -40,6 +40,13 @@
 #define LAUNCH_STEP_MS 5 /* QEMU opens its monitor ~30 ms after exec */
 #define KILL_STEP_MS 10
 #define PROBE_PREFIX ".probe-"
+/* The launcher's own monitor: a connected socket QEMU gets as this fd, not a listening one.
+ * A client that connects to a listening monitor while QEMU starts can race QEMU's main
+ * thread into a blocking accept4() on it, and that QEMU never runs a command again (QEMU
+ * before commit e714f1a3d4, January 2026: 7.2 and 10.0 both).  With the first connection
+ * handed over already made, there is no accept to race; the listening monitors are for
+ * later clients, which come once QEMU has answered here. */
+#define LAUNCH_MON_FD 4
 #define KILL_GRACE_MS 5000 /* after SIGKILL */
 #define EXIT_GRACE_MS 1000 /* monitor closed at start: the process is about to be gone */
 
@@ -276,8 +283,8 @@ static ssize_t read_full(int fd, void *buf, size_t len)
 }
 
 /* Closes every descriptor from @first up.  In the grandchild, before exec: nothing the
- * embedding program holds open reaches QEMU but stdio and fd 3, the pipe that reports an exec
- * failure (close-on-exec). */
+ * embedding program holds open reaches QEMU but stdio, fd 3, the pipe that reports an exec
+ * failure (close-on-exec), and fd 4, the launcher's monitor connection (LAUNCH_MON_FD). */
 static void close_from(unsigned first)
 {
 #ifdef SYS_close_range
@@ -353,7 +360,8 @@ static _Noreturn void guard_main(int lifeline, int qemu)
 /* Forks twice; the grandchild execs QEMU.  With @lifeline >= 0 (the guard's end of its
  * lifeline), the first child also forks the guard before it exits.  Returns QEMU's pid, or 0
  * with an error. */
-static int spawn_detached(char **argv, const char *logpath, int lifeline, vmig_error **errp)
+static int spawn_detached(char **argv, const char *logpath, int lifeline, int mon,
+                          vmig_error **errp)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
@@ -379,11 +387,19 @@ static int spawn_detached(char **argv, const char *logpath, int lifeline, vmig_e
                 (void)w;
                 _exit(127);
             }
+            /* out of the way of the numbers it is given below */
+            int mon_hi = fcntl(mon, F_DUPFD, LAUNCH_MON_FD + 1);
             dup2(in, 0);
             dup2(out, 1);
             dup2(out, 2);
-            int keep = dup2(p[1], 3); /* the pipe survives close_from(4) as fd 3 */
-            close_from(4);
+            int keep = dup2(p[1], 3); /* the pipe survives close_from() as fd 3 */
+            if (mon_hi < 0 || dup2(mon_hi, LAUNCH_MON_FD) != LAUNCH_MON_FD) {
+                int err = errno;
+                ssize_t w = write(p[1], &err, sizeof(err));
+                (void)w;
+                _exit(127);
+            }
+            close_from(LAUNCH_MON_FD + 1);
             if (keep == 3) {
                 fcntl(3, F_SETFD, FD_CLOEXEC);
             }
@@ -451,6 +467,7 @@ static bool prepare_dir(const char *dir, const char *name, vmig_error **errp)
 typedef struct launcher {
     vmig_engine *e;
     eng_vm *vm;
+    int mon; /* our end of the launch monitor, until it is attached */
     eng_launch_fn done;
     void *opaque;
     qmp_event_fn ev;
@@ -472,6 +489,9 @@ static void launch_arm(launcher *l, int ms)
 
 static void launch_finish(launcher *l, vmig_error *err)
 {
+    if (l->mon >= 0) {
+        close(l->mon);
+    }
     if (err) {
         if (pid_alive(l->vm->pid) && pid_is_instance(l->vm->pid, l->vm->name)) {
             kill(l->vm->pid, SIGKILL);
@@ -547,9 +567,22 @@ static void launch_tick(void *opaque, int res)
         launch_finish(l, err);
         return;
     }
-    int left = MAX(vmig_ms_left(l->deadline), ENG_CONNECT_TIMEOUT_MS);
-    if (!connect_within(l->vm, left, l->ev, l->ev_opaque, launch_ready, l, NULL)) {
-        launch_arm(l, LAUNCH_STEP_MS); /* not listening yet */
+    if (l->mon >= 0) {
+        int left = MAX(vmig_ms_left(l->deadline), ENG_CONNECT_TIMEOUT_MS);
+        vmig_error *err = NULL;
+        g_autofree char *label = g_strdup_printf("%s monitor (launch)", l->vm->name);
+        g_autoptr(qmp_conn) c = qmp_conn_new(l->vm->e->ring, label);
+        int fd = l->mon;
+        l->mon = -1;
+        if (!qmp_conn_attach_fd(c, fd, &err)) {
+            launch_finish(l, err);
+            return;
+        }
+        qmp_conn_set_event_cb(c, l->ev, l->ev_opaque);
+        eng_vm_disconnect(l->vm);
+        l->vm->qmp = g_steal_pointer(&c);
+        /* an exit closes the socket, and the handshake's deadline is the start's */
+        qmp_conn_start(l->vm->qmp, left, launch_ready, l);
     }
 }
 
@@ -593,8 +626,21 @@ static GPtrArray *probe_argv(const char *qemu, const char *dir, vmig_accel accel
     return argv;
 }
 
-/* Creates the directory and spawns QEMU; the VM (owned) or NULL with an error. */
-static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, vmig_error **errp)
+/* The launcher's monitor, on the connected socket QEMU gets as LAUNCH_MON_FD. */
+static void add_launch_monitor(GPtrArray *argv)
+{
+    g_ptr_array_remove_index(argv, argv->len - 1); /* the NULL */
+    g_ptr_array_add(argv, g_strdup("-chardev"));
+    g_ptr_array_add(argv, g_strdup_printf("socket,id=vmig-launch,fd=%d", LAUNCH_MON_FD));
+    g_ptr_array_add(argv, g_strdup("-mon"));
+    g_ptr_array_add(argv, g_strdup("chardev=vmig-launch,mode=control"));
+    g_ptr_array_add(argv, NULL);
+}
+
+/* Creates the directory and spawns QEMU; the VM (owned) and our end of its launch monitor
+ * (@ret_mon), or NULL with an error. */
+static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, int *ret_mon,
+                              vmig_error **errp)
 {
     g_autofree char *dir = NULL;
     if (req->probe) {
@@ -633,6 +679,7 @@ static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, vmig_er
                         .incoming = req->incoming};
         argv = eng_spec_argv(vm->spec, &l);
     }
+    add_launch_monitor(argv);
     g_autofree char *cmdline = g_strjoinv(" ", (char **)argv->pdata);
     g_autofree char *log_path = g_build_filename(dir, "qemu.log", NULL);
     eng_log(e, VMIG_LOG_DEBUG, "starting %s", cmdline);
@@ -643,28 +690,43 @@ static eng_vm *spawn_instance(vmig_engine *e, const eng_launch_req *req, vmig_er
         eng_vm_remove_dir(dir);
         return NULL;
     }
-    vm->pid = spawn_detached((char **)argv->pdata, log_path, lifeline[0], errp);
+    int mon[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, mon) < 0) {
+        vmig_set_error_errno(errp, errno, "socketpair");
+        if (lifeline[0] >= 0) {
+            close(lifeline[0]);
+            close(lifeline[1]);
+        }
+        eng_vm_remove_dir(dir);
+        return NULL;
+    }
+    vm->pid = spawn_detached((char **)argv->pdata, log_path, lifeline[0], mon[0], errp);
+    close(mon[0]);
     if (lifeline[0] >= 0) {
         close(lifeline[0]);
     }
     vm->guard_fd = lifeline[1];
     if (!vm->pid) {
+        close(mon[1]);
         eng_vm_remove_dir(dir);
         return NULL;
     }
+    *ret_mon = mon[1];
     return g_steal_pointer(&vm);
 }
 
 bool eng_vm_launch(vmig_engine *e, const eng_launch_req *req, eng_launch_fn done, void *opaque,
                    vmig_error **errp)
 {
-    eng_vm *vm = spawn_instance(e, req, errp);
+    int mon = -1;
+    eng_vm *vm = spawn_instance(e, req, &mon, errp);
     if (!vm) {
         return false;
     }
     launcher *l = g_new0(launcher, 1);
     l->e = e;
     l->vm = vm;
+    l->mon = mon;
     l->done = done;
     l->opaque = opaque;
     l->ev = req->ev;
