@@ -956,12 +956,11 @@ bool tp_dest_relay_add(tp_dest_relay *d, int fd, tp_kind kind, unsigned index, v
     ch->known = true;
     ch->st.kind = kind;
     ch->st.index = kind == TP_KIND_MULTIFD || kind == TP_KIND_NBD ? index : 0;
-    if (kind == TP_KIND_NBD) { /* QEMU's NBD server takes them in any order */
-        dest_connect(ch);
-    } else if (kind == TP_KIND_MAIN) {
+    if (kind == TP_KIND_MAIN) {
         d->main = MAIN_CONNECTING;
-        dest_connect(ch);
-    } else if (d->main == MAIN_READY) {
+    }
+    /* main first; QEMU's NBD server takes its connections in any order */
+    if (kind == TP_KIND_MAIN || kind == TP_KIND_NBD || d->main == MAIN_READY) {
         dest_connect(ch);
     } else if (d->main == MAIN_FAILED) {
         chan_fail(ch, VMIG_E_IO, "the main channel failed before it reached QEMU");
