@@ -575,6 +575,26 @@ Test(relay, the_destination_refuses_duplicates_and_strangers)
     }
 }
 
+static bool one_reached_qemu(void)
+{
+    return t.dconns->len >= 1;
+}
+
+/* A storage copy's NBD channels go to QEMU's NBD server at once, before any main channel;
+ * a migration that copies no disk takes none. */
+Test(relay, nbd_channels_connect_at_once_and_only_when_a_disk_is_copied)
+{
+    int peers[2];
+    refused(sock(&peers[0]), TP_KIND_NBD, 0, "an nbd channel for a migration that copies no disk");
+    tp_dest_relay_set_nbd(t.dest, t.qemu_path); /* the test's listener stands for the server */
+    cr_assert(tp_dest_relay_add(t.dest, sock(&peers[1]), TP_KIND_NBD, 0, NULL));
+    cr_assert(spin_until(one_reached_qemu), "the nbd channel did not wait for main");
+    g_autofree char *fails = fails_text();
+    cr_assert(eq(u32, t.fails->len, 0), "%s", fails);
+    close(peers[0]);
+    close(peers[1]);
+}
+
 /* Destination QEMU is not there: main fails, and takes the channel waiting for it along. */
 Test(relay, a_main_that_cannot_reach_qemu_fails_the_waiting_channels)
 {
