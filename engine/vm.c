@@ -3,6 +3,8 @@
  *   spec.json  the effective spec (with the UUID a destination must reuse)
  *   accel      tcg or kvm
  *   qmp.sock   the engine's QMP monitor   qmp-read.sock  the readers' monitor (vm list)
+ * and the process that starts a QEMU talks to it on a monitor of its own, a socket already
+ * connected (fd 4, LAUNCH_MON_FD): it never connects to a listening monitor while QEMU starts.
  *   qemu.pid   written by QEMU            job.json       a job's state, while one runs
  *   qemu.log   QEMU's stdout/stderr       serial.log     the guest's COM1
  * QEMU is started by a double fork so it is never our child (no zombies for the embedding
@@ -17,8 +19,8 @@
  * first and the guard just exits.  So a crashed vmigrate leaves no destination behind, and the
  * source, whose migration then fails, goes on running.
  *
- * Starting and stopping are asynchronous: timers on the engine's ring look for the monitor
- * socket and for the process to be gone; nothing here sleeps.
+ * Starting and stopping are asynchronous: the launch monitor's handshake, and timers on the
+ * engine's ring that look for the process to be gone; nothing here sleeps.
  */
 #include <dirent.h>
 #include <errno.h>
