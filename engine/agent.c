@@ -173,10 +173,11 @@ static void log_channels(avm *v, const char *how)
 {
     tp_channel_stats st[TP_CHANNELS_MAX + 2];
     size_t n = v->relay ? tp_dest_relay_stats(v->relay, st, G_N_ELEMENTS(st)) : 0;
+    int64_t now = g_get_monotonic_time();
     for (size_t i = 0; i < n; i++) {
-        double s = st[i].end_us > st[i].start_us && st[i].start_us
-                       ? (double)(st[i].end_us - st[i].start_us) / 1e6
-                       : 0;
+        int64_t end = st[i].end_us ? st[i].end_us : now; /* one still open (nbd): until now */
+        double s = end > st[i].start_us && st[i].start_us ? (double)(end - st[i].start_us) / 1e6
+                                                          : 0;
         eng_log(v->a->e, VMIG_LOG_INFO,
                 "agent: VM '%s' %s: channel %s %u (order %u): %" G_GUINT64_FORMAT
                 " bytes in, %" G_GUINT64_FORMAT " out, %.1f Mbit/s, waited %.3f s for the "

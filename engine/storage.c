@@ -881,8 +881,7 @@ static bool mirrors_ready(vmig_job *j)
         all = all && (!d->copy || d->ready);
     }
     if (!all) {
-        poll_jobs(j);
-        mirror_stalled(j);
+        mirror_stalled(j); /* the tick polls query-block-jobs; events say ready at once */
     }
     return all || m->mirror_error || m->dst_closed || !eng_vm_alive(m->dst);
 }
@@ -972,7 +971,8 @@ void mig_storage_start(vmig_job *j, eng_step_fn next)
 void mig_storage_event(vmig_job *j, const char *ev, json_object *data)
 {
     mig *m = M(j);
-    if (strcmp(ev, "BLOCK_JOB_COMPLETED") != 0 && strcmp(ev, "BLOCK_JOB_ERROR") != 0) {
+    if (strcmp(ev, "BLOCK_JOB_COMPLETED") != 0 && strcmp(ev, "BLOCK_JOB_ERROR") != 0 &&
+        strcmp(ev, "BLOCK_JOB_READY") != 0 && strcmp(ev, "BLOCK_JOB_CANCELLED") != 0) {
         return;
     }
     struct {
@@ -987,8 +987,21 @@ void mig_storage_event(vmig_job *j, const char *ev, json_object *data)
         !g_str_has_prefix(q.dev, "vmig-mirror-")) {
         return;
     }
-    if (!m->mirror_error && (q.error || strcmp(ev, "BLOCK_JOB_ERROR") == 0)) {
-        m->mirror_error = g_strdup_printf("%s: %s", q.dev, q.error ? q.error : "I/O error");
+    for (guint i = 0; i < m->disks->len; i++) { /* now, not at the next poll */
+        mig_disk *d = disk_at(m, i);
+        g_autofree char *job = g_strdup_printf(MIRROR_JOB_FMT, d->id);
+        if (d->copy && strcmp(job, q.dev) == 0) {
+            d->ready = d->ready || strcmp(ev, "BLOCK_JOB_READY") == 0;
+            d->gone = d->gone || strcmp(ev, "BLOCK_JOB_COMPLETED") == 0 ||
+                      strcmp(ev, "BLOCK_JOB_CANCELLED") == 0;
+        }
+    }
+    bool cancelled = strcmp(ev, "BLOCK_JOB_CANCELLED") == 0; /* not by us: a ready one completes */
+    if (!m->mirror_error && (q.error || cancelled || strcmp(ev, "BLOCK_JOB_ERROR") == 0)) {
+        m->mirror_error = g_strdup_printf("%s: %s", q.dev,
+                                          q.error     ? q.error
+                                          : cancelled ? "cancelled"
+                                                      : "I/O error");
     }
     eng_job_kick(j);
 }
@@ -997,18 +1010,12 @@ void mig_storage_event(vmig_job *j, const char *ev, json_object *data)
 static bool mirrors_gone(vmig_job *j)
 {
     mig *m = M(j);
-    if (m->jobs_in_flight) {
-        return false;
-    }
     bool any = false;
     for (guint i = 0; i < m->disks->len; i++) {
         mig_disk *d = disk_at(m, i);
         any = any || (d->copy && !d->gone);
     }
-    if (any) {
-        poll_jobs(j);
-    }
-    return !any || m->mirror_error != NULL;
+    return !any || m->mirror_error != NULL; /* BLOCK_JOB_COMPLETED says gone; the tick too */
 }
 
 static void on_continue(vmig_job *j, json_object *ret, const vmig_error *err)
