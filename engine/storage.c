@@ -36,7 +36,7 @@
 #define NBD_NODE_FMT "vmig-nbd-%s"
 #define MIRROR_JOB_FMT "vmig-mirror-%s"
 #define TOKEN_PREFIX ".vmig-shared-"
-#define MIRROR_READY_TIMEOUT_MS (30 * 60 * 1000)
+#define MIRROR_READY_TIMEOUT_MS ((int64_t)30 * 60 * 1000)
 #define MIRROR_CANCEL_TIMEOUT_MS 60000
 #define QEMU_IMG_TIMEOUT_S 60
 
