@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "jobctl.h"
 
 #define LAUNCH_STEP_MS 5 /* QEMU opens its monitor ~30 ms after exec */
 #define KILL_STEP_MS 10
@@ -1279,34 +1280,16 @@ static void list_ready(void *opaque, const vmig_error *err)
 }
 
 /* The job a migration keeps in the VM's directory, while it runs. */
+/* The job running on the VM in @dir, from its job file (the fuzzed reader: jobfile.c). */
 static void read_job_file(const char *dir, vmig_vm_info *info)
 {
-    g_autofree char *path = g_build_filename(dir, ENG_JOB_FILE, NULL);
-    g_autofree char *text = NULL;
-    if (!g_file_get_contents(path, &text, NULL, NULL)) {
-        return;
-    }
-    g_autoptr(json_object) o = json_tokener_parse(text);
-    struct {
-        const char *job, *state;
-        double progress;
-    } f = {0};
-    static const vmig_jfield fields[] = {
-        {"job", VJ_STRING, offsetof(typeof(f), job), VJ_MANDATORY},
-        {"state", VJ_STRING, offsetof(typeof(f), state), VJ_MANDATORY},
-        {"progress", VJ_DOUBLE, offsetof(typeof(f), progress), 0},
-        {NULL},
-    };
-    if (!o || !vmig_json_read(o, fields, &f, path, NULL)) {
-        return;
-    }
-    if (!strcmp(f.state, "completed") || !strcmp(f.state, "failed") ||
-        !strcmp(f.state, "cancelled")) {
+    eng_jobfile f;
+    if (!eng_jobfile_read(dir, &f, NULL) || eng_jobfile_final(&f)) {
         return;
     }
     g_strlcpy(info->job, f.job, sizeof(info->job));
     g_strlcpy(info->job_state, f.state, sizeof(info->job_state));
-    info->job_progress = f.progress < 0 ? 0 : f.progress > 1 ? 1 : f.progress;
+    info->job_progress = f.progress < 0 ? 0 : f.progress;
 }
 
 static void list_start(vmig_engine *e, const char *name, vmig_vm_info *info, list_probe *p,

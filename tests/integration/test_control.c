@@ -211,6 +211,20 @@ Test(control, jobinfo_downtime_and_abort_of_a_migration_that_cannot_converge)
               json_object_to_json_string(info));
     cr_assert(ge(i64, jint(info, "iteration"), 1));
 
+    /* vm list shows the migration on the VM, from the same job file */
+    vmig_vm_info infos[8];
+    vmig_error *lerr = NULL;
+    int n = vmig_vm_list_wait(eng, infos, 8, 5000, &lerr);
+    cr_assert(gt(int, n, 0), "%s", lerr ? vmig_error_message(lerr) : "");
+    int at = -1;
+    for (int i = 0; i < n && i < 8; i++) {
+        at = strcmp(infos[i].name, "stuck") == 0 ? i : at;
+    }
+    cr_assert(ge(int, at, 0), "vm list lacks 'stuck'");
+    cr_assert(eq(str, infos[at].job, "migrate"));
+    cr_assert(eq(str, infos[at].job_state, "migrating"));
+    cr_assert(infos[at].job_progress >= 0 && infos[at].job_progress <= 1);
+
     expect(ctl("set-max-downtime", "stuck", "42", NULL), 0, "42 ms");
     g_autoptr(json_object) after = jobinfo("stuck");
     cr_assert(eq(i64, jint(after, "downtime_limit_ms"), 42), "%s",
