@@ -38,6 +38,8 @@
 #define TOKEN_PREFIX ".vmig-shared-"
 #define MIRROR_READY_TIMEOUT_MS ((int64_t)30 * 60 * 1000)
 #define MIRROR_CANCEL_TIMEOUT_MS 60000
+#define MIRROR_DEST_GRACE_MS 2000 /* a mirror's I/O error may come before its destination's exit   \
+                                   */
 #define QEMU_IMG_TIMEOUT_S 60
 
 struct mig_disk {
@@ -886,9 +888,23 @@ static bool mirrors_ready(vmig_job *j)
     return all || m->mirror_error || m->dst_closed || !eng_vm_alive(m->dst);
 }
 
+static void mirrors_settled(vmig_job *j);
+
+/* A mirror failed: the destination's death may be the cause, seen a moment later. */
+static bool dst_gone_or_late(vmig_job *j)
+{
+    mig *m = M(j);
+    return m->dst_closed || !eng_vm_alive(m->dst) || vmig_ms_left(m->dst_grace_deadline) == 0;
+}
+
 static void mirrors_settled(vmig_job *j)
 {
     mig *m = M(j);
+    if (m->mirror_error && !m->dst_grace_deadline && !m->dst_closed && eng_vm_alive(m->dst)) {
+        m->dst_grace_deadline = vmig_now_ms() + MIRROR_DEST_GRACE_MS;
+        eng_job_wait(j, dst_gone_or_late, 0, NULL, mirrors_settled);
+        return;
+    }
     if (m->dst_closed || !eng_vm_alive(m->dst)) { /* first: its mirrors fail with it */
         mig_fail_new(j, VMIG_E_QEMU, "the destination QEMU exited while the disks were copied%s%s",
                      m->mirror_error ? ": " : "", m->mirror_error ? m->mirror_error : "");

@@ -423,9 +423,7 @@ static void agent_stop(t_agent *a)
     vmig_engine *ae = t_engine(a->dir);
     t_engine_teardown(ae, a->dir); /* frees a->dir */
     a->dir = NULL;
-    unlink(a->key);
-    unlink(a->log);
-    rmdir(a->key_dir);
+    t_agent_free(a);
 }
 
 static vmig_job *to_agent(const char *name, const t_agent *a, bool unsafe, vmig_migration_stats *st)

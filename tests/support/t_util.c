@@ -275,6 +275,22 @@ void t_cut_in_postcopy(void *opaque, const vmig_migration_stats *st)
 }
 
 /* Runs `vmigrate agent` (in network namespace @netns when set) on @host, port 0. */
+void t_agent_free(t_agent *a)
+{
+    if (a->key) {
+        unlink(a->key);
+        unlink(a->log);
+        rmdir(a->key_dir);
+    }
+    g_free(a->dir);
+    g_free(a->key_dir);
+    g_free(a->key);
+    g_free(a->log);
+    g_free(a->dest);
+    g_free(a->netns);
+    memset(a, 0, sizeof(*a));
+}
+
 void t_agent_start(t_agent *a, const char *netns, const char *host)
 {
     t_agent_start_ex(a, netns, host, NULL, NULL);

@@ -75,6 +75,9 @@ typedef struct t_agent {
 /* Starts it (in network namespace @netns when set) on @host, port 0; dest is its vmig:// URL.
  * It dies with the test process. */
 void t_agent_start(t_agent *a, const char *netns, const char *host);
+/* Removes its key and log, and frees what t_agent_start() made (a->dir too, if still set:
+ * tear its state down first).  The agent process must be gone. */
+void t_agent_free(t_agent *a);
 /* The same, in a mount namespace of its own where directory @bind_from is mounted over
  * @bind_at: what the agent sees at @bind_at is not what the test sees (two hosts' disks). */
 void t_agent_start_ex(t_agent *a, const char *netns, const char *host, const char *bind_from,
