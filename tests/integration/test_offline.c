@@ -148,14 +148,9 @@ static void agent_stop(agent *a)
     }
     vmig_engine *e = t_engine(a->dir);
     undefine_all(e, a->dir);
-    t_engine_teardown(e, a->dir);
-    unlink(a->key);
-    unlink(a->log);
-    rmdir(a->key_dir);
-    g_free(a->key_dir);
-    g_free(a->key);
-    g_free(a->log);
-    g_free(a->dest);
+    t_engine_teardown(e, a->dir); /* frees a->dir */
+    a->dir = NULL;
+    t_agent_free(a);
 }
 
 /* ---- the library: eng_offline_start() -----------------------------------------------------------

@@ -50,18 +50,7 @@ static void agent_stop(agent *a)
         cr_assert(eq(int, t_qemu_count_settled(needle), 0), "no QEMU is left in %s", a->dir);
         t_state_dir_check_clean(a->dir); /* fails the test on what is left; removes it */
     }
-    if (a->key) {
-        unlink(a->key);
-        unlink(a->log);
-        rmdir(a->key_dir);
-    }
-    g_free(a->dir);
-    g_free(a->key_dir);
-    g_free(a->key);
-    g_free(a->log);
-    g_free(a->dest);
-    g_free(a->netns);
-    memset(a, 0, sizeof(*a));
+    t_agent_free(a);
 }
 
 static void setup(void)
