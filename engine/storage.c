@@ -38,8 +38,8 @@
 #define TOKEN_PREFIX ".vmig-shared-"
 #define MIRROR_READY_TIMEOUT_MS ((int64_t)30 * 60 * 1000)
 #define MIRROR_CANCEL_TIMEOUT_MS 60000
-#define MIRROR_DEST_GRACE_MS 2000 /* a mirror's I/O error may come before its destination's exit   \
-                                   */
+/* a mirror's I/O error may come before its destination's exit is seen */
+#define MIRROR_DEST_GRACE_MS 2000
 #define QEMU_IMG_TIMEOUT_S 60
 
 struct mig_disk {
